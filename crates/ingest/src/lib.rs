@@ -1,0 +1,39 @@
+//! Wire formats decoded into Tally [`Event`]s.
+//!
+//! Each wire format has its own module ([`thrivestack`]) whose `decode` turns one HTTP
+//! body into a [`Decoded`]: the events that passed, plus one [`ItemError`] per item that
+//! did not, so one bad event in a batch does not cost the others. Problems with the
+//! request as a whole (not UTF-8, not JSON, too many events, nested too deeply) are a
+//! [`DecodeError`] and reject the request.
+
+mod error;
+mod json;
+mod limits;
+pub mod thrivestack;
+
+pub use error::{DecodeError, ItemError};
+pub use limits::Limits;
+
+use tally_model::Event;
+
+/// What the server knows about a request besides its body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// When the server accepted the request, in microseconds since the Unix epoch.
+    pub received_at: i64,
+    /// The client's IP address; copied into `context.ip` unless the event carries one.
+    pub ip: Option<String>,
+    /// The `User-Agent` header; copied into `context.user_agent` unless the event
+    /// carries one.
+    pub user_agent: Option<String>,
+}
+
+/// The outcome of decoding one request body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decoded {
+    /// Accepted events, in request order.
+    pub events: Vec<Event>,
+    /// One entry per rejected item, in request order, so `events.len() + rejected.len()`
+    /// is the number of items in the request.
+    pub rejected: Vec<ItemError>,
+}

@@ -1,0 +1,17 @@
+use tally_store::StoreError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum QueryError {
+    /// The request is wrong; `field` is a path into it such as `filters[0][1]`.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl QueryError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        QueryError::Invalid { field: field.into(), message: message.into() }
+    }
+}

@@ -1,0 +1,361 @@
+//! Typed configuration: defaults → TOML file → `TALLY_*` environment → validate.
+//!
+//! Every key of the file can be set from the environment by its path joined with `_`
+//! and upper-cased: `queue.fsync` is `TALLY_QUEUE_FSYNC`, `data_dir` is
+//! `TALLY_DATA_DIR`. Unknown keys, in the file or the environment, are errors, so a typo
+//! never silently falls back to a default. docs/configuration.md lists every field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid config: {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Folder for the queue, the store and the project file.
+    pub data_dir: PathBuf,
+    /// Log format: "text" or "json".
+    pub log_format: LogFormat,
+    /// Log filter in `RUST_LOG` syntax, e.g. "info" or "tally_server=debug".
+    pub log_level: String,
+    pub ingest: IngestConfig,
+    pub queue: QueueConfig,
+    pub writer: WriterConfig,
+    pub store: StoreConfig,
+    pub query: QueryConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest accepted request body, in bytes (ThriveStack: 2 MB).
+    pub max_body_bytes: usize,
+    /// Most events in one request (ThriveStack: 1000).
+    pub max_events_per_request: usize,
+    /// Deepest nesting of objects/arrays inside one event.
+    pub max_depth: usize,
+    /// Timestamps further than this in the future are clamped to the time received.
+    pub max_future_skew_secs: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// When appends are fsynced: "always" (ack after fsync, group commit), "interval"
+    /// (fsync every `fsync_interval_ms`; a crash may lose that much acked data) or
+    /// "never" (leave it to the OS).
+    pub fsync: FsyncMode,
+    /// Period of the background fsync when `fsync = "interval"`.
+    pub fsync_interval_ms: u64,
+    /// Size at which the WAL starts a new segment file.
+    pub segment_bytes: u64,
+    /// Bytes the queue may hold that the store has not committed; beyond it ingest
+    /// answers 503 with Retry-After.
+    pub max_pending_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// Most queue records (requests) the writer inserts in one transaction.
+    pub batch_max_records: usize,
+    /// Most payload bytes in one batch.
+    pub batch_max_bytes: usize,
+    /// How long the writer waits for more records before inserting a partial batch.
+    pub batch_max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// DuckDB memory limit, e.g. "2GB".
+    pub memory_limit: String,
+    /// Threads DuckDB may use per query.
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Queries running longer are interrupted and answered with 503.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Origins allowed by CORS; ["*"] allows any (browser SDKs run on customers' sites).
+    pub cors_origins: Vec<String>,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("valid address"),
+            data_dir: PathBuf::from("data"),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            ingest: IngestConfig::default(),
+            queue: QueueConfig::default(),
+            writer: WriterConfig::default(),
+            store: StoreConfig::default(),
+            query: QueryConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_events_per_request: 1000,
+            max_depth: 16,
+            max_future_skew_secs: 23 * 3600,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncMode::Always,
+            fsync_interval_ms: 100,
+            segment_bytes: 64 * 1024 * 1024,
+            max_pending_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self { batch_max_records: 10_000, batch_max_bytes: 32 * 1024 * 1024, batch_max_wait_ms: 200 }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { memory_limit: "2GB".into(), threads: 2 }
+    }
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { timeout_ms: 30_000 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { cors_origins: vec!["*".into()], shutdown_grace_ms: 10_000 }
+    }
+}
+
+/// Variables that configure the command line, not the file.
+const NOT_CONFIG_VARS: &[&str] = &["TALLY_CONFIG", "TALLY_LOG"];
+
+impl Config {
+    /// Loads the file at `path` (if any), applies `TALLY_*` variables from `env`, and
+    /// validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Parse {
+                path: path.map(|p| p.display().to_string()).unwrap_or_else(|| "(environment)".into()),
+                message: e.to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| Err(ConfigError::Invalid { field, message: message.into() });
+        if self.ingest.max_body_bytes < 1024 {
+            return invalid("ingest.max_body_bytes", "must be at least 1024");
+        }
+        if self.ingest.max_events_per_request == 0 {
+            return invalid("ingest.max_events_per_request", "must be at least 1");
+        }
+        if !(1..=tally_ingest::Limits::MAX_DEPTH).contains(&self.ingest.max_depth) {
+            return invalid("ingest.max_depth", "must be 1 to 100");
+        }
+        if self.queue.segment_bytes < 64 * 1024 {
+            return invalid("queue.segment_bytes", "must be at least 65536");
+        }
+        if self.queue.max_pending_bytes < self.ingest.max_body_bytes as u64 * 2 {
+            return invalid("queue.max_pending_bytes", "must be at least twice ingest.max_body_bytes");
+        }
+        if self.queue.fsync == FsyncMode::Interval && self.queue.fsync_interval_ms == 0 {
+            return invalid("queue.fsync_interval_ms", "must be > 0 with fsync = \"interval\"");
+        }
+        if self.writer.batch_max_records == 0 || self.writer.batch_max_bytes == 0 {
+            return invalid("writer.batch_max_records", "batch limits must be > 0");
+        }
+        if self.store.threads == 0 {
+            return invalid("store.threads", "must be at least 1");
+        }
+        if self.query.timeout_ms == 0 {
+            return invalid("query.timeout_ms", "must be > 0");
+        }
+        if self.http.cors_origins.iter().any(|o| o != "*" && !o.starts_with("http")) {
+            return invalid("http.cors_origins", "each origin is \"*\" or like \"https://app.example.com\"");
+        }
+        Ok(())
+    }
+}
+
+/// Every leaf key path of the default config, e.g. `["queue", "fsync"]`.
+fn key_paths() -> Vec<Vec<String>> {
+    fn walk(prefix: &mut Vec<String>, value: &toml::Value, out: &mut Vec<Vec<String>>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    prefix.push(k.clone());
+                    walk(prefix, v, out);
+                    prefix.pop();
+                }
+            }
+            _ => out.push(prefix.clone()),
+        }
+    }
+    let defaults = toml::Value::try_from(Config::default()).expect("config serializes");
+    let mut out = Vec::new();
+    walk(&mut Vec::new(), &defaults, &mut out);
+    out
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let paths: BTreeMap<String, Vec<String>> = key_paths()
+        .into_iter()
+        .map(|p| (format!("TALLY_{}", p.join("_").to_uppercase()), p))
+        .collect();
+    for (var, raw) in env {
+        if !var.starts_with("TALLY_") || NOT_CONFIG_VARS.contains(&var.as_str()) {
+            continue;
+        }
+        let path = paths.get(&var).ok_or_else(|| ConfigError::Env {
+            var: var.clone(),
+            message: "not a tally setting (see docs/configuration.md)".into(),
+        })?;
+        // A value is read as TOML (numbers, booleans, arrays), else taken as a string.
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut node = &mut *table;
+        for key in &path[..path.len() - 1] {
+            let entry = node.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+                var: var.clone(),
+                message: format!("the file sets {key} to a value, not a section"),
+            })?;
+        }
+        node.insert(path[path.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_fsync_always() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.queue.fsync, FsyncMode::Always);
+    }
+
+    #[test]
+    fn file_then_env_override_in_that_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        std::fs::write(&path, "data_dir = \"/srv/a\"\n[queue]\nfsync = \"never\"\n").unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[("TALLY_QUEUE_FSYNC", "interval"), ("TALLY_WRITER_BATCH_MAX_WAIT_MS", "50"),
+                  ("TALLY_LISTEN", "127.0.0.1:9999"), ("PATH", "/bin")]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(c.queue.fsync, FsyncMode::Interval);
+        assert_eq!(c.writer.batch_max_wait_ms, 50);
+        assert_eq!(c.listen, "127.0.0.1:9999".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_in_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.toml");
+        std::fs::write(&path, "[queue]\nfsynk = \"never\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("fsynk"), "{err}");
+        let err = Config::load(None, env(&[("TALLY_QUEUE_FSYNK", "never")])).unwrap_err();
+        assert!(err.to_string().contains("TALLY_QUEUE_FSYNK"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::load(None, env(&[("TALLY_QUEUE_FSYNC", "sometimes")])).unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+        let err = Config::load(None, env(&[("TALLY_INGEST_MAX_DEPTH", "0")])).unwrap_err();
+        assert!(err.to_string().contains("ingest.max_depth"), "{err}");
+    }
+}

@@ -1,0 +1,310 @@
+//! Tally's HTTP server: routes, authentication, metrics, and the background writer.
+//!
+//! [`serve`] runs all roles in one process: ingest appends to the WAL, the writer moves
+//! batches into DuckDB, the query API reads DuckDB. [`router`] builds the axum router from
+//! an [`AppState`], so tests can drive the real server on `127.0.0.1:0`.
+
+pub mod config;
+mod error;
+mod ingest;
+pub mod meta;
+mod metrics;
+mod query;
+mod writer;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use parking_lot::RwLock;
+use serde_json::json;
+use tally_queue::{FsyncPolicy, Wal, WalConfig};
+use tally_store::duckdb::{DuckConfig, DuckStore};
+use tally_store::{Param, Sql, Store};
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use config::Config;
+use error::ApiError;
+use meta::{KeyIndex, KeyKind, NewProject, Projects};
+
+/// What every handler shares.
+pub struct AppState {
+    pub config: Config,
+    keys: RwLock<Arc<KeyIndex>>,
+    wal: Wal,
+    store: Arc<DuckStore>,
+    limits: tally_ingest::Limits,
+}
+
+impl AppState {
+    /// The project a request's key belongs to, if the key is of the `needed` kind.
+    fn authenticate(&self, headers: &HeaderMap, needed: KeyKind) -> Result<String, ApiError> {
+        let key = api_key(headers).ok_or_else(|| {
+            ApiError::unauthorized("missing API key: send it in the x-api-key header or as Authorization: Bearer <key>")
+        })?;
+        let keys = self.keys.read().clone();
+        match keys.lookup(key) {
+            Some((project, kind)) if kind == needed => Ok(project.to_owned()),
+            Some((_, KeyKind::Read)) => Err(ApiError::forbidden(
+                "this is a read key; sending events needs the project's write key",
+            )),
+            Some((_, KeyKind::Write)) => Err(ApiError::forbidden(
+                "this is a write key; queries need the project's read key",
+            )),
+            None => Err(ApiError::unauthorized("unknown API key")),
+        }
+    }
+}
+
+fn api_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(k.trim()).filter(|k| !k.is_empty());
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|k| !k.is_empty())
+}
+
+/// The HTTP routes over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let cors = cors_layer(&state.config.http.cors_origins);
+    Router::new()
+        .route("/api/track", post(ingest::track))
+        .route("/api/identify", post(ingest::identify))
+        .route("/api/group", post(ingest::group))
+        .route("/api/page", post(ingest::page))
+        .route("/api/v1/query", post(query::query))
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics::track_latency))
+        .layer(cors)
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+        ])
+        .max_age(Duration::from_secs(86_400))
+}
+
+async fn render_metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+    // Queue gauges are sampled at scrape time so they are never stale.
+    let stats = state.wal.stats();
+    ::metrics::gauge!("tally_wal_pending_bytes").set(stats.pending_bytes as f64);
+    ::metrics::gauge!("tally_wal_pending_events").set(stats.pending_events as f64);
+    ::metrics::gauge!("tally_wal_pending_records").set(stats.pending_records as f64);
+    ::metrics::gauge!("tally_wal_oldest_pending_age_seconds")
+        .set(stats.oldest_pending_age.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::handle().render(),
+    )
+        .into_response()
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+    let stats = state.wal.stats();
+    let queue_ok = stats.pending_bytes < state.config.queue.max_pending_bytes;
+    let store = state.store.clone();
+    let store_ok = tokio::task::spawn_blocking(move || {
+        store.query(&Sql { text: "SELECT 1".into(), params: Vec::<Param>::new() }).is_ok()
+    })
+    .await
+    .unwrap_or(false);
+    let status = if queue_ok && store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "ready": queue_ok && store_ok,
+        "queue": { "ok": queue_ok, "pending_bytes": stats.pending_bytes, "limit_bytes": state.config.queue.max_pending_bytes },
+        "store": { "ok": store_ok },
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/api.md")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+}
+
+/// Creates the data folder and, on first start, a `default` project. Returns the new
+/// project's keys when one was made, so the caller can show them once.
+pub fn bootstrap(config: &Config) -> anyhow::Result<Option<NewProject>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
+    let mut projects = Projects::load(&config.data_dir)?;
+    if !projects.projects.is_empty() {
+        return Ok(None);
+    }
+    let made = projects.create_project("default")?;
+    projects.save(&config.data_dir)?;
+    Ok(Some(made))
+}
+
+/// Runs Tally on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish, and writes everything the queue holds into the store.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)?;
+    let store = Arc::new(
+        DuckStore::open(
+            &data_dir.join("tally.duckdb"),
+            DuckConfig {
+                memory_limit: config.store.memory_limit.clone(),
+                threads: config.store.threads,
+                query_timeout: Duration::from_millis(config.query.timeout_ms),
+            },
+        )
+        .context("cannot open the store")?,
+    );
+    let committed = store.committed_lsn()?;
+    let wal = Wal::open(
+        WalConfig {
+            dir: data_dir.join("wal"),
+            segment_bytes: config.queue.segment_bytes,
+            max_pending_bytes: config.queue.max_pending_bytes,
+            fsync: match config.queue.fsync {
+                config::FsyncMode::Always => FsyncPolicy::Always,
+                config::FsyncMode::Interval => {
+                    FsyncPolicy::Interval(Duration::from_millis(config.queue.fsync_interval_ms))
+                }
+                config::FsyncMode::Never => FsyncPolicy::Never,
+            },
+        },
+        committed,
+    )
+    .context("cannot open the queue")?;
+    let recovered = wal.stats();
+    tracing::info!(
+        committed,
+        pending_records = recovered.pending_records,
+        pending_events = recovered.pending_events,
+        "queue opened"
+    );
+
+    let keys = Projects::load(&data_dir)?.index();
+    let limits = tally_ingest::Limits {
+        max_events: config.ingest.max_events_per_request,
+        max_depth: config.ingest.max_depth,
+        max_future_skew_s: config.ingest.max_future_skew_secs,
+    };
+    let _ = metrics::handle();
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        keys: RwLock::new(Arc::new(keys)),
+        wal: wal.clone(),
+        store: store.clone(),
+        limits,
+    });
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(
+        writer::Writer {
+            wal: wal.clone(),
+            reader: wal.reader(committed),
+            store: store.clone(),
+            config: config.writer.clone(),
+            draining: draining.clone(),
+            dead_letter: data_dir.join("dead-letter.tsv"),
+        }
+        .run(),
+    );
+    let reload = tokio::spawn(reload_keys(state.clone(), data_dir.clone()));
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), "tally is listening");
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopped_tx.send(());
+    });
+    let grace = Duration::from_millis(config.http.shutdown_grace_ms);
+    let server = tokio::spawn(async move { server.await });
+    // Requests get `grace` to finish once shutdown starts; then we stop waiting.
+    let mut server = server;
+    tokio::select! {
+        r = &mut server => r??,
+        _ = async {
+            let _ = stopped_rx.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still running after the grace period; stopping anyway");
+            server.abort();
+        }
+    }
+    reload.abort();
+
+    tracing::info!("http stopped; flushing the queue into the store");
+    wal.close();
+    draining.store(true, Ordering::Release);
+    writer.await?;
+    store.checkpoint()?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Picks up projects and keys added by the CLI while the server runs.
+async fn reload_keys(state: Arc<AppState>, data_dir: std::path::PathBuf) {
+    let mut seen: Option<SystemTime> = meta::modified(&data_dir);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = meta::modified(&data_dir);
+        if now == seen {
+            continue;
+        }
+        match Projects::load(&data_dir) {
+            Ok(p) => {
+                *state.keys.write() = Arc::new(p.index());
+                seen = now;
+                tracing::info!("reloaded projects and keys");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot reload projects; keeping the previous keys"),
+        }
+    }
+}
+
+/// Sets up logging per the config (text or JSON lines on stderr).
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The data folder's projects (for the CLI).
+pub fn load_projects(data_dir: &Path) -> anyhow::Result<Projects> {
+    Ok(Projects::load(data_dir)?)
+}

@@ -1,0 +1,243 @@
+//! Projects and their API keys, kept in `<data_dir>/projects.json`.
+//!
+//! Write keys go into browser pages and apps, so they are public by nature and kept in
+//! clear (`tally keys list` shows them). Read keys open the query API and are secret:
+//! only their SHA-256 and an 8-character prefix are kept, and the key itself is shown
+//! once, when it is made.
+//!
+//! The file is small and changes rarely (a CLI command), so it is rewritten whole and
+//! atomically (temp file, fsync, rename); the server reloads it when its mtime changes.
+//! It lives beside the store rather than in it because DuckDB allows one writing process
+//! per file, and `tally project create` must work while the server runs.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const FILE_NAME: &str = "projects.json";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Projects {
+    pub projects: Vec<Project>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    /// URL-safe id derived from the name, unique.
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub write_keys: Vec<String>,
+    pub read_keys: Vec<ReadKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReadKey {
+    /// The first characters of the key, to tell keys apart in listings.
+    pub prefix: String,
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    pub created_at: String,
+}
+
+/// Keys made by [`Projects::create_project`]: the only time the read key is visible.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewProject {
+    pub project: String,
+    pub write_key: String,
+    pub read_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Write,
+    Read,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid projects file: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("a project named {0:?} already exists")]
+    Exists(String),
+    #[error("no project {0:?}")]
+    NoProject(String),
+    #[error("a project name needs at least one letter or digit")]
+    BadName,
+}
+
+impl Projects {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(FILE_NAME)
+    }
+
+    /// Reads the file; a missing file is an empty list.
+    pub fn load(data_dir: &Path) -> Result<Self, MetaError> {
+        let path = Self::path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| MetaError::Parse { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(MetaError::Io { path, source }),
+        }
+    }
+
+    /// Writes the file atomically.
+    pub fn save(&self, data_dir: &Path) -> Result<(), MetaError> {
+        let path = Self::path(data_dir);
+        let io = |source| MetaError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let tmp = data_dir.join(format!(".{FILE_NAME}.tmp"));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("projects serialize")).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(())
+    }
+
+    pub fn create_project(&mut self, name: &str) -> Result<NewProject, MetaError> {
+        let id = slug(name).ok_or(MetaError::BadName)?;
+        if self.projects.iter().any(|p| p.id == id) {
+            return Err(MetaError::Exists(id));
+        }
+        let write_key = new_key();
+        let read_key = new_key();
+        self.projects.push(Project {
+            id: id.clone(),
+            name: name.trim().to_owned(),
+            created_at: now(),
+            write_keys: vec![write_key.clone()],
+            read_keys: vec![read_key_record(&read_key)],
+        });
+        Ok(NewProject { project: id, write_key, read_key })
+    }
+
+    /// Adds a key to a project and returns it.
+    pub fn create_key(&mut self, project: &str, kind: KeyKind) -> Result<String, MetaError> {
+        let p = self
+            .projects
+            .iter_mut()
+            .find(|p| p.id == project)
+            .ok_or_else(|| MetaError::NoProject(project.to_owned()))?;
+        let key = new_key();
+        match kind {
+            KeyKind::Write => p.write_keys.push(key.clone()),
+            KeyKind::Read => p.read_keys.push(read_key_record(&key)),
+        }
+        Ok(key)
+    }
+
+    /// The lookup tables the server authenticates with.
+    pub fn index(&self) -> KeyIndex {
+        let mut index = KeyIndex::default();
+        for p in &self.projects {
+            for k in &p.write_keys {
+                index.write.insert(k.clone(), p.id.clone());
+            }
+            for k in &p.read_keys {
+                index.read.insert(k.sha256.clone(), p.id.clone());
+            }
+        }
+        index
+    }
+}
+
+/// Key → project, for authentication on every request.
+#[derive(Debug, Default, Clone)]
+pub struct KeyIndex {
+    write: HashMap<String, String>,
+    read: HashMap<String, String>,
+}
+
+impl KeyIndex {
+    /// The project and kind of a key, if it is one.
+    pub fn lookup(&self, key: &str) -> Option<(&str, KeyKind)> {
+        if let Some(p) = self.write.get(key) {
+            return Some((p, KeyKind::Write));
+        }
+        self.read.get(&sha256_hex(key)).map(|p| (p.as_str(), KeyKind::Read))
+    }
+}
+
+/// The file's modification time, to notice edits by the CLI.
+pub fn modified(data_dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(Projects::path(data_dir)).and_then(|m| m.modified()).ok()
+}
+
+fn read_key_record(key: &str) -> ReadKey {
+    ReadKey { prefix: key.chars().take(8).collect(), sha256: sha256_hex(key), created_at: now() }
+}
+
+/// 32 random bytes as 44 characters of base64, the shape ThriveStack keys have.
+fn new_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `My Shop!` → `my-shop`.
+fn slug(name: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let out = out.trim_end_matches('-').to_owned();
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projects_round_trip_and_keys_authenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut projects = Projects::load(dir.path()).unwrap();
+        assert!(projects.projects.is_empty());
+        let made = projects.create_project("My Shop!").unwrap();
+        assert_eq!(made.project, "my-shop");
+        assert_eq!(made.write_key.len(), 44);
+        projects.save(dir.path()).unwrap();
+
+        let loaded = Projects::load(dir.path()).unwrap();
+        assert_eq!(loaded, projects);
+        let raw = std::fs::read_to_string(Projects::path(dir.path())).unwrap();
+        assert!(!raw.contains(&made.read_key), "the read key must not be stored in clear");
+        let index = loaded.index();
+        assert_eq!(index.lookup(&made.write_key), Some(("my-shop", KeyKind::Write)));
+        assert_eq!(index.lookup(&made.read_key), Some(("my-shop", KeyKind::Read)));
+        assert_eq!(index.lookup("nope"), None);
+    }
+
+    #[test]
+    fn duplicate_and_empty_names_are_refused() {
+        let mut projects = Projects::default();
+        projects.create_project("shop").unwrap();
+        assert!(matches!(projects.create_project("Shop"), Err(MetaError::Exists(_))));
+        assert!(matches!(projects.create_project("!!"), Err(MetaError::BadName)));
+        assert!(matches!(projects.create_key("none", KeyKind::Read), Err(MetaError::NoProject(_))));
+    }
+}

@@ -1,0 +1,196 @@
+//! The embedded store: one DuckDB file.
+//!
+//! One connection belongs to the writer (inserts happen on it, one transaction per
+//! batch); queries take connections from a small pool of clones of the same database,
+//! so reads see committed batches without blocking the writer (DuckDB is MVCC).
+
+mod migrate;
+mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use ::duckdb::types::{TimeUnit, Value as DuckValue};
+use ::duckdb::{Config, Connection};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::{InsertStats, Lsn, Param, Rows, Sql, Store, StoreError};
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct DuckConfig {
+    /// DuckDB's memory limit, e.g. "2GB".
+    pub memory_limit: String,
+    /// Worker threads DuckDB may use for one query.
+    pub threads: u32,
+    /// Queries running longer are interrupted.
+    pub query_timeout: Duration,
+}
+
+impl Default for DuckConfig {
+    fn default() -> Self {
+        Self { memory_limit: "2GB".into(), threads: 2, query_timeout: Duration::from_secs(30) }
+    }
+}
+
+pub struct DuckStore {
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    config: DuckConfig,
+}
+
+impl DuckStore {
+    /// Opens (or creates) the database file and brings its schema up to date.
+    pub fn open(path: &Path, config: DuckConfig) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let duck_config = Config::default()
+            .max_memory(&config.memory_limit)?
+            .threads(i64::from(config.threads.max(1)))?;
+        let conn = Connection::open_with_flags(path, duck_config)?;
+        migrate::run(&conn)?;
+        Ok(Self { writer: Mutex::new(conn), readers: Mutex::new(Vec::new()), config })
+    }
+
+    /// Writes the WAL of DuckDB into the main file (on clean shutdown).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.writer.lock().execute_batch("CHECKPOINT")?;
+        Ok(())
+    }
+
+    fn reader(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self.readers.lock().pop() {
+            return Ok(conn);
+        }
+        Ok(self.writer.lock().try_clone()?)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut pool = self.readers.lock();
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+    }
+}
+
+impl Store for DuckStore {
+    fn committed_lsn(&self) -> Result<Lsn, StoreError> {
+        let conn = self.writer.lock();
+        let lsn: Option<u64> = conn
+            .query_row("SELECT max(lsn) FROM queue_offsets WHERE queue = 'wal'", [], |row| {
+                row.get(0)
+            })?;
+        Ok(lsn.unwrap_or(0))
+    }
+
+    fn insert(&self, batches: &[tally_model::EventBatch], upto: Lsn) -> Result<InsertStats, StoreError> {
+        let mut conn = self.writer.lock();
+        writer::insert(&mut conn, batches, upto)
+    }
+
+    fn query(&self, sql: &Sql) -> Result<Rows, StoreError> {
+        let conn = self.reader()?;
+        let interrupt = conn.interrupt_handle();
+        let timeout = self.config.query_timeout;
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if done_rx.recv_timeout(timeout).is_err() {
+                interrupt.interrupt();
+                true
+            } else {
+                false
+            }
+        });
+        let result = run_query(&conn, sql);
+        let _ = done_tx.send(());
+        let interrupted = watchdog.join().unwrap_or(false);
+        match result {
+            Ok(rows) => {
+                self.give_back(conn);
+                Ok(rows)
+            }
+            Err(_) if interrupted => Err(StoreError::Timeout(timeout)),
+            Err(e) => {
+                self.give_back(conn);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn run_query(conn: &Connection, sql: &Sql) -> Result<Rows, StoreError> {
+    let mut stmt = conn.prepare(&sql.text)?;
+    let params: Vec<DuckValue> = sql.params.iter().map(to_duck).collect();
+    let mut rows = stmt.query(::duckdb::params_from_iter(params.iter()))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let n = row.as_ref().column_count();
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            values.push(to_json(row.get::<_, DuckValue>(i)?));
+        }
+        out.push(values);
+    }
+    Ok(out)
+}
+
+fn to_duck(param: &Param) -> DuckValue {
+    match param {
+        Param::Text(s) => DuckValue::Text(s.clone()),
+        Param::Int(i) => DuckValue::BigInt(*i),
+        Param::Float(f) => DuckValue::Double(*f),
+        Param::Timestamp(us) => DuckValue::Timestamp(TimeUnit::Microsecond, *us),
+    }
+}
+
+fn to_json(value: DuckValue) -> Value {
+    use DuckValue as D;
+    match value {
+        D::Null => Value::Null,
+        D::Boolean(b) => Value::Bool(b),
+        D::TinyInt(i) => i.into(),
+        D::SmallInt(i) => i.into(),
+        D::Int(i) => i.into(),
+        D::BigInt(i) => i.into(),
+        D::UTinyInt(i) => i.into(),
+        D::USmallInt(i) => i.into(),
+        D::UInt(i) => i.into(),
+        D::UBigInt(i) => i.into(),
+        D::HugeInt(i) => i64::try_from(i).map(Value::from).unwrap_or_else(|_| (i as f64).into()),
+        D::UHugeInt(i) => u64::try_from(i).map(Value::from).unwrap_or_else(|_| (i as f64).into()),
+        D::Float(f) => finite(f64::from(f)),
+        D::Double(f) => finite(f),
+        D::Decimal(d) => d.to_string().parse::<f64>().map(finite).unwrap_or(Value::Null),
+        D::Text(s) | D::Enum(s) => Value::String(s),
+        D::Timestamp(unit, v) => {
+            let micros = match unit {
+                TimeUnit::Second => v.saturating_mul(1_000_000),
+                TimeUnit::Millisecond => v.saturating_mul(1_000),
+                TimeUnit::Microsecond => v,
+                TimeUnit::Nanosecond => v / 1_000,
+            };
+            Value::String(format_micros(micros))
+        }
+        D::Date32(days) => Value::String(
+            (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date")
+                + chrono::Duration::days(i64::from(days)))
+            .format("%Y-%m-%d")
+            .to_string(),
+        ),
+        D::List(items) | D::Array(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        other => Value::String(format!("{other:?}")),
+    }
+}
+
+fn finite(f: f64) -> Value {
+    serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for a timestamp in microseconds.
+pub fn format_micros(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,171 @@
+//! One batch from the queue becomes rows, in one DuckDB transaction.
+
+use std::collections::HashMap;
+
+use ::duckdb::types::{TimeUnit, Value as DuckValue};
+use ::duckdb::{params, Connection};
+use serde_json::{Map, Value};
+use tally_model::{EventBatch, EventType};
+
+use crate::{InsertStats, Lsn, StoreError};
+
+/// The merged traits of one person or group within a batch.
+struct Traits {
+    traits: Map<String, Value>,
+    first: i64,
+    last: i64,
+}
+
+impl Traits {
+    fn merge(&mut self, traits: &Map<String, Value>, at: i64) {
+        // Later calls win per trait; an earlier call that arrives late only fills gaps.
+        for (k, v) in traits {
+            if at >= self.last || !self.traits.contains_key(k) {
+                self.traits.insert(k.clone(), v.clone());
+            }
+        }
+        self.first = self.first.min(at);
+        self.last = self.last.max(at);
+    }
+}
+
+type Key = (String, String);
+
+pub(super) fn insert(
+    conn: &mut Connection,
+    batches: &[EventBatch],
+    upto: Lsn,
+) -> Result<InsertStats, StoreError> {
+    let mut persons: HashMap<Key, Traits> = HashMap::new();
+    let mut groups: HashMap<Key, Traits> = HashMap::new();
+    let mut members: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
+    let mut stats = InsertStats::default();
+
+    let tx = conn.transaction()?;
+    {
+        let mut app = tx.appender("events")?;
+        for batch in batches {
+            let project = &batch.project_id;
+            for e in &batch.events {
+                let visitor = e
+                    .user_id
+                    .as_deref()
+                    .or(e.device_id.as_deref())
+                    .or(e.session_id.as_deref())
+                    .unwrap_or("");
+                let page = match e.kind {
+                    EventType::Identify | EventType::Group | EventType::Alias => None,
+                    _ => e.page_path(),
+                };
+                app.append_row(params![
+                    project,
+                    e.uuid.to_string(),
+                    e.kind.as_str(),
+                    e.event,
+                    e.user_id,
+                    e.device_id,
+                    e.session_id,
+                    e.group_id,
+                    visitor,
+                    DuckValue::Timestamp(TimeUnit::Microsecond, e.timestamp),
+                    DuckValue::Timestamp(TimeUnit::Microsecond, e.received_at),
+                    page,
+                    json_text(&e.properties),
+                    json_text(&e.context),
+                    upto,
+                ])?;
+                stats.events += 1;
+                match (e.kind, &e.user_id, &e.group_id) {
+                    (EventType::Identify, Some(user), _) => {
+                        accumulate(&mut persons, project, user, &e.traits, e.timestamp)
+                    }
+                    (EventType::Group, user, Some(group)) => {
+                        accumulate(&mut groups, project, group, &e.traits, e.timestamp);
+                        if let Some(user) = user {
+                            let key = (project.clone(), group.clone(), user.clone());
+                            let seen = members.entry(key).or_insert((e.timestamp, e.timestamp));
+                            seen.0 = seen.0.min(e.timestamp);
+                            seen.1 = seen.1.max(e.timestamp);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        app.flush()?;
+    }
+
+    stats.persons = persons.len();
+    upsert_traits(&tx, "persons", "user_id", persons)?;
+    stats.groups = groups.len();
+    upsert_traits(&tx, "groups", "group_id", groups)?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO group_members VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (project_id, group_id, user_id) DO UPDATE SET
+                 first_seen = least(group_members.first_seen, excluded.first_seen),
+                 last_seen = greatest(group_members.last_seen, excluded.last_seen)",
+        )?;
+        for ((project, group, user), (first, last)) in members {
+            stmt.execute(params![project, group, user, ts(first), ts(last)])?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO queue_offsets VALUES ('wal', ?)
+         ON CONFLICT (queue) DO UPDATE SET lsn = excluded.lsn",
+        [upto],
+    )?;
+    tx.commit()?;
+    Ok(stats)
+}
+
+fn accumulate(
+    into: &mut HashMap<Key, Traits>,
+    project: &str,
+    id: &str,
+    traits: &Map<String, Value>,
+    at: i64,
+) {
+    into.entry((project.to_owned(), id.to_owned()))
+        .or_insert_with(|| Traits { traits: Map::new(), first: at, last: at })
+        .merge(traits, at);
+}
+
+fn upsert_traits(
+    tx: &::duckdb::Transaction<'_>,
+    table: &str,
+    id_column: &str,
+    rows: HashMap<Key, Traits>,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // `table` and `id_column` are compile-time constants of this module, not user input.
+    let sql = format!(
+        "INSERT INTO {table} VALUES (?, ?, ?::JSON, ?, ?)
+         ON CONFLICT (project_id, {id_column}) DO UPDATE SET
+             traits = CASE WHEN excluded.updated_at >= {table}.updated_at
+                 THEN json_merge_patch({table}.traits, excluded.traits)
+                 ELSE json_merge_patch(excluded.traits, {table}.traits) END,
+             created_at = least({table}.created_at, excluded.created_at),
+             updated_at = greatest({table}.updated_at, excluded.updated_at)"
+    );
+    let mut stmt = tx.prepare_cached(&sql)?;
+    for ((project, id), t) in rows {
+        let traits = Value::Object(t.traits).to_string();
+        stmt.execute(params![project, id, traits, ts(t.first), ts(t.last)])?;
+    }
+    Ok(())
+}
+
+fn ts(micros: i64) -> DuckValue {
+    DuckValue::Timestamp(TimeUnit::Microsecond, micros)
+}
+
+fn json_text(map: &Map<String, Value>) -> Option<String> {
+    if map.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(map).expect("a json map always serializes"))
+    }
+}

@@ -1,0 +1,60 @@
+//! Tally's event store.
+//!
+//! A store takes batches of normalized events from the writer and answers compiled SQL
+//! from the query engine. The one implementation today is embedded DuckDB
+//! ([`duckdb::DuckStore`]); ClickHouse will sit behind the same [`Store`] trait.
+//!
+//! Exactly-once: [`Store::insert`] writes the events *and* the queue position they came
+//! from in one transaction, so after a crash the writer resumes from
+//! [`Store::committed_lsn`] and neither loses nor repeats a batch.
+
+pub mod duckdb;
+mod error;
+pub mod sql;
+
+pub use error::StoreError;
+use serde_json::Value;
+use tally_model::EventBatch;
+
+/// A queue position: the last queue record whose events are in the store.
+pub type Lsn = u64;
+
+/// A bound parameter of a compiled query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    /// Microseconds since the Unix epoch, UTC.
+    Timestamp(i64),
+}
+
+/// A compiled query: SQL text with `?` placeholders and their values, in order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sql {
+    pub text: String,
+    pub params: Vec<Param>,
+}
+
+/// Rows of a query result, each a list of JSON values in select-list order.
+pub type Rows = Vec<Vec<Value>>;
+
+/// What one insert wrote, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InsertStats {
+    pub events: usize,
+    pub persons: usize,
+    pub groups: usize,
+}
+
+/// An event store. Calls block: run them on a blocking thread.
+pub trait Store: Send + Sync + 'static {
+    /// The highest queue position whose events are committed (0 when empty).
+    fn committed_lsn(&self) -> Result<Lsn, StoreError>;
+
+    /// Inserts the events of `batches` and records `upto` as committed, atomically.
+    fn insert(&self, batches: &[EventBatch], upto: Lsn) -> Result<InsertStats, StoreError>;
+
+    /// Runs a compiled read-only query.
+    fn query(&self, sql: &Sql) -> Result<Rows, StoreError>;
+}
