@@ -85,7 +85,7 @@ mod record;
 mod segment;
 mod writer;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -156,7 +156,11 @@ pub enum WalError {
     Io(#[from] std::io::Error),
     /// A record failed validation where a crash cannot explain it.
     #[error("corrupt wal record in {segment} at byte {offset}: {reason}")]
-    Corrupt { segment: String, offset: u64, reason: String },
+    Corrupt {
+        segment: String,
+        offset: u64,
+        reason: String,
+    },
 }
 
 /// One appended record as handed out by a [`WalReader`].
@@ -260,6 +264,38 @@ impl Shared {
         state.segments.get(after.saturating_sub(1)).copied()
     }
 
+    /// Deletes every segment but the newest whose records are all committed. Safe to run
+    /// from several threads at once.
+    fn delete_done_segments(&self) -> (WalStats, std::io::Result<()>) {
+        let done: Vec<Lsn> = {
+            let state = self.state.lock();
+            let count = state
+                .segments
+                .windows(2)
+                .take_while(|pair| pair[1] <= state.committed + 1)
+                .count();
+            state.segments[..count].to_vec()
+        };
+        let mut deleted = Vec::with_capacity(done.len());
+        let mut result = Ok(());
+        for first in done {
+            let path = self.segment_path(first);
+            match fs::remove_file(&path) {
+                Ok(()) => debug!(segment = %path.display(), "deleted committed wal segment"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(segment = %path.display(), error = %e, "could not delete wal segment");
+                    result = Err(e);
+                    break;
+                }
+            }
+            deleted.push(first);
+        }
+        let mut state = self.state.lock();
+        state.segments.retain(|first| !deleted.contains(first));
+        (state.stats(), result)
+    }
+
     fn segment_after(&self, first: Lsn) -> Option<Lsn> {
         let state = self.state.lock();
         let after = state.segments.partition_point(|&f| f <= first);
@@ -268,7 +304,9 @@ impl Shared {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn record_gauges(stats: &WalStats) {
@@ -290,7 +328,12 @@ impl Wal {
     pub fn open(config: WalConfig, committed: Lsn) -> Result<Wal, WalError> {
         fs::create_dir_all(&config.dir)?;
         let recovered = recover(&config, committed)?;
-        let Recovered { mut segments, next_lsn, active_len, pending } = recovered;
+        let Recovered {
+            mut segments,
+            next_lsn,
+            active_len,
+            pending,
+        } = recovered;
 
         // Append to the newest segment only if it continues the LSN sequence; when the store
         // is ahead of the log, start a fresh segment at its position.
@@ -357,12 +400,21 @@ impl Wal {
         );
         record_gauges(&stats);
 
-        let (durable, _) = watch::channel(Durable { lsn: next_lsn - 1, closed: false });
-        let shared = Arc::new(Shared { config, state: Mutex::new(state), durable });
+        let (durable, _) = watch::channel(Durable {
+            lsn: next_lsn - 1,
+            closed: false,
+        });
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(state),
+            durable,
+        });
         let (tx, rx) = mpsc::channel();
         let (first, file, len) = active;
         let writer = Writer::new(shared.clone(), rx, file, first, len, next_lsn);
-        let handle = std::thread::Builder::new().name("tally-wal".into()).spawn(|| writer.run())?;
+        let handle = std::thread::Builder::new()
+            .name("tally-wal".into())
+            .spawn(|| writer.run())?;
 
         Ok(Wal {
             inner: Arc::new(Inner {
@@ -393,7 +445,10 @@ impl Wal {
         if payload.len() > MAX_PAYLOAD_LEN {
             return Err(WalError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("record of {} bytes exceeds {MAX_PAYLOAD_LEN}", payload.len()),
+                format!(
+                    "record of {} bytes exceeds {MAX_PAYLOAD_LEN}",
+                    payload.len()
+                ),
             )));
         }
         let size = (HEADER_LEN + payload.len()) as u64;
@@ -413,7 +468,14 @@ impl Wal {
             state.inflight_bytes += size;
         }
         let (reply, done) = oneshot::channel();
-        if tx.send(Append { payload, events, reply }).is_err() {
+        if tx
+            .send(Append {
+                payload,
+                events,
+                reply,
+            })
+            .is_err()
+        {
             shared.state.lock().inflight_bytes -= size;
             return Err(WalError::Closed);
         }
@@ -438,7 +500,11 @@ impl Wal {
             (state.committed, state.last_lsn)
         };
         if lsn > last {
-            warn!(lsn, last_lsn = last, "commit beyond the last durable wal record, clamping");
+            warn!(
+                lsn,
+                last_lsn = last,
+                "commit beyond the last durable wal record, clamping"
+            );
         }
         let target = lsn.min(last);
         if target <= committed {
@@ -447,64 +513,21 @@ impl Wal {
 
         // A cursor that failed half-way is dropped; the next commit starts a fresh one at the
         // committed LSN, so nothing is counted twice.
-        let mut cursor = match slot.take() {
-            Some(cursor) if cursor.next_lsn() == committed + 1 => cursor,
-            _ => Cursor::open(shared, committed + 1)?,
-        };
-        let (mut bytes, mut records, mut events) = (0, 0, 0);
-        while let Some(header) = cursor.next_header(shared, target)? {
-            bytes += header.record_len();
-            records += 1;
-            events += u64::from(header.events);
-            cursor.skip_payload()?;
-        }
-        let (stats, deletable) = loop {
-            let last = shared.state.lock().last_lsn;
-            let oldest = cursor.next_header(shared, last)?.map(|h| h.appended_at_ms);
-            let mut state = shared.state.lock();
-            if oldest.is_none() && state.last_lsn > target {
-                // A group landed between reading `last` and taking the lock; look again so
-                // the oldest pending age is not lost.
-                continue;
-            }
-            debug_assert!(state.pending_records >= records && state.pending_bytes >= bytes);
-            state.committed = target;
-            state.pending_bytes = state.pending_bytes.saturating_sub(bytes);
-            state.pending_records = state.pending_records.saturating_sub(records);
-            state.pending_events = state.pending_events.saturating_sub(events);
-            state.oldest_pending_ms = oldest;
-            let done = state.segments.windows(2).take_while(|w| w[1] <= target + 1).count();
-            break (state.stats(), state.segments[..done].to_vec());
+        let kept = slot
+            .take()
+            .filter(|cursor| cursor.next_lsn() == committed + 1);
+        let reused = kept.is_some();
+        let cursor = match release(shared, kept, committed, target) {
+            // A kept cursor can hold bytes read ahead of a write that then failed and was
+            // cut off; look again with a fresh one before calling it corruption.
+            Err(WalError::Corrupt { .. }) if reused => release(shared, None, committed, target)?,
+            result => result?,
         };
         *slot = Some(cursor);
         drop(slot);
-
-        let mut deleted = Vec::new();
-        let mut result = Ok(());
-        for first in deletable {
-            let path = shared.segment_path(first);
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    debug!(segment = %path.display(), "deleted committed wal segment");
-                    deleted.push(first);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => deleted.push(first),
-                Err(e) => {
-                    warn!(segment = %path.display(), error = %e, "could not delete wal segment");
-                    result = Err(e.into());
-                    break;
-                }
-            }
-        }
-        let stats = if deleted.is_empty() {
-            stats
-        } else {
-            let mut state = shared.state.lock();
-            state.segments.retain(|first| !deleted.contains(first));
-            state.stats()
-        };
+        let (stats, result) = shared.delete_done_segments();
         record_gauges(&stats);
-        result
+        result.map_err(WalError::from)
     }
 
     /// A snapshot of the counters (also refreshes the gauges).
@@ -518,6 +541,44 @@ impl Wal {
     /// queued; later appends fail with [`WalError::Closed`]. Blocks until the thread exits.
     pub fn close(&self) {
         self.inner.close();
+    }
+}
+
+/// Walks a cursor from `committed + 1` through `target` and moves the pending counters
+/// past what it saw; returns the cursor, left at the next pending record.
+fn release(
+    shared: &Shared,
+    cursor: Option<Cursor>,
+    committed: Lsn,
+    target: Lsn,
+) -> Result<Cursor, WalError> {
+    let mut cursor = match cursor {
+        Some(cursor) => cursor,
+        None => Cursor::open(shared, committed + 1)?,
+    };
+    let (mut bytes, mut records, mut events) = (0, 0, 0);
+    while let Some(header) = cursor.next_header(shared, target)? {
+        bytes += header.record_len();
+        records += 1;
+        events += u64::from(header.events);
+        cursor.skip_payload()?;
+    }
+    loop {
+        let last = shared.state.lock().last_lsn;
+        let oldest = cursor.next_header(shared, last)?.map(|h| h.appended_at_ms);
+        let mut state = shared.state.lock();
+        if oldest.is_none() && state.last_lsn > target {
+            // A group landed between reading `last` and taking the lock; look again so the
+            // oldest pending age is not lost.
+            continue;
+        }
+        debug_assert!(state.pending_records >= records && state.pending_bytes >= bytes);
+        state.committed = target;
+        state.pending_bytes = state.pending_bytes.saturating_sub(bytes);
+        state.pending_records = state.pending_records.saturating_sub(records);
+        state.pending_events = state.pending_events.saturating_sub(events);
+        state.oldest_pending_ms = oldest;
+        return Ok(cursor);
     }
 }
 
@@ -619,10 +680,19 @@ fn recover(config: &WalConfig, committed: Lsn) -> Result<Recovered, WalError> {
         }
     } else if let Some(&(first, _)) = segments.first() {
         if first > committed + 1 {
-            warn!(committed, oldest_lsn = first, "wal no longer has records after committed lsn");
+            warn!(
+                committed,
+                oldest_lsn = first,
+                "wal no longer has records after committed lsn"
+            );
         }
     }
-    Ok(Recovered { segments, next_lsn: end.max(committed + 1), active_len, pending })
+    Ok(Recovered {
+        segments,
+        next_lsn: end.max(committed + 1),
+        active_len,
+        pending,
+    })
 }
 
 #[cfg(test)]
@@ -635,7 +705,18 @@ mod tests {
     }
 
     fn config(dir: &Path) -> WalConfig {
-        WalConfig { dir: dir.to_path_buf(), segment_bytes: 200, ..WalConfig::default() }
+        WalConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes: 200,
+            ..WalConfig::default()
+        }
+    }
+
+    #[test]
+    fn handles_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Wal>();
+        shareable::<WalReader>();
     }
 
     #[tokio::test]
@@ -643,7 +724,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(config(dir.path()), 0).unwrap();
         for i in 0..10u32 {
-            wal.append(Bytes::from(vec![0; i as usize]), i).await.unwrap();
+            wal.append(Bytes::from(vec![0; i as usize]), i)
+                .await
+                .unwrap();
         }
         let all = wal.stats();
         assert_eq!(all.pending_records, 10);
@@ -661,10 +744,22 @@ mod tests {
 
         // Committing backwards or past the end neither panics nor corrupts the counters.
         wal.commit(2).unwrap();
-        assert_eq!(wal.stats(), WalStats { oldest_pending_age: stats.oldest_pending_age, ..stats });
+        let again = wal.stats();
+        assert_eq!((again.committed_lsn, again.pending_records), (4, 6));
+        assert_eq!(
+            (again.pending_events, again.pending_bytes),
+            (stats.pending_events, stats.pending_bytes)
+        );
         wal.commit(99).unwrap();
         let stats = wal.stats();
-        assert_eq!((stats.committed_lsn, stats.pending_records, stats.pending_bytes), (10, 0, 0));
+        assert_eq!(
+            (
+                stats.committed_lsn,
+                stats.pending_records,
+                stats.pending_bytes
+            ),
+            (10, 0, 0)
+        );
         assert_eq!(stats.oldest_pending_age, None);
         assert_eq!(segment_files(dir.path()).len(), 1);
 
@@ -674,7 +769,14 @@ mod tests {
         wal.close();
         let wal = Wal::open(config(dir.path()), 10).unwrap();
         let stats = wal.stats();
-        assert_eq!((stats.pending_records, stats.pending_events, stats.pending_bytes), (1, 7, 33));
+        assert_eq!(
+            (
+                stats.pending_records,
+                stats.pending_events,
+                stats.pending_bytes
+            ),
+            (1, 7, 33)
+        );
         assert_eq!(stats.last_lsn, 11);
     }
 }

@@ -164,7 +164,7 @@ impl Default for QueueConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { batch_max_records: 10_000, batch_max_bytes: 32 * 1024 * 1024, batch_max_wait_ms: 200 }
+        Self { batch_max_records: 10_000, batch_max_bytes: 32 * 1024 * 1024, batch_max_wait_ms: 100 }
     }
 }
 

@@ -144,7 +144,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/api.md")
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/ingest.md and docs/queries.md")
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -229,7 +229,9 @@ pub async fn serve(
     let writer = tokio::spawn(
         writer::Writer {
             wal: wal.clone(),
-            reader: wal.reader(committed),
+            reader: wal
+                .reader(committed)
+                .with_linger(Duration::from_millis(config.writer.batch_max_wait_ms)),
             store: store.clone(),
             config: config.writer.clone(),
             draining: draining.clone(),

@@ -32,7 +32,9 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) async fn run(mut self) {
-        let wait = Duration::from_millis(self.config.batch_max_wait_ms);
+        // Batches fill for `batch_max_wait_ms` (the reader's linger); this is only how often
+        // an idle writer wakes to check whether it is draining.
+        let wait = Duration::from_secs(1);
         loop {
             let draining = self.draining.load(Ordering::Acquire);
             let records = match self

@@ -108,16 +108,28 @@ impl WalReader {
     ) -> Result<Vec<Record>, WalError> {
         let shared = self.shared.clone();
         let from = self.next_lsn;
-        let cursor = self.cursor.take().filter(|cursor| cursor.next_lsn() == from);
+        let cursor = self
+            .cursor
+            .take()
+            .filter(|cursor| cursor.next_lsn() == from);
         // File reads block; keep them off the async worker. If this future is dropped the
         // cursor goes with the task and the next call opens a new one at `next_lsn`.
         let (cursor, records) = tokio::task::spawn_blocking(move || {
-            let mut cursor = match cursor {
-                Some(cursor) => cursor,
-                None => Cursor::open(&shared, from)?,
+            let read = |cursor: Option<Cursor>| {
+                let mut cursor = match cursor {
+                    Some(cursor) => cursor,
+                    None => Cursor::open(&shared, from)?,
+                };
+                let records = cursor.read_batch(&shared, limit, max_records, max_bytes)?;
+                Ok::<_, WalError>((cursor, records))
             };
-            let records = cursor.read_batch(&shared, limit, max_records, max_bytes)?;
-            Ok::<_, WalError>((cursor, records))
+            let reused = cursor.is_some();
+            match read(cursor) {
+                // A kept cursor can hold bytes read ahead of a write that then failed and was
+                // cut off; read again with a fresh one before calling it corruption.
+                Err(WalError::Corrupt { .. }) if reused => read(None),
+                result => result,
+            }
         })
         .await
         .map_err(|e| WalError::Io(std::io::Error::other(e)))??;

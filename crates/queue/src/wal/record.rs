@@ -39,7 +39,9 @@ impl Header {
         }
         let payload_len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
         if payload_len as usize > MAX_PAYLOAD_LEN {
-            return Err(format!("payload length {payload_len} exceeds {MAX_PAYLOAD_LEN}"));
+            return Err(format!(
+                "payload length {payload_len} exceeds {MAX_PAYLOAD_LEN}"
+            ));
         }
         Ok(Header {
             payload_len,
@@ -56,7 +58,10 @@ impl Header {
         if actual == self.crc {
             Ok(())
         } else {
-            Err(format!("checksum mismatch: stored {:#010x}, computed {actual:#010x}", self.crc))
+            Err(format!(
+                "checksum mismatch: stored {:#010x}, computed {actual:#010x}",
+                self.crc
+            ))
         }
     }
 }
@@ -71,7 +76,13 @@ fn checksum(lsn: Lsn, appended_at_ms: u64, events: u32, payload: &[u8]) -> u32 {
 }
 
 /// Appends the encoded record to `out`. The payload must not exceed [`MAX_PAYLOAD_LEN`].
-pub(crate) fn encode(out: &mut Vec<u8>, lsn: Lsn, appended_at_ms: u64, events: u32, payload: &[u8]) {
+pub(crate) fn encode(
+    out: &mut Vec<u8>,
+    lsn: Lsn,
+    appended_at_ms: u64,
+    events: u32,
+    payload: &[u8],
+) {
     debug_assert!(payload.len() <= MAX_PAYLOAD_LEN);
     let start = out.len();
     out.reserve(HEADER_LEN + payload.len());
@@ -133,7 +144,10 @@ mod tests {
             for mask in [0x01u8, 0x80, 0xff] {
                 let mut buf = clean.clone();
                 buf[at] ^= mask;
-                assert!(decode_all(&buf).is_err(), "flip {mask:#x} at {at} went unnoticed");
+                assert!(
+                    decode_all(&buf).is_err(),
+                    "flip {mask:#x} at {at} went unnoticed"
+                );
             }
         }
     }

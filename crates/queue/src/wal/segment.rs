@@ -92,7 +92,11 @@ pub(crate) fn scan(
             break Some(format!("lsn {} where {next_lsn} was expected", header.lsn));
         }
         if header.record_len() > remaining {
-            break Some(format!("partial record: {} of {} bytes", remaining, header.record_len()));
+            break Some(format!(
+                "partial record: {} of {} bytes",
+                remaining,
+                header.record_len()
+            ));
         }
         payload.resize(header.payload_len as usize, 0);
         reader.read_exact(&mut payload)?;
@@ -216,7 +220,9 @@ impl Cursor {
         let header = self.peeked.expect("take_payload without next_header");
         let mut payload = vec![0; header.payload_len as usize];
         self.read_exact(&mut payload)?;
-        header.verify(&payload).map_err(|reason| self.corrupt(reason))?;
+        header
+            .verify(&payload)
+            .map_err(|reason| self.corrupt(reason))?;
         self.advance(header);
         Ok(Bytes::from(payload))
     }
@@ -242,7 +248,9 @@ impl Cursor {
         let mut records = Vec::new();
         let mut bytes = 0;
         while records.len() < max_records {
-            let Some(header) = self.next_header(shared, limit)? else { break };
+            let Some(header) = self.next_header(shared, limit)? else {
+                break;
+            };
             let len = header.payload_len as usize;
             if !records.is_empty() && bytes + len > max_bytes {
                 break;
@@ -274,7 +282,10 @@ impl Cursor {
         self.read_exact(&mut buf)?;
         let header = Header::decode(&buf).map_err(|reason| self.corrupt(reason))?;
         if header.lsn != self.next_lsn {
-            return Err(self.corrupt(format!("lsn {} where {} was expected", header.lsn, self.next_lsn)));
+            return Err(self.corrupt(format!(
+                "lsn {} where {} was expected",
+                header.lsn, self.next_lsn
+            )));
         }
         self.peeked = Some(header);
         Ok(header)
@@ -291,7 +302,11 @@ impl Cursor {
     }
 
     fn corrupt(&self, reason: String) -> WalError {
-        WalError::Corrupt { segment: file_name(self.segment), offset: self.offset, reason }
+        WalError::Corrupt {
+            segment: file_name(self.segment),
+            offset: self.offset,
+            reason,
+        }
     }
 }
 
@@ -304,7 +319,12 @@ mod tests {
         assert_eq!(file_name(1), "00000000000000000001.wal");
         assert_eq!(parse_file_name(&file_name(u64::MAX)), Some(u64::MAX));
         assert!(file_name(9) < file_name(10));
-        for bad in ["1.wal", "0000000000000000000x.wal", "00000000000000000001.tmp", ""] {
+        for bad in [
+            "1.wal",
+            "0000000000000000000x.wal",
+            "00000000000000000001.tmp",
+            "",
+        ] {
             assert_eq!(parse_file_name(bad), None, "{bad}");
         }
     }

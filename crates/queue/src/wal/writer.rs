@@ -82,7 +82,10 @@ impl Writer {
         let result = result.and_then(|()| if self.dirty { self.sync() } else { Ok(()) });
         let mut state = self.shared.state.lock();
         state.closed = true;
-        let durable = Durable { lsn: state.last_lsn, closed: true };
+        let durable = Durable {
+            lsn: state.last_lsn,
+            closed: true,
+        };
         drop(state);
         self.shared.durable.send_replace(durable);
         match result {
@@ -141,8 +144,17 @@ impl Writer {
                 events = 0;
                 self.roll()?;
             }
-            record::encode(&mut self.buf, self.next_lsn, now, append.events, &append.payload);
-            waiters.push(Waiter { lsn: self.next_lsn, reply: append.reply });
+            record::encode(
+                &mut self.buf,
+                self.next_lsn,
+                now,
+                append.events,
+                &append.payload,
+            );
+            waiters.push(Waiter {
+                lsn: self.next_lsn,
+                reply: append.reply,
+            });
             self.next_lsn += 1;
             events += u64::from(append.events);
         }
@@ -199,7 +211,10 @@ impl Writer {
             state.oldest_pending_ms.get_or_insert(now);
             state.stats()
         };
-        self.shared.durable.send_replace(Durable { lsn: last, closed: false });
+        self.shared.durable.send_replace(Durable {
+            lsn: last,
+            closed: false,
+        });
         for waiter in waiters.drain(..) {
             let _ = waiter.reply.send(Ok(waiter.lsn));
         }
@@ -218,7 +233,8 @@ impl Writer {
     }
 
     fn may_roll(&self) -> bool {
-        self.no_roll_until.is_none_or(|until| Instant::now() >= until)
+        self.no_roll_until
+            .is_none_or(|until| Instant::now() >= until)
     }
 
     /// Starts a new segment at `next_lsn`. Failing to create it is not fatal: the current
@@ -245,12 +261,19 @@ impl Writer {
         self.segment_len = 0;
         self.dirty = false;
         self.no_roll_until = None;
-        let stats = {
+        let all_committed = {
             let mut state = self.shared.state.lock();
             state.segments.push(self.segment);
-            state.stats()
+            state.committed + 1 >= self.segment
         };
         debug!(segment = %path.display(), "started wal segment");
+        // The store may have caught up while the old segment was still being written; then
+        // no commit would come to delete it.
+        let stats = if all_committed {
+            self.shared.delete_done_segments().0
+        } else {
+            self.shared.state.lock().stats()
+        };
         record_gauges(&stats);
         Ok(())
     }

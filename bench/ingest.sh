@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Ingest load benchmark: Tally's full durable path (WAL fsync=always, DuckDB writer)
+# next to a baseline axum handler that only answers 200, measured in the same run on the
+# same machine, with the load generator (oha) on the same machine too. All traffic goes
+# to 127.0.0.1 and every step stops by itself.
+#
+#   bench/ingest.sh                 # defaults below
+#   RUNS=5 DURATION=20s bench/ingest.sh
+#
+# Prints a Markdown table of medians over RUNS interleaved runs (see docs/benchmarks.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+RATE=${RATE:-10000}
+BATCH=${BATCH:-100}
+TALLY_PORT=${TALLY_PORT:-18080}
+BASE_PORT=${BASE_PORT:-18081}
+
+ensure_build_deps
+cargo build --release --locked -p tally -p tally-bench
+if ! command -v oha >/dev/null; then
+    cargo install oha --locked
+fi
+BIN="$CARGO_TARGET_DIR/release"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_up() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/$2" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "port $1 never came up" >&2; exit 1; }
+
+"$BIN/baseline" "127.0.0.1:$BASE_PORT" & pids+=($!)
+"$BIN/tally" --data-dir "$work/data" project create bench --format json > "$work/keys.json"
+WRITE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["write_key"])' "$work/keys.json")
+READ=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["read_key"])' "$work/keys.json")
+TALLY_LOG=warn "$BIN/tally" --data-dir "$work/data" serve --listen "127.0.0.1:$TALLY_PORT" & tally_pid=$!
+pids+=($tally_pid)
+wait_up "$BASE_PORT" none || true
+wait_up "$TALLY_PORT" healthz
+
+single='[{"event_name":"bench_event","user_id":"u1","context":{"device_id":"d1"},"properties":{"plan":"pro","page_path":"/pricing"}}]'
+batch=$(python3 -c "
+import json,sys
+n=int(sys.argv[1])
+print(json.dumps([{'event_name':'bench_batch','user_id':'u%d'%i,'properties':{'plan':'pro','i':i}} for i in range(n)]))" "$BATCH")
+
+load() { # name port body extra-args... → oha JSON in $work/name.json
+    local name=$1 port=$2 body=$3; shift 3
+    oha --no-tui --output-format json -m POST -H "x-api-key: $WRITE" -H 'content-type: application/json' \
+        -d "$body" "$@" "http://127.0.0.1:$port/api/track" > "$work/$name.json"
+}
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$tally_pid/stat"; }
+
+echo "warming up" >&2
+load warm-base "$BASE_PORT" "$single" -z 2s -c "$CONNS"
+load warm-tally "$TALLY_PORT" "$single" -z 2s -c "$CONNS"
+for run in $(seq "$RUNS"); do
+    echo "run $run/$RUNS" >&2
+    load "max-base-$run" "$BASE_PORT" "$single" -z "$DURATION" -c "$CONNS"
+    t0=$(cpu_ticks)
+    load "max-tally-$run" "$TALLY_PORT" "$single" -z "$DURATION" -c "$CONNS"
+    echo $(( $(cpu_ticks) - t0 )) > "$work/cpu-max-tally-$run"
+    load "rate-base-$run" "$BASE_PORT" "$single" -z "$DURATION" -c "$CONNS" -q "$RATE"
+    load "rate-tally-$run" "$TALLY_PORT" "$single" -z "$DURATION" -c "$CONNS" -q "$RATE"
+    load "batch-base-$run" "$BASE_PORT" "$batch" -z "$DURATION" -c 16
+    load "batch-tally-$run" "$TALLY_PORT" "$batch" -z "$DURATION" -c 16
+done
+rss_kb=$(awk '/VmHWM/{print $2}' "/proc/$tally_pid/status")
+
+echo "measuring time from 200 to queryable" >&2
+"$BIN/freshness" "http://127.0.0.1:$TALLY_PORT" "$WRITE" "$READ" 50 > "$work/freshness.json"
+
+# Every acknowledged event must be in the store: compare the 200s with the count.
+sleep 1
+stored=$(curl -s "http://127.0.0.1:$TALLY_PORT/api/v1/query" -H "x-api-key: $READ" \
+    -d '{"metrics":["events"],"date_range":"all","filters":[["is","event:name",["bench_event","bench_batch"]]]}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["results"][0]["metrics"][0])')
+
+python3 bench/report.py "$work" "$RUNS" "$BATCH" "$stored" "$rss_kb" "$DURATION" "$CONNS" "$RATE"

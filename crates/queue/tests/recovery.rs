@@ -1,0 +1,198 @@
+//! Crash recovery: damaged tails are cut, damage elsewhere is an error.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::path::Path;
+
+use common::*;
+use tally_queue::{Lsn, Wal, WalError};
+
+const SEGMENT_BYTES: u64 = 300;
+const RECORDS: u64 = 25;
+
+fn record_len(lsn: Lsn) -> u64 {
+    HEADER + payload(lsn).len() as u64
+}
+
+/// A closed log of `RECORDS` records spread over several segments.
+async fn pristine() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(config(dir.path(), SEGMENT_BYTES), 0).unwrap();
+    append_n(&wal, RECORDS).await;
+    wal.close();
+    dir
+}
+
+fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+    }
+    to
+}
+
+/// Byte offset of each record of the segment starting at `first`, plus its end.
+fn layout(first: Lsn, last: Lsn) -> Vec<u64> {
+    let mut offsets = vec![0];
+    for lsn in first..=last {
+        offsets.push(offsets.last().unwrap() + record_len(lsn));
+    }
+    offsets
+}
+
+/// Reopens the damaged log and checks it holds exactly `1..=survivors` and takes appends.
+async fn assert_recovers_to(dir: &Path, survivors: Lsn, what: &str) {
+    let wal = Wal::open(config(dir, SEGMENT_BYTES), 0)
+        .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+    let records = read_all(&wal, 0).await;
+    assert_eq!(
+        lsns(&records),
+        (1..=survivors).collect::<Vec<_>>(),
+        "{what}"
+    );
+    assert_records(&records, 1..=survivors);
+    assert_eq!(
+        wal.append(payload(survivors + 1), 0).await.unwrap(),
+        survivors + 1,
+        "{what}"
+    );
+    let records = read_all(&wal, survivors).await;
+    assert_eq!(lsns(&records), [survivors + 1], "{what}");
+    assert_eq!(records[0].payload, payload(survivors + 1), "{what}");
+}
+
+#[tokio::test]
+async fn truncation_at_every_offset_of_the_last_segment() {
+    let original = pristine().await;
+    let firsts = segments(original.path());
+    assert!(firsts.len() >= 3);
+    let last_first = *firsts.last().unwrap();
+    let offsets = layout(last_first, RECORDS);
+    let path = segment_path(original.path(), last_first);
+    assert_eq!(fs::metadata(&path).unwrap().len(), *offsets.last().unwrap());
+
+    for cut in 0..*offsets.last().unwrap() {
+        let dir = copy_dir(original.path());
+        let file = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), last_first));
+        file.unwrap().set_len(cut).unwrap();
+        // Records ending at or before the cut survive.
+        let whole = offsets.iter().skip(1).filter(|&&end| end <= cut).count() as u64;
+        assert_recovers_to(dir.path(), last_first - 1 + whole, &format!("cut at {cut}")).await;
+        let kept = offsets[whole as usize];
+        let len = fs::metadata(segment_path(dir.path(), last_first))
+            .unwrap()
+            .len();
+        assert!(
+            len >= kept,
+            "the partial record is gone, the complete ones stay"
+        );
+    }
+}
+
+#[tokio::test]
+async fn flipped_bytes_in_the_last_segment_cut_from_the_damaged_record() {
+    let original = pristine().await;
+    let last_first = *segments(original.path()).last().unwrap();
+    let offsets = layout(last_first, RECORDS);
+    for (index, window) in offsets.windows(2).enumerate() {
+        let lsn = last_first + index as u64;
+        for at in window[0]..window[1] {
+            for mask in [0x01u8, 0xff] {
+                let dir = copy_dir(original.path());
+                let path = segment_path(dir.path(), last_first);
+                let mut bytes = fs::read(&path).unwrap();
+                bytes[at as usize] ^= mask;
+                fs::write(&path, bytes).unwrap();
+                let what = format!("flip {mask:#x} at byte {at} (record {lsn})");
+                assert_recovers_to(dir.path(), lsn - 1, &what).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn garbage_after_the_last_record_is_cut() {
+    let original = pristine().await;
+    let last_first = *segments(original.path()).last().unwrap();
+    for junk in [
+        vec![0u8; 4096],
+        b"TWL\x01 not really a record".to_vec(),
+        vec![0xff; 7],
+    ] {
+        let dir = copy_dir(original.path());
+        let path = segment_path(dir.path(), last_first);
+        let mut bytes = fs::read(&path).unwrap();
+        let len = bytes.len() as u64;
+        bytes.extend_from_slice(&junk);
+        fs::write(&path, bytes).unwrap();
+        assert_recovers_to(dir.path(), RECORDS, "junk tail").await;
+        let after = fs::metadata(&path).unwrap().len();
+        assert_eq!(
+            after,
+            len + record_len(RECORDS + 1),
+            "junk cut, new record appended"
+        );
+    }
+}
+
+#[tokio::test]
+async fn damage_in_an_older_segment_is_an_error() {
+    let original = pristine().await;
+    let firsts = segments(original.path());
+    let second = firsts[1];
+    let offsets = layout(second, firsts[2] - 1);
+
+    // A flipped byte in the middle of the segment.
+    let dir = copy_dir(original.path());
+    let path = segment_path(dir.path(), second);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = offsets[1] + 20;
+    bytes[at as usize] ^= 0x40;
+    fs::write(&path, bytes).unwrap();
+    match Wal::open(config(dir.path(), SEGMENT_BYTES), 0) {
+        Err(WalError::Corrupt {
+            segment, offset, ..
+        }) => {
+            assert_eq!(segment, format!("{second:020}.wal"));
+            assert_eq!(offset, offsets[1]);
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, got a log"),
+    }
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        firsts.len(),
+        "nothing deleted"
+    );
+
+    // A torn tail is not a crash artefact there either: the next segment exists.
+    let dir = copy_dir(original.path());
+    let file = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), second))
+        .unwrap();
+    file.set_len(offsets.last().unwrap() - 3).unwrap();
+    assert!(matches!(
+        Wal::open(config(dir.path(), SEGMENT_BYTES), 0),
+        Err(WalError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test]
+async fn damage_in_an_older_committed_segment_is_still_reported() {
+    // Recovery verifies everything before deleting anything, so a bad disk is noticed.
+    let original = pristine().await;
+    let first = segments(original.path())[0];
+    let path = segment_path(original.path(), first);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[40] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    assert!(matches!(
+        Wal::open(config(original.path(), SEGMENT_BYTES), 0),
+        Err(WalError::Corrupt { .. })
+    ));
+}

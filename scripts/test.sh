@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs Tally's whole test suite on a Debian machine with a Rust toolchain. Installs what
+# the tests need first. Everything runs on loopback; nothing is left running afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+ensure_build_deps
+# One profile (release) for tests, benchmarks and the binary: the bundled DuckDB is a
+# long C++ build, and building it twice (debug and release) would double that.
+cargo test --release --workspace --locked "$@"
