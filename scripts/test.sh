@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs Tally's whole test suite on a Debian machine with a Rust toolchain. Installs what
 # the tests need first. Everything runs on loopback; nothing is left running afterwards.
+#
+#   scripts/test.sh            all tests: Rust (unit, property, HTTP, crash) + real SDKs
+#   TALLY_SKIP_SDK=1 scripts/test.sh   Rust tests only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -8,3 +11,8 @@ ensure_build_deps
 # One profile (release) for tests, benchmarks and the binary: the bundled DuckDB is a
 # long C++ build, and building it twice (debug and release) would double that.
 cargo test --release --workspace --locked "$@"
+# The real Segment/PostHog SDKs (npm, PyPI) and the browser tracker in Chromium, against
+# the binary the step above built.
+if [ "${TALLY_SKIP_SDK:-0}" != 1 ]; then
+    scripts/sdk-test.sh
+fi

@@ -9,7 +9,9 @@ use serde_json::json;
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18081".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18081".into());
     let app = Router::new().route(
         "/api/track",
         post(|_body: Bytes| async { Json(json!({"success": true, "accepted": 1})) }),

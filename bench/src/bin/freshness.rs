@@ -48,7 +48,10 @@ async fn main() {
             if body["results"][0]["metrics"][0].as_i64() == Some(1) {
                 break;
             }
-            assert!(acked.elapsed() < Duration::from_secs(30), "event never became queryable");
+            assert!(
+                acked.elapsed() < Duration::from_secs(30),
+                "event never became queryable"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         samples.push(acked.elapsed().as_secs_f64() * 1000.0);

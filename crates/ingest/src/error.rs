@@ -37,6 +37,46 @@ pub enum DecodeError {
         path: String,
         max: usize,
     },
+
+    /// The server answers 413.
+    #[error("request body is {size} bytes, over the limit of {max} bytes")]
+    BodyTooLarge { size: usize, max: usize },
+
+    /// A compressed payload inflates past the limit; decompression stopped there. The
+    /// server answers 413.
+    #[error("decompressed request body is over the limit of {max} bytes")]
+    DecompressedTooLarge { max: usize },
+
+    #[error("request body is not valid gzip data: {reason}")]
+    InvalidGzip { reason: String },
+
+    #[error("request payload is marked base64 but is not valid base64: {reason}")]
+    InvalidBase64 { reason: String },
+
+    #[error("unsupported Content-Encoding `{encoding}`: send gzip or an uncompressed body")]
+    UnsupportedEncoding { encoding: String },
+
+    #[error("unsupported compression `{name}`: send gzip-js, base64 or uncompressed JSON")]
+    UnsupportedCompression { name: String },
+
+    #[error("form body has no `data` field: send the JSON events as `data=...`")]
+    MissingFormData,
+
+    #[error("`batch` must be a JSON array of events, found {found}")]
+    BatchNotArray { found: &'static str },
+
+    /// A request-level field (a key, the batch's shared `context`) has the wrong type.
+    /// `message` names the field.
+    #[error("{message}")]
+    InvalidField { field: String, message: String },
+
+    /// The events of one request name different projects; the server cannot tell which
+    /// key to check.
+    #[error(
+        "the request carries two different project keys, `{first}` and `{second}`: \
+         send each project's events in its own request"
+    )]
+    MixedKeys { first: String, second: String },
 }
 
 /// Why one item of a request was rejected; the other items are still accepted.

@@ -9,6 +9,36 @@ use crate::{DecodeError, Limits};
 /// Reads a body holding a JSON array of items or a single item into its items,
 /// enforcing the whole-request rules: UTF-8, JSON, shape, event count and nesting depth.
 pub(crate) fn parse_items(body: &[u8], limits: &Limits) -> Result<Vec<Value>, DecodeError> {
+    Ok(parse_body(body, None, limits)?.items)
+}
+
+/// How a body held its items.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Shape {
+    /// A JSON array of items.
+    Array,
+    /// A single item object.
+    Object,
+    /// An object whose `batch_key` field holds the items; the map is the envelope's
+    /// other fields (shared context, key, `sentAt`...).
+    Envelope(Map<String, Value>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Body {
+    pub(crate) items: Vec<Value>,
+    pub(crate) shape: Shape,
+}
+
+/// Like [`parse_items`], and when `batch_key` is given, an object with that field is an
+/// envelope whose field is the array of items (Segment's and PostHog's
+/// `{"batch": [...]}`). Each item is depth 0 for the nesting limit; so are the
+/// envelope's other fields, whose errors name item 0.
+pub(crate) fn parse_body(
+    body: &[u8],
+    batch_key: Option<&str>,
+    limits: &Limits,
+) -> Result<Body, DecodeError> {
     let text = std::str::from_utf8(body).map_err(|e| DecodeError::InvalidUtf8 {
         offset: e.valid_up_to(),
     })?;
@@ -18,10 +48,19 @@ pub(crate) fn parse_items(body: &[u8], limits: &Limits) -> Result<Vec<Value>, De
         return Err(DecodeError::EmptyBody);
     }
     let max_depth = limits.depth();
-    let value: Value = serde_json::from_str(text).map_err(|e| parse_error(text, &e, max_depth))?;
-    let items = match value {
-        Value::Array(items) => items,
-        Value::Object(_) => vec![value],
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| parse_error(text, &e, max_depth, batch_key))?;
+    let (items, shape) = match value {
+        Value::Array(items) => (items, Shape::Array),
+        Value::Object(mut map) => match batch_key.and_then(|key| map.remove(key)) {
+            Some(Value::Array(items)) => (items, Shape::Envelope(map)),
+            Some(other) => {
+                return Err(DecodeError::BatchNotArray {
+                    found: type_name(&other),
+                })
+            }
+            None => (vec![Value::Object(map)], Shape::Object),
+        },
         other => {
             return Err(DecodeError::NotArrayOrObject {
                 found: type_name(&other),
@@ -37,20 +76,38 @@ pub(crate) fn parse_items(body: &[u8], limits: &Limits) -> Result<Vec<Value>, De
             max: limits.max_events,
         });
     }
-    for (index, item) in items.iter().enumerate() {
-        let mut path = String::new();
-        if too_deep(item, 0, max_depth, &mut path) {
-            return Err(DecodeError::TooDeep {
-                index,
-                path,
-                max: max_depth,
-            });
-        }
+    if let Some((index, path)) = first_too_deep(&items, &shape, max_depth) {
+        return Err(DecodeError::TooDeep {
+            index,
+            path,
+            max: max_depth,
+        });
     }
-    Ok(items)
+    Ok(Body { items, shape })
 }
 
-fn parse_error(text: &str, e: &serde_json::Error, max_depth: usize) -> DecodeError {
+/// The first container nested deeper than `max`: the item it is in and its path there.
+/// The envelope's own fields count as item 0's, as the envelope's `context` becomes
+/// part of every item.
+fn first_too_deep(items: &[Value], shape: &Shape, max: usize) -> Option<(usize, String)> {
+    let mut path = String::new();
+    for (index, item) in items.iter().enumerate() {
+        if too_deep(item, 0, max, &mut path) {
+            return Some((index, path));
+        }
+    }
+    match shape {
+        Shape::Envelope(envelope) if too_deep_map(envelope, 0, max, &mut path) => Some((0, path)),
+        _ => None,
+    }
+}
+
+fn parse_error(
+    text: &str,
+    e: &serde_json::Error,
+    max_depth: usize,
+    batch_key: Option<&str>,
+) -> DecodeError {
     let full = e.to_string();
     let position = format!(" at line {} column {}", e.line(), e.column());
     let reason = full.strip_suffix(&position).unwrap_or(&full);
@@ -58,7 +115,7 @@ fn parse_error(text: &str, e: &serde_json::Error, max_depth: usize) -> DecodeErr
     // lower, so the text up to that point holds a container past `max_depth`: find it
     // to name the item and path, as the check on a parsed body would.
     if reason == "recursion limit exceeded" {
-        if let Some((index, path)) = find_too_deep(text, max_depth) {
+        if let Some((index, path)) = find_too_deep(text, max_depth, batch_key) {
             return DecodeError::TooDeep {
                 index,
                 path,
@@ -76,20 +133,31 @@ fn parse_error(text: &str, e: &serde_json::Error, max_depth: usize) -> DecodeErr
 /// Whether a container below `value` (at `depth`) nests deeper than `max`; if so,
 /// `path` is left naming the first such container.
 fn too_deep(value: &Value, depth: usize, max: usize, path: &mut String) -> bool {
-    let len = path.len();
-    let found = match value {
-        Value::Object(map) => map.iter().any(|(key, child)| {
-            path.truncate(len);
-            push_key(path, key);
-            is_container(child) && (depth + 1 > max || too_deep(child, depth + 1, max, path))
-        }),
-        Value::Array(items) => items.iter().enumerate().any(|(i, child)| {
-            path.truncate(len);
-            push_index(path, i);
-            is_container(child) && (depth + 1 > max || too_deep(child, depth + 1, max, path))
-        }),
+    match value {
+        Value::Object(map) => too_deep_map(map, depth, max, path),
+        Value::Array(items) => {
+            let len = path.len();
+            let found = items.iter().enumerate().any(|(i, child)| {
+                path.truncate(len);
+                push_index(path, i);
+                is_container(child) && (depth + 1 > max || too_deep(child, depth + 1, max, path))
+            });
+            if !found {
+                path.truncate(len);
+            }
+            found
+        }
         _ => false,
-    };
+    }
+}
+
+fn too_deep_map(map: &Map<String, Value>, depth: usize, max: usize, path: &mut String) -> bool {
+    let len = path.len();
+    let found = map.iter().any(|(key, child)| {
+        path.truncate(len);
+        push_key(path, key);
+        is_container(child) && (depth + 1 > max || too_deep(child, depth + 1, max, path))
+    });
     if !found {
         path.truncate(len);
     }
@@ -119,11 +187,11 @@ enum Frame {
 /// Scans raw JSON text (valid at least up to the point of interest) for the first
 /// container nested deeper than `max` inside an item, without building values, so it
 /// works on bodies too deep to parse. Returns the item index and the path in the item,
-/// using the same depth rule and path syntax as [`too_deep`].
-fn find_too_deep(text: &str, max: usize) -> Option<(usize, String)> {
+/// using the same depth rule, path syntax and envelope rule (`batch_key`) as
+/// [`parse_body`].
+fn find_too_deep(text: &str, max: usize, batch_key: Option<&str>) -> Option<(usize, String)> {
     let bytes = text.as_bytes();
     let mut stack: Vec<Frame> = Vec::new();
-    let mut batch = None;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -139,24 +207,34 @@ fn find_too_deep(text: &str, max: usize) -> Option<(usize, String)> {
                 }
             }
             open @ (b'{' | b'[') => {
-                let batch = *batch.get_or_insert(open == b'[');
-                let wrappers = usize::from(batch) + 1;
-                // Depth of the new container below its item: the item is depth 0.
-                if stack.len() + 1 > wrappers + max {
-                    let index = match stack.first() {
-                        Some(Frame::Array { index }) if batch => *index,
-                        _ => 0,
-                    };
-                    let mut path = String::new();
-                    for frame in &stack[wrappers - 1..] {
-                        match frame {
-                            Frame::Array { index } => push_index(&mut path, *index),
-                            Frame::Object { key, .. } => {
-                                push_key(&mut path, key.as_deref().unwrap_or(""))
+                // Where the item holding the new container sits on the stack (its depth
+                // is 0), and its index in the request.
+                let in_envelope = match stack.first() {
+                    Some(Frame::Object { key, .. }) => {
+                        batch_key.is_some() && key.as_deref() == batch_key
+                    }
+                    _ => false,
+                };
+                let root = match (stack.first(), stack.get(1)) {
+                    (Some(Frame::Array { index }), _) => Some((1, *index)),
+                    (_, Some(Frame::Array { index })) if in_envelope => Some((2, *index)),
+                    // The envelope's item array itself is not part of any item.
+                    (_, None) if in_envelope && open == b'[' => None,
+                    _ => Some((0, 0)),
+                };
+                if let Some((root, index)) = root {
+                    if stack.len() > root + max {
+                        let mut path = String::new();
+                        for frame in &stack[root..] {
+                            match frame {
+                                Frame::Array { index } => push_index(&mut path, *index),
+                                Frame::Object { key, .. } => {
+                                    push_key(&mut path, key.as_deref().unwrap_or(""))
+                                }
                             }
                         }
+                        return Some((index, path));
                     }
-                    return Some((index, path));
                 }
                 stack.push(if open == b'[' {
                     Frame::Array { index: 0 }
@@ -223,14 +301,40 @@ pub(crate) fn take_object(
     map: &mut Map<String, Value>,
     key: &str,
 ) -> Result<Map<String, Value>, String> {
+    take_object_at(map, key, key)
+}
+
+/// [`take_object`], with `field` (like `properties.$set`) naming the value in errors.
+pub(crate) fn take_object_at(
+    map: &mut Map<String, Value>,
+    key: &str,
+    field: &str,
+) -> Result<Map<String, Value>, String> {
     match map.remove(key) {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(object)) => Ok(object),
         Some(other) => Err(format!(
-            "`{key}` must be an object, found {}",
+            "`{field}` must be an object, found {}",
             type_name(&other)
         )),
     }
+}
+
+/// The length of a value's compact JSON text, computed without building the text.
+pub(crate) fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("a JSON value always serializes");
+    count.0
 }
 
 /// Reads a timestamp as microseconds since the epoch. Accepted: an RFC 3339 string
@@ -287,20 +391,88 @@ mod tests {
             r#"[{"a": [1, 2, [3, [4]]]}, [[[]]], {"p": {"q": {}}, "r": {"s": {"t": {}}}}]"#,
             r#"{"a": {"b": 1}, "c": {"d": {"e": 2}}}"#,
             r#"[{"k": "\\"}, {"m\\": {"n": {"o": []}}}]"#,
+            // Envelopes: items are depth 0, and so are the envelope's other fields.
+            r#"{"batch": [{"a": 1}, {"b": {"c": {"d": [{}]}}}], "sentAt": "x"}"#,
+            r#"{"api_key": "k", "batch": [[[[]]], {"p": {}}]}"#,
+            r#"{"api": {"a": {"b": {"c": {}}}}, "batch": [1, 2]}"#,
+            r#"{"batch": [{"a": 1}], "context": {"page": [[[]]]}}"#,
+            r#"{"batch": {"a": {"b": {"c": {}}}}, "x": 1}"#,
         ];
         for body in bodies {
-            let items = match serde_json::from_str::<Value>(body).unwrap() {
-                Value::Array(items) => items,
-                single => vec![single],
-            };
-            for max in 0..4 {
-                let parsed = items.iter().enumerate().find_map(|(index, item)| {
-                    let mut path = String::new();
-                    too_deep(item, 0, max, &mut path).then_some((index, path))
-                });
-                assert_eq!(find_too_deep(body, max), parsed, "max {max}, body {body}");
+            for batch_key in [None, Some("batch")] {
+                let (items, shape) = match serde_json::from_str::<Value>(body).unwrap() {
+                    Value::Array(items) => (items, Shape::Array),
+                    Value::Object(mut map) => match batch_key.and_then(|k| map.remove(k)) {
+                        Some(Value::Array(items)) => (items, Shape::Envelope(map)),
+                        // Not an envelope after all (the body is refused for that, not
+                        // for its depth): compare as a single item.
+                        Some(other) => {
+                            map.insert("batch".into(), other);
+                            (vec![Value::Object(map)], Shape::Object)
+                        }
+                        None => (vec![Value::Object(map)], Shape::Object),
+                    },
+                    single => (vec![single], Shape::Object),
+                };
+                for max in 0..4 {
+                    assert_eq!(
+                        find_too_deep(body, max, batch_key),
+                        first_too_deep(&items, &shape, max),
+                        "max {max}, batch key {batch_key:?}, body {body}"
+                    );
+                }
             }
         }
+    }
+
+    #[test]
+    fn envelopes() {
+        let limits = Limits::default();
+        let body = parse_body(
+            br#"{"batch": [{"a": 1}, {"b": 2}], "writeKey": "k"}"#,
+            Some("batch"),
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(body.items.len(), 2);
+        assert_eq!(
+            body.shape,
+            Shape::Envelope(match serde_json::json!({"writeKey": "k"}) {
+                Value::Object(map) => map,
+                _ => unreachable!(),
+            })
+        );
+        // Without a batch key the same body is one item.
+        let body = parse_body(br#"{"batch": [1]}"#, None, &limits).unwrap();
+        assert_eq!((body.items.len(), body.shape), (1, Shape::Object));
+        assert_eq!(
+            parse_body(br#"{"batch": {"a": 1}}"#, Some("batch"), &limits).unwrap_err(),
+            DecodeError::BatchNotArray { found: "an object" }
+        );
+        assert_eq!(
+            parse_body(br#"{"batch": []}"#, Some("batch"), &limits).unwrap_err(),
+            DecodeError::EmptyBatch
+        );
+        // Too deep to parse, inside an envelope: the item and path are still exact.
+        let deep = format!(
+            r#"{{"sentAt": "x", "batch": [{{"a": 1}}, {{"properties": {}1"#,
+            r#"{"k": "#.repeat(200)
+        );
+        assert_eq!(
+            parse_body(deep.as_bytes(), Some("batch"), &limits).unwrap_err(),
+            DecodeError::TooDeep {
+                index: 1,
+                path: format!("properties{}", ".k".repeat(16)),
+                max: 16
+            }
+        );
+    }
+
+    #[test]
+    fn json_len_is_the_compact_length() {
+        let value: Value = serde_json::from_str(r#"{ "a" : [1, 2], "b": "é\n" }"#).unwrap();
+        assert_eq!(json_len(&value), serde_json::to_vec(&value).unwrap().len());
+        assert_eq!(json_len(&value), r#"{"a":[1,2],"b":"é\n"}"#.len());
     }
 
     #[test]

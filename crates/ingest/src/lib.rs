@@ -1,18 +1,23 @@
 //! Wire formats decoded into Tally [`Event`]s.
 //!
-//! Each wire format has its own module ([`thrivestack`]) whose `decode` turns one HTTP
-//! body into a [`Decoded`]: the events that passed, plus one [`ItemError`] per item that
-//! did not, so one bad event in a batch does not cost the others. Problems with the
-//! request as a whole (not UTF-8, not JSON, too many events, nested too deeply) are a
-//! [`DecodeError`] and reject the request.
+//! Each wire format has its own module ([`thrivestack`], [`segment`], [`posthog`]) whose
+//! `decode` is a pure function from one HTTP request's parts to a [`Decoded`]: the events
+//! that passed, plus one [`ItemError`] per item that did not, so one bad event in a batch
+//! does not cost the others. Problems with the request as a whole (too large, not UTF-8,
+//! not JSON, too many events, nested too deeply, mixed keys) are a [`DecodeError`] and
+//! reject the request. Segment and PostHog carry their key in the body, so their decoders
+//! also return the key they found; the server authenticates with it.
 
 mod error;
+mod item;
 mod json;
 mod limits;
+pub mod posthog;
+pub mod segment;
 pub mod thrivestack;
 
 pub use error::{DecodeError, ItemError};
-pub use limits::Limits;
+pub use limits::{Limits, PostHogLimits, SegmentLimits};
 
 use tally_model::Event;
 

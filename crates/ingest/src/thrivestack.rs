@@ -5,7 +5,8 @@ use serde_json::{Map, Value};
 use tally_model::{Event, EventType};
 use uuid::Uuid;
 
-use crate::json::{id_field, parse_items, take_object, timestamp_micros, type_name};
+use crate::item::{clamp_future, fill_context, first_id, id, not_a_string, Reject};
+use crate::json::{parse_items, take_object, timestamp_micros, type_name};
 use crate::{DecodeError, Decoded, ItemError, Limits, RequestMeta};
 
 /// Which endpoint a body was posted to.
@@ -49,9 +50,6 @@ pub fn decode(
     }
     Ok(decoded)
 }
-
-/// A rejected item: the field at fault and why.
-type Reject = (&'static str, String);
 
 fn decode_item(
     call: Call,
@@ -144,14 +142,7 @@ fn decode_item(
         None | Some(Value::Null) => meta.received_at,
         Some(value) => {
             let t = timestamp_micros(value, "timestamp").map_err(|m| ("timestamp", m))?;
-            let latest = meta
-                .received_at
-                .saturating_add(limits.max_future_skew_s.saturating_mul(1_000_000));
-            if t > latest {
-                meta.received_at
-            } else {
-                t
-            }
+            clamp_future(t, meta, limits.max_future_skew_s)
         }
     };
 
@@ -171,13 +162,7 @@ fn decode_item(
         }
     };
 
-    for (key, value) in [("ip", &meta.ip), ("user_agent", &meta.user_agent)] {
-        if let Some(value) = value {
-            if context.get(key).is_none_or(Value::is_null) {
-                context.insert(key.into(), value.clone().into());
-            }
-        }
-    }
+    fill_context(&mut context, meta, &["user_agent"]);
 
     Ok(Event {
         uuid: message_id(&item).unwrap_or_else(Uuid::now_v7),
@@ -196,33 +181,12 @@ fn decode_item(
     })
 }
 
-fn id(map: &Map<String, Value>, key: &str, field: &'static str) -> Result<Option<String>, Reject> {
-    id_field(map, key, field).map_err(|m| (field, m))
-}
-
-/// The first id present among `(map, key, field)` candidates, in order. A candidate of
-/// the wrong type rejects the item even when an earlier one is present.
-fn first_id(
-    candidates: &[(&Map<String, Value>, &str, &'static str)],
-) -> Result<Option<String>, Reject> {
-    let mut found = None;
-    for &(map, key, field) in candidates {
-        let value = id(map, key, field)?;
-        found = found.or(value);
-    }
-    Ok(found)
-}
-
 /// A client-chosen event id, when it is a UUID: retries then keep the same id.
 fn message_id(item: &Map<String, Value>) -> Option<Uuid> {
     ["message_id", "messageId", "uuid"]
         .iter()
         .filter_map(|key| item.get(*key)?.as_str())
         .find_map(|s| Uuid::parse_str(s).ok())
-}
-
-fn not_a_string(field: &str, value: &Value) -> String {
-    format!("`{field}` must be a string, found {}", type_name(value))
 }
 
 #[cfg(test)]

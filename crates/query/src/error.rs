@@ -12,6 +12,9 @@ pub enum QueryError {
 
 impl QueryError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        QueryError::Invalid { field: field.into(), message: message.into() }
+        QueryError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }

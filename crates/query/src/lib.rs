@@ -6,6 +6,7 @@
 //! in; the normalized query is echoed in the response (and is what a cache would key on).
 
 mod error;
+mod events;
 mod stats;
 mod time;
 
@@ -31,7 +32,12 @@ pub fn run(
     let kind = match obj.get("kind") {
         None => "stats",
         Some(Value::String(k)) => k.as_str(),
-        Some(_) => return Err(QueryError::invalid("kind", "must be a string such as \"stats\"")),
+        Some(_) => {
+            return Err(QueryError::invalid(
+                "kind",
+                "must be a string such as \"stats\"",
+            ))
+        }
     };
     match kind {
         "stats" => {
@@ -39,9 +45,14 @@ pub fn run(
             let results = query.execute(store, project)?;
             Ok(json!({ "results": results, "query": query.normalized() }))
         }
+        "events" => {
+            let query = events::EventsQuery::parse(obj, now, || first_event_time(store, project))?;
+            let results = query.execute(store, project)?;
+            Ok(json!({ "results": results, "query": query.normalized() }))
+        }
         other => Err(QueryError::invalid(
             "kind",
-            format!("unknown query kind {other:?}; supported kinds: \"stats\""),
+            format!("unknown query kind {other:?}; supported kinds: \"stats\", \"events\""),
         )),
     }
 }

@@ -82,7 +82,10 @@ impl Dimension {
 
 fn prop_name(name: &str, field: &str) -> Result<String, QueryError> {
     if name.is_empty() || name.len() > 200 {
-        return Err(QueryError::invalid(field, "a property name must be 1 to 200 characters"));
+        return Err(QueryError::invalid(
+            field,
+            "a property name must be 1 to 200 characters",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -95,7 +98,7 @@ enum FilterOp {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Filter {
+pub(crate) struct Filter {
     op: FilterOp,
     dimension: Dimension,
     values: Vec<String>,
@@ -125,7 +128,13 @@ impl StatsQuery {
         project: &str,
     ) -> Result<Self, QueryError> {
         const KEYS: &[&str] = &[
-            "kind", "metrics", "date_range", "dimensions", "filters", "order_by", "timezone",
+            "kind",
+            "metrics",
+            "date_range",
+            "dimensions",
+            "filters",
+            "order_by",
+            "timezone",
             "pagination",
         ];
         if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
@@ -135,21 +144,17 @@ impl StatsQuery {
             ));
         }
 
-        let tz: Tz = match obj.get("timezone") {
-            None | Some(Value::Null) => Tz::UTC,
-            Some(Value::String(s)) => s.parse().map_err(|_| {
-                QueryError::invalid("timezone", format!("{s:?} is not an IANA timezone name"))
-            })?,
-            Some(_) => return Err(QueryError::invalid("timezone", "must be a string")),
-        };
+        let tz = parse_timezone(obj.get("timezone"))?;
 
         let metrics = parse_metrics(obj.get("metrics"))?;
-        let (start, end) = parse_date_range(obj.get("date_range"), tz, now, || {
-            first_event(project)
-        })?;
+        let (start, end) =
+            parse_date_range(obj.get("date_range"), tz, now, || first_event(project))?;
 
         let mut dimensions = Vec::new();
-        for (i, d) in string_list(obj.get("dimensions"), "dimensions")?.iter().enumerate() {
+        for (i, d) in string_list(obj.get("dimensions"), "dimensions")?
+            .iter()
+            .enumerate()
+        {
             let field = format!("dimensions[{i}]");
             let dim = if d == "time" {
                 Dimension::Time(auto_grain(end - start))
@@ -162,7 +167,10 @@ impl StatsQuery {
             if matches!(dim, Dimension::Time(_))
                 && dimensions.iter().any(|x| matches!(x, Dimension::Time(_)))
             {
-                return Err(QueryError::invalid(field, "only one time dimension is allowed"));
+                return Err(QueryError::invalid(
+                    field,
+                    "only one time dimension is allowed",
+                ));
             }
             dimensions.push(dim);
         }
@@ -173,27 +181,26 @@ impl StatsQuery {
             ));
         }
 
-        let filters = parse_filters(obj.get("filters"))?;
+        let filters = parse_filters_for(obj.get("filters"))?;
         let order_by = parse_order_by(obj.get("order_by"), &metrics, &dimensions)?;
         let (limit, offset) = parse_pagination(obj.get("pagination"))?;
 
-        Ok(Self { metrics, dimensions, filters, order_by, tz, start, end, limit, offset })
+        Ok(Self {
+            metrics,
+            dimensions,
+            filters,
+            order_by,
+            tz,
+            start,
+            end,
+            limit,
+            offset,
+        })
     }
 
     /// The query as understood, with every default filled in.
     pub fn normalized(&self) -> Value {
-        let filters: Vec<Value> = self
-            .filters
-            .iter()
-            .map(|f| {
-                let op = match f.op {
-                    FilterOp::Is => "is",
-                    FilterOp::IsNot => "is_not",
-                    FilterOp::Contains => "contains",
-                };
-                json!([op, f.dimension.name(), f.values])
-            })
-            .collect();
+        let filters: Vec<Value> = self.filters.iter().map(Filter::normalized).collect();
         json!({
             "kind": "stats",
             "metrics": self.metrics,
@@ -235,7 +242,11 @@ impl StatsQuery {
         for f in &self.filters {
             wheres.push(filter_sql(f, &local, &mut params));
         }
-        let mut text = format!("SELECT {} FROM events WHERE {}", select.join(", "), wheres.join(" AND "));
+        let mut text = format!(
+            "SELECT {} FROM events WHERE {}",
+            select.join(", "),
+            wheres.join(" AND ")
+        );
         if !self.dimensions.is_empty() {
             text.push_str(" GROUP BY ALL");
             let mut order: Vec<String> = self
@@ -267,10 +278,17 @@ impl StatsQuery {
                 let dims: Vec<Value> = row
                     .by_ref()
                     .take(n_dims)
-                    .map(|v| if v.is_null() { Value::String("(none)".into()) } else { v })
+                    .map(|v| {
+                        if v.is_null() {
+                            Value::String("(none)".into())
+                        } else {
+                            v
+                        }
+                    })
                     .collect();
-                let metrics: Vec<Value> =
-                    row.map(|v| if v.is_null() { Value::from(0) } else { v }).collect();
+                let metrics: Vec<Value> = row
+                    .map(|v| if v.is_null() { Value::from(0) } else { v })
+                    .collect();
                 json!({ "dimensions": dims, "metrics": metrics })
             })
             .collect())
@@ -280,23 +298,44 @@ impl StatsQuery {
         if let Some(i) = self.metrics.iter().position(|m| *m == key) {
             return format!("m{i}");
         }
-        let i = self.dimensions.iter().position(|d| d.name() == key).expect("validated");
+        let i = self
+            .dimensions
+            .iter()
+            .position(|d| d.name() == key)
+            .expect("validated");
         format!("d{i}")
     }
 
     /// `ts` shifted to local wall-clock time in the query's timezone.
     fn local_ts_expr(&self) -> String {
-        let segs =
-            time::offset_segments(self.tz, self.start / MICROS_PER_SEC, self.end / MICROS_PER_SEC);
+        let segs = time::offset_segments(
+            self.tz,
+            self.start / MICROS_PER_SEC,
+            self.end / MICROS_PER_SEC,
+        );
         if segs.len() == 1 {
             return format!("(ts + to_seconds({}))", segs[0].1);
         }
         let mut case = String::from("CASE");
         for pair in segs.windows(2) {
-            case.push_str(&format!(" WHEN ts < {} THEN {}", time::ts_literal(pair[1].0), pair[0].1));
+            case.push_str(&format!(
+                " WHEN ts < {} THEN {}",
+                time::ts_literal(pair[1].0),
+                pair[0].1
+            ));
         }
         case.push_str(&format!(" ELSE {} END", segs.last().expect("non-empty").1));
         format!("(ts + to_seconds({case}))")
+    }
+}
+
+pub(crate) fn parse_timezone(v: Option<&Value>) -> Result<Tz, QueryError> {
+    match v {
+        None | Some(Value::Null) => Ok(Tz::UTC),
+        Some(Value::String(s)) => s.parse().map_err(|_| {
+            QueryError::invalid("timezone", format!("{s:?} is not an IANA timezone name"))
+        }),
+        Some(_) => Err(QueryError::invalid("timezone", "must be a string")),
     }
 }
 
@@ -338,6 +377,22 @@ fn metric_expr(m: &str) -> &'static str {
     }
 }
 
+impl Filter {
+    pub(crate) fn normalized(&self) -> Value {
+        let op = match self.op {
+            FilterOp::Is => "is",
+            FilterOp::IsNot => "is_not",
+            FilterOp::Contains => "contains",
+        };
+        json!([op, self.dimension.name(), self.values])
+    }
+
+    /// The filter as a SQL condition; its values are appended to `params`.
+    pub(crate) fn sql(&self, local: &str, params: &mut Vec<Param>) -> String {
+        filter_sql(self, local, params)
+    }
+}
+
 fn filter_sql(f: &Filter, local: &str, params: &mut Vec<Param>) -> String {
     let expr = dimension_expr(&f.dimension, local);
     let placeholders = vec!["?"; f.values.len()].join(", ");
@@ -359,11 +414,19 @@ fn filter_sql(f: &Filter, local: &str, params: &mut Vec<Param>) -> String {
 
 fn parse_metrics(v: Option<&Value>) -> Result<Vec<&'static str>, QueryError> {
     let list = match v {
-        None => return Err(QueryError::invalid("metrics", "is required, e.g. [\"visitors\"]")),
+        None => {
+            return Err(QueryError::invalid(
+                "metrics",
+                "is required, e.g. [\"visitors\"]",
+            ))
+        }
         Some(v) => string_list(Some(v), "metrics")?,
     };
     if list.is_empty() {
-        return Err(QueryError::invalid("metrics", "must name at least one metric"));
+        return Err(QueryError::invalid(
+            "metrics",
+            "must name at least one metric",
+        ));
     }
     let mut out: Vec<&'static str> = Vec::new();
     for (i, m) in list.iter().enumerate() {
@@ -371,7 +434,10 @@ fn parse_metrics(v: Option<&Value>) -> Result<Vec<&'static str>, QueryError> {
         let known = STATS_METRICS.iter().find(|k| **k == m).ok_or_else(|| {
             QueryError::invalid(
                 &field,
-                format!("unknown metric {m:?}; supported: {}", STATS_METRICS.join(", ")),
+                format!(
+                    "unknown metric {m:?}; supported: {}",
+                    STATS_METRICS.join(", ")
+                ),
             )
         })?;
         if out.contains(known) {
@@ -390,14 +456,17 @@ fn string_list(v: Option<&Value>, field: &str) -> Result<Vec<String>, QueryError
             .enumerate()
             .map(|(i, item)| match item {
                 Value::String(s) => Ok(s.clone()),
-                _ => Err(QueryError::invalid(format!("{field}[{i}]"), "must be a string")),
+                _ => Err(QueryError::invalid(
+                    format!("{field}[{i}]"),
+                    "must be a string",
+                )),
             })
             .collect(),
         Some(_) => Err(QueryError::invalid(field, "must be a list of strings")),
     }
 }
 
-fn parse_date_range(
+pub(crate) fn parse_date_range(
     v: Option<&Value>,
     tz: Tz,
     now: DateTime<Utc>,
@@ -405,7 +474,12 @@ fn parse_date_range(
 ) -> Result<(i64, i64), QueryError> {
     let today = time::today(tz, now);
     let day_after = |d: chrono::NaiveDate| time::day_start(tz, d + Duration::days(1));
-    let last_days = |n: i64| Ok((time::day_start(tz, today - Duration::days(n - 1)), day_after(today)));
+    let last_days = |n: i64| {
+        Ok((
+            time::day_start(tz, today - Duration::days(n - 1)),
+            day_after(today),
+        ))
+    };
     match v {
         None => Err(QueryError::invalid(
             "date_range",
@@ -459,7 +533,10 @@ fn parse_date_range(
                 Bound::Instant(t) => t + MICROS_PER_SEC,
             };
             if end <= start {
-                return Err(QueryError::invalid("date_range", "the end is before the start"));
+                return Err(QueryError::invalid(
+                    "date_range",
+                    "the end is before the start",
+                ));
             }
             Ok((start, end))
         }
@@ -470,8 +547,7 @@ fn parse_date_range(
     }
 }
 
-
-fn parse_filters(v: Option<&Value>) -> Result<Vec<Filter>, QueryError> {
+pub(crate) fn parse_filters_for(v: Option<&Value>) -> Result<Vec<Filter>, QueryError> {
     let items = match v {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -533,23 +609,36 @@ fn parse_order_by(
     let items = match v {
         None | Some(Value::Null) => {
             // Time series read in time order; breakdowns lead with the biggest.
-            return Ok(match dimensions.iter().find(|d| matches!(d, Dimension::Time(_))) {
-                Some(t) => vec![(t.name(), false)],
-                None if dimensions.is_empty() => Vec::new(),
-                None => vec![(metrics[0].to_owned(), true)],
-            });
+            return Ok(
+                match dimensions.iter().find(|d| matches!(d, Dimension::Time(_))) {
+                    Some(t) => vec![(t.name(), false)],
+                    None if dimensions.is_empty() => Vec::new(),
+                    None => vec![(metrics[0].to_owned(), true)],
+                },
+            );
         }
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(QueryError::invalid("order_by", "must be a list of [key, direction]")),
+        Some(_) => {
+            return Err(QueryError::invalid(
+                "order_by",
+                "must be a list of [key, direction]",
+            ))
+        }
     };
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let field = format!("order_by[{i}]");
         let (key, dir) = match item {
             Value::Array(p) if p.len() == 2 => (p[0].as_str(), p[1].as_str()),
-            _ => return Err(QueryError::invalid(field, "must be [key, \"asc\" | \"desc\"]")),
+            _ => {
+                return Err(QueryError::invalid(
+                    field,
+                    "must be [key, \"asc\" | \"desc\"]",
+                ))
+            }
         };
-        let key = key.ok_or_else(|| QueryError::invalid(format!("{field}[0]"), "must be a string"))?;
+        let key =
+            key.ok_or_else(|| QueryError::invalid(format!("{field}[0]"), "must be a string"))?;
         let known = metrics.contains(&key) || dimensions.iter().any(|d| d.name() == key);
         if !known {
             return Err(QueryError::invalid(
@@ -560,7 +649,12 @@ fn parse_order_by(
         let desc = match dir {
             Some("asc") => false,
             Some("desc") => true,
-            _ => return Err(QueryError::invalid(format!("{field}[1]"), "must be \"asc\" or \"desc\"")),
+            _ => {
+                return Err(QueryError::invalid(
+                    format!("{field}[1]"),
+                    "must be \"asc\" or \"desc\"",
+                ))
+            }
         };
         out.push((key.to_owned(), desc));
     }
@@ -568,10 +662,23 @@ fn parse_order_by(
 }
 
 fn parse_pagination(v: Option<&Value>) -> Result<(u64, u64), QueryError> {
+    parse_pagination_with(v, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+pub(crate) fn parse_pagination_with(
+    v: Option<&Value>,
+    default_limit: u64,
+    max_limit: u64,
+) -> Result<(u64, u64), QueryError> {
     let obj = match v {
-        None | Some(Value::Null) => return Ok((DEFAULT_LIMIT, 0)),
+        None | Some(Value::Null) => return Ok((default_limit, 0)),
         Some(Value::Object(o)) => o,
-        Some(_) => return Err(QueryError::invalid("pagination", "must be {\"limit\": n, \"offset\": n}")),
+        Some(_) => {
+            return Err(QueryError::invalid(
+                "pagination",
+                "must be {\"limit\": n, \"offset\": n}",
+            ))
+        }
     };
     let num = |k: &str, default: u64| -> Result<u64, QueryError> {
         match obj.get(k) {
@@ -582,11 +689,17 @@ fn parse_pagination(v: Option<&Value>) -> Result<(u64, u64), QueryError> {
         }
     };
     if let Some(k) = obj.keys().find(|k| *k != "limit" && *k != "offset") {
-        return Err(QueryError::invalid(format!("pagination.{k}"), "unknown key"));
+        return Err(QueryError::invalid(
+            format!("pagination.{k}"),
+            "unknown key",
+        ));
     }
-    let limit = num("limit", DEFAULT_LIMIT)?;
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(QueryError::invalid("pagination.limit", format!("must be 1 to {MAX_LIMIT}")));
+    let limit = num("limit", default_limit)?;
+    if limit == 0 || limit > max_limit {
+        return Err(QueryError::invalid(
+            "pagination.limit",
+            format!("must be 1 to {max_limit}"),
+        ));
     }
     Ok((limit, num("offset", 0)?))
 }

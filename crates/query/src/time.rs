@@ -16,7 +16,9 @@ pub(crate) const MICROS_PER_SEC: i64 = 1_000_000;
 /// The offset from UTC, in seconds, that `tz` has at the UTC instant `secs`.
 pub(crate) fn offset_at(tz: Tz, secs: i64) -> i32 {
     let utc = DateTime::<Utc>::from_timestamp(secs, 0).unwrap_or_default();
-    tz.offset_from_utc_datetime(&utc.naive_utc()).fix().local_minus_utc()
+    tz.offset_from_utc_datetime(&utc.naive_utc())
+        .fix()
+        .local_minus_utc()
 }
 
 /// The offsets in force over `[start, end)` (UTC seconds): the first element starts at
@@ -120,7 +122,13 @@ mod tests {
     fn berlin_spring_forward_is_found_to_the_second() {
         let tz: Tz = "Europe/Berlin".parse().unwrap();
         let segs = offset_segments(tz, utc("2026-03-28T00:00:00Z"), utc("2026-03-31T00:00:00Z"));
-        assert_eq!(segs, vec![(utc("2026-03-28T00:00:00Z"), 3600), (utc("2026-03-29T01:00:00Z"), 7200)]);
+        assert_eq!(
+            segs,
+            vec![
+                (utc("2026-03-28T00:00:00Z"), 3600),
+                (utc("2026-03-29T01:00:00Z"), 7200)
+            ]
+        );
     }
 
     #[test]
@@ -138,14 +146,22 @@ mod tests {
         let tz: Tz = "America/Santiago".parse().unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 9, 6).unwrap();
         let start = day_start(tz, d) / MICROS_PER_SEC;
-        assert_eq!(rfc3339_in(tz, start * MICROS_PER_SEC), "2026-09-06T01:00:00-03:00");
+        assert_eq!(
+            rfc3339_in(tz, start * MICROS_PER_SEC),
+            "2026-09-06T01:00:00-03:00"
+        );
     }
 
     #[test]
     fn bounds_accept_dates_and_offsets_and_refuse_naive_times() {
         assert!(matches!(parse_bound("2026-11-01", "f"), Ok(Bound::Date(_))));
-        assert!(matches!(parse_bound("2026-11-01T10:00:00+01:00", "f"), Ok(Bound::Instant(_))));
-        let err = parse_bound("2026-11-01T10:00:00", "date_range[0]").err().unwrap();
+        assert!(matches!(
+            parse_bound("2026-11-01T10:00:00+01:00", "f"),
+            Ok(Bound::Instant(_))
+        ));
+        let err = parse_bound("2026-11-01T10:00:00", "date_range[0]")
+            .err()
+            .unwrap();
         assert!(err.to_string().starts_with("date_range[0]: "), "{err}");
         assert!(parse_bound("yesterday", "f").is_err());
     }

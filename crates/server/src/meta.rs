@@ -66,9 +66,15 @@ pub enum KeyKind {
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid projects file: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("a project named {0:?} already exists")]
     Exists(String),
     #[error("no project {0:?}")]
@@ -86,7 +92,9 @@ impl Projects {
     pub fn load(data_dir: &Path) -> Result<Self, MetaError> {
         let path = Self::path(data_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| MetaError::Parse { path, source }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| MetaError::Parse { path, source })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(MetaError::Io { path, source }),
         }
@@ -95,14 +103,20 @@ impl Projects {
     /// Writes the file atomically.
     pub fn save(&self, data_dir: &Path) -> Result<(), MetaError> {
         let path = Self::path(data_dir);
-        let io = |source| MetaError::Io { path: path.clone(), source };
+        let io = |source| MetaError::Io {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(data_dir).map_err(io)?;
         let tmp = data_dir.join(format!(".{FILE_NAME}.tmp"));
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec_pretty(self).expect("projects serialize")).map_err(io)?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("projects serialize"))
+            .map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io)?;
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 
@@ -120,7 +134,11 @@ impl Projects {
             write_keys: vec![write_key.clone()],
             read_keys: vec![read_key_record(&read_key)],
         });
-        Ok(NewProject { project: id, write_key, read_key })
+        Ok(NewProject {
+            project: id,
+            write_key,
+            read_key,
+        })
     }
 
     /// Adds a key to a project and returns it.
@@ -166,17 +184,25 @@ impl KeyIndex {
         if let Some(p) = self.write.get(key) {
             return Some((p, KeyKind::Write));
         }
-        self.read.get(&sha256_hex(key)).map(|p| (p.as_str(), KeyKind::Read))
+        self.read
+            .get(&sha256_hex(key))
+            .map(|p| (p.as_str(), KeyKind::Read))
     }
 }
 
 /// The file's modification time, to notice edits by the CLI.
 pub fn modified(data_dir: &Path) -> Option<SystemTime> {
-    std::fs::metadata(Projects::path(data_dir)).and_then(|m| m.modified()).ok()
+    std::fs::metadata(Projects::path(data_dir))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 fn read_key_record(key: &str) -> ReadKey {
-    ReadKey { prefix: key.chars().take(8).collect(), sha256: sha256_hex(key), created_at: now() }
+    ReadKey {
+        prefix: key.chars().take(8).collect(),
+        sha256: sha256_hex(key),
+        created_at: now(),
+    }
 }
 
 /// 32 random bytes as 44 characters of base64, the shape ThriveStack keys have.
@@ -225,10 +251,19 @@ mod tests {
         let loaded = Projects::load(dir.path()).unwrap();
         assert_eq!(loaded, projects);
         let raw = std::fs::read_to_string(Projects::path(dir.path())).unwrap();
-        assert!(!raw.contains(&made.read_key), "the read key must not be stored in clear");
+        assert!(
+            !raw.contains(&made.read_key),
+            "the read key must not be stored in clear"
+        );
         let index = loaded.index();
-        assert_eq!(index.lookup(&made.write_key), Some(("my-shop", KeyKind::Write)));
-        assert_eq!(index.lookup(&made.read_key), Some(("my-shop", KeyKind::Read)));
+        assert_eq!(
+            index.lookup(&made.write_key),
+            Some(("my-shop", KeyKind::Write))
+        );
+        assert_eq!(
+            index.lookup(&made.read_key),
+            Some(("my-shop", KeyKind::Read))
+        );
         assert_eq!(index.lookup("nope"), None);
     }
 
@@ -236,8 +271,17 @@ mod tests {
     fn duplicate_and_empty_names_are_refused() {
         let mut projects = Projects::default();
         projects.create_project("shop").unwrap();
-        assert!(matches!(projects.create_project("Shop"), Err(MetaError::Exists(_))));
-        assert!(matches!(projects.create_project("!!"), Err(MetaError::BadName)));
-        assert!(matches!(projects.create_key("none", KeyKind::Read), Err(MetaError::NoProject(_))));
+        assert!(matches!(
+            projects.create_project("Shop"),
+            Err(MetaError::Exists(_))
+        ));
+        assert!(matches!(
+            projects.create_project("!!"),
+            Err(MetaError::BadName)
+        ));
+        assert!(matches!(
+            projects.create_key("none", KeyKind::Read),
+            Err(MetaError::NoProject(_))
+        ));
     }
 }

@@ -8,13 +8,13 @@ use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const HTTP_DURATION: &str = "tally_http_request_duration_seconds";
-pub const EVENTS_ACCEPTED: &str = "tally_events_accepted_total";
-pub const EVENTS_REJECTED: &str = "tally_events_rejected_total";
-pub const WRITER_BATCH_EVENTS: &str = "tally_writer_batch_events";
-pub const WRITER_FLUSH_SECONDS: &str = "tally_writer_flush_seconds";
-pub const WRITER_ERRORS: &str = "tally_writer_errors_total";
-pub const QUERY_SECONDS: &str = "tally_store_query_seconds";
+pub(crate) const HTTP_DURATION: &str = "tally_http_request_duration_seconds";
+pub(crate) const EVENTS_ACCEPTED: &str = "tally_events_accepted_total";
+pub(crate) const EVENTS_REJECTED: &str = "tally_events_rejected_total";
+pub(crate) const WRITER_BATCH_EVENTS: &str = "tally_writer_batch_events";
+pub(crate) const WRITER_FLUSH_SECONDS: &str = "tally_writer_flush_seconds";
+pub(crate) const WRITER_ERRORS: &str = "tally_writer_errors_total";
+pub(crate) const QUERY_SECONDS: &str = "tally_store_query_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -23,16 +23,28 @@ const LATENCY_BUCKETS: &[f64] = &[
 const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
 
 /// The process-wide recorder (installed once; tests start many servers in one process).
-pub fn handle() -> PrometheusHandle {
+pub(crate) fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WRITER_BATCH_EVENTS.into()), SIZE_BUCKETS))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("tally_wal_group_commit_records".into()), SIZE_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(WRITER_BATCH_EVENTS.into()),
+                        SIZE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("tally_wal_group_commit_records".into()),
+                        SIZE_BUCKETS,
+                    )
+                })
                 .expect("bucket lists are non-empty");
-            let handle = builder.install_recorder().expect("no other metrics recorder is installed");
+            let handle = builder
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
             metrics::gauge!("tally_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
@@ -40,7 +52,7 @@ pub fn handle() -> PrometheusHandle {
 }
 
 /// Records every request's latency by route template (not raw path: bounded labels).
-pub async fn track_latency(request: Request, next: Next) -> Response {
+pub(crate) async fn track_latency(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = request
         .extensions()

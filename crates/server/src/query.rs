@@ -26,9 +26,17 @@ pub(crate) async fn query(
     let request: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "malformed_json",
-            format!("malformed JSON at line {}, column {}: {e}", e.line(), e.column()),
+            format!(
+                "malformed JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
         )
     })?;
+    let kind = match request.get("kind").and_then(Value::as_str) {
+        Some("events") => "events",
+        _ => "stats",
+    };
     let store = state.store.clone();
     let start = Instant::now();
     let result = tokio::task::spawn_blocking(move || {
@@ -36,7 +44,7 @@ pub(crate) async fn query(
     })
     .await
     .map_err(ApiError::internal)?;
-    metrics::histogram!(QUERY_SECONDS, "kind" => "stats").record(start.elapsed().as_secs_f64());
+    metrics::histogram!(QUERY_SECONDS, "kind" => kind).record(start.elapsed().as_secs_f64());
     match result {
         Ok(body) => Ok((StatusCode::OK, Json(body)).into_response()),
         Err(QueryError::Invalid { field, message }) => Err(ApiError::bad_request(
@@ -46,7 +54,10 @@ pub(crate) async fn query(
         .with_details(json!({ "field": field }))),
         Err(QueryError::Store(StoreError::Timeout(t))) => Err(ApiError::unavailable(
             "query_timeout",
-            format!("the query ran longer than {} ms and was stopped", t.as_millis()),
+            format!(
+                "the query ran longer than {} ms and was stopped",
+                t.as_millis()
+            ),
             1,
         )),
         Err(QueryError::Store(e)) => Err(ApiError::internal(e)),

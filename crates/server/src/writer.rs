@@ -17,6 +17,7 @@ use tally_store::duckdb::DuckStore;
 use tally_store::Store;
 
 use crate::config::WriterConfig;
+use crate::dedup::Dedup;
 use crate::metrics::{WRITER_BATCH_EVENTS, WRITER_ERRORS, WRITER_FLUSH_SECONDS};
 
 pub(crate) struct Writer {
@@ -28,6 +29,7 @@ pub(crate) struct Writer {
     pub draining: Arc<AtomicBool>,
     /// Where records that cannot be decoded are kept for an operator to inspect.
     pub dead_letter: PathBuf,
+    pub dedup: Dedup,
 }
 
 impl Writer {
@@ -39,7 +41,11 @@ impl Writer {
             let draining = self.draining.load(Ordering::Acquire);
             let records = match self
                 .reader
-                .next_batch(self.config.batch_max_records, self.config.batch_max_bytes, wait)
+                .next_batch(
+                    self.config.batch_max_records,
+                    self.config.batch_max_bytes,
+                    wait,
+                )
                 .await
             {
                 Ok(r) => r,
@@ -61,9 +67,23 @@ impl Writer {
         }
     }
 
-    async fn write(&self, records: Vec<Record>) {
+    async fn write(&mut self, records: Vec<Record>) {
         let upto = records.last().expect("non-empty").lsn;
-        let batches = self.decode(records);
+        let mut batches = self.decode(records);
+        let mut duplicates = 0u64;
+        for batch in &mut batches {
+            batch.events.retain(|e| {
+                let dup = self.dedup.is_duplicate(&e.uuid, e.received_at);
+                duplicates += u64::from(dup);
+                !dup
+            });
+        }
+        if duplicates > 0 {
+            metrics::counter!("tally_events_deduplicated_total").increment(duplicates);
+        }
+        let now = chrono::Utc::now().timestamp_micros();
+        metrics::gauge!("tally_dedup_ids").set(self.dedup.len() as f64);
+        metrics::gauge!("tally_dedup_window_seconds").set(self.dedup.window_secs(now) as f64);
         let events: usize = batches.iter().map(|b| b.events.len()).sum();
         let batches = Arc::new(batches);
         let mut backoff = Duration::from_millis(100);
@@ -113,7 +133,10 @@ impl Writer {
 
 fn append_dead_letter(path: &PathBuf, lsn: u64, payload: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     writeln!(f, "{lsn}\t{}", String::from_utf8_lossy(payload))?;
     f.sync_all()
 }

@@ -78,7 +78,11 @@ async fn anonymous_page_visits_count_as_pageviews_per_page() {
                "properties": {"page_url": format!("https://shop.example{path}?utm_source=x")}})
     };
     let r = s
-        .track(json!([visit("d1", "/pricing"), visit("d2", "/pricing"), visit("d1", "/docs")]))
+        .track(json!([
+            visit("d1", "/pricing"),
+            visit("d2", "/pricing"),
+            visit("d1", "/docs")
+        ]))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = s
@@ -141,8 +145,19 @@ async fn identify_and_group_update_persons_accounts_and_membership() {
     s.stop().await;
 
     let persons = store_rows(&s.data_dir, "SELECT user_id, traits->>'plan', traits->>'user_email', traits->>'first_name' FROM persons");
-    assert_eq!(persons, vec![vec![json!("u1"), json!("pro"), json!("a@x.io"), json!("Ada")]]);
-    let groups = store_rows(&s.data_dir, "SELECT group_id, traits->>'account_name', (traits->>'employees')::INT FROM groups");
+    assert_eq!(
+        persons,
+        vec![vec![
+            json!("u1"),
+            json!("pro"),
+            json!("a@x.io"),
+            json!("Ada")
+        ]]
+    );
+    let groups = store_rows(
+        &s.data_dir,
+        "SELECT group_id, traits->>'account_name', (traits->>'employees')::INT FROM groups",
+    );
     assert_eq!(groups, vec![vec![json!("acme"), json!("Acme"), json!(40)]]);
     let members = store_rows(&s.data_dir, "SELECT group_id, user_id FROM group_members");
     assert_eq!(members, vec![vec![json!("acme"), json!("u1")]]);
@@ -154,11 +169,17 @@ async fn keys_are_checked_per_route() {
     let body = json!([{"event_name": "x", "user_id": "u"}]).to_string();
     let none = s.send("/api/track", None, body.clone()).await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
-    assert!(none.body["message"].as_str().unwrap().contains("x-api-key"), "{}", none.body);
+    assert!(
+        none.body["message"].as_str().unwrap().contains("x-api-key"),
+        "{}",
+        none.body
+    );
     let unknown = s.send("/api/track", Some("not-a-key"), body.clone()).await;
     assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
     assert_eq!(unknown.body["message"], "unknown API key");
-    let read = s.send("/api/track", Some(&s.read_key.clone()), body.clone()).await;
+    let read = s
+        .send("/api/track", Some(&s.read_key.clone()), body.clone())
+        .await;
     assert_eq!(read.status, StatusCode::FORBIDDEN);
     let q = json!({"metrics": ["events"], "date_range": "day"}).to_string();
     let write = s.send("/api/v1/query", Some(&s.write_key.clone()), q).await;
@@ -182,9 +203,18 @@ async fn browsers_get_a_cors_preflight_for_x_api_key() {
     assert!(r.status().is_success(), "{}", r.status());
     let h = r.headers();
     assert_eq!(h["access-control-allow-origin"], "*");
-    let allowed = h["access-control-allow-headers"].to_str().unwrap().to_lowercase();
-    assert!(allowed.contains("x-api-key") && allowed.contains("content-type"), "{allowed}");
-    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        allowed.contains("x-api-key") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
 }
 
 /// Each bad input: its status, a message saying what and where, the server still
@@ -196,12 +226,27 @@ async fn bad_input_gets_a_clear_error_and_good_data_is_kept() {
     let good = json!({"event_name": "ok", "user_id": "u"});
 
     // Whole-request errors: (body, status, error code, words the message must contain).
-    let deep = format!("[{{\"event_name\":\"x\",\"user_id\":\"u\",\"properties\":{}1{}}}]", "[".repeat(200), "]".repeat(200));
+    let deep = format!(
+        "[{{\"event_name\":\"x\",\"user_id\":\"u\",\"properties\":{}1{}}}]",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
     let too_many = Value::Array(vec![good.clone(); 1001]).to_string();
-    let too_big = format!("[{{\"event_name\":\"x\",\"user_id\":\"u\",\"properties\":{{\"p\":\"{}\"}}}}]", "a".repeat(2 * 1024 * 1024));
+    let too_big = format!(
+        "[{{\"event_name\":\"x\",\"user_id\":\"u\",\"properties\":{{\"p\":\"{}\"}}}}]",
+        "a".repeat(2 * 1024 * 1024)
+    );
     let cases: Vec<(Vec<u8>, &str, &[&str])> = vec![
-        (b"[{\"event_name\": \"x\",".to_vec(), "malformed_json", &["line 1", "column"]),
-        (b"{\"event_name\": \"x\", \"user_id\": \"\xff\xfe\"}".to_vec(), "invalid_utf8", &["byte offset 32"]),
+        (
+            b"[{\"event_name\": \"x\",".to_vec(),
+            "malformed_json",
+            &["line 1", "column"],
+        ),
+        (
+            b"{\"event_name\": \"x\", \"user_id\": \"\xff\xfe\"}".to_vec(),
+            "invalid_utf8",
+            &["byte offset 32"],
+        ),
         (b"\"hello\"".to_vec(), "wrong_shape", &["array", "object"]),
         (deep.into_bytes(), "too_deep", &["item 0", "properties"]),
         (too_many.into_bytes(), "too_many_events", &["1001", "1000"]),
@@ -236,7 +281,12 @@ async fn bad_input_gets_a_clear_error_and_good_data_is_kept() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["index"].as_u64().unwrap(), e["field"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["field"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         errors,
@@ -251,7 +301,9 @@ async fn bad_input_gets_a_clear_error_and_good_data_is_kept() {
     assert_eq!(r.body["message"], "5 of 7 events rejected; see errors");
 
     // Still serving, and exactly the two good events are in the store.
-    let r = s.track(json!([{"event_name": "after", "user_id": "u"}])).await;
+    let r = s
+        .track(json!([{"event_name": "after", "user_id": "u"}]))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     s.wait_for_events(3).await;
     let r = s.query(json!({"metrics": ["events"], "date_range": "all", "dimensions": ["event:name"], "order_by": [["event:name", "asc"]]})).await;
@@ -264,8 +316,14 @@ async fn bad_input_gets_a_clear_error_and_good_data_is_kept() {
         ])
     );
     let m = s.metrics().await;
-    assert!(m.contains("tally_requests_rejected_total{reason=\"malformed_json\"} 1"), "{m}");
-    assert!(m.contains("tally_events_rejected_total{reason=\"event_name\"} 2"), "{m}");
+    assert!(
+        m.contains("tally_requests_rejected_total{reason=\"malformed_json\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tally_events_rejected_total{reason=\"event_name\"} 2"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -293,13 +351,19 @@ async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing() {
     let r = refused.expect("the queue never filled");
     assert_eq!(r.headers["retry-after"], "1");
     assert_eq!(r.body["error"], "queue_full");
-    assert!(r.body["message"].as_str().unwrap().contains("not accepted"), "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("not accepted"),
+        "{}",
+        r.body
+    );
     assert!(accepted > 0);
 
     // After the writer drains, ingest accepts again, and every acked event is stored once.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
-        let r = s.track(json!([{"event_name": "fill", "user_id": "late"}])).await;
+        let r = s
+            .track(json!([{"event_name": "fill", "user_id": "late"}]))
+            .await;
         if r.status == StatusCode::OK {
             accepted += 1;
             break;
@@ -315,11 +379,16 @@ async fn shutdown_flushes_the_queue_into_the_store() {
     // A long batch wait means events sit in the WAL when shutdown starts.
     let mut s = TestServer::start_with(|c| c.writer.batch_max_wait_ms = 60_000).await;
     for i in 0..20 {
-        let r = s.track(json!([{"event_name": "e", "user_id": format!("u{i}")}])).await;
+        let r = s
+            .track(json!([{"event_name": "e", "user_id": format!("u{i}")}]))
+            .await;
         assert_eq!(r.status, StatusCode::OK);
     }
     s.stop().await;
-    let rows = store_rows(&s.data_dir, "SELECT count(*), count(DISTINCT user_id) FROM events");
+    let rows = store_rows(
+        &s.data_dir,
+        "SELECT count(*), count(DISTINCT user_id) FROM events",
+    );
     assert_eq!(rows, vec![vec![json!(20), json!(20)]]);
 }
 
@@ -329,7 +398,12 @@ async fn operations_endpoints_report_health_and_metrics() {
     let r = s.track(json!([{"event_name": "m", "user_id": "u"}])).await;
     assert_eq!(r.status, StatusCode::OK);
     s.wait_for_events(1).await;
-    let ready = s.client.get(format!("{}/readyz", s.base)).send().await.unwrap();
+    let ready = s
+        .client
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["ready"], true);
@@ -346,7 +420,12 @@ async fn operations_endpoints_report_health_and_metrics() {
     ] {
         assert!(m.contains(name), "/metrics lacks {name}:\n{m}");
     }
-    let r = s.client.get(format!("{}/nope", s.base)).send().await.unwrap();
+    let r = s
+        .client
+        .get(format!("{}/nope", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "not_found");

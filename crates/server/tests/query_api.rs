@@ -8,17 +8,45 @@ use serde_json::{json, Value};
 
 /// Berlin switches from +01:00 to +02:00 at 2026-03-29T01:00:00Z.
 async fn dst_dataset(s: &TestServer) {
-    let e = |name: &str, user: &str, ts: &str, props: Value| {
-        json!({"event_name": name, "user_id": user, "timestamp": ts, "properties": props})
-    };
+    let e = |name: &str, user: &str, ts: &str, props: Value| json!({"event_name": name, "user_id": user, "timestamp": ts, "properties": props});
     let r = s
         .track(json!([
-            e("signed_up", "u1", "2026-03-28T22:30:00Z", json!({"plan": "pro", "page_path": "/signup"})),   // Berlin 28th 23:30
-            e("signed_up", "u2", "2026-03-28T23:30:00Z", json!({"plan": "free", "page_path": "/signup"})),  // Berlin 29th 00:30
-            e("page_visit", "u1", "2026-03-29T00:30:00Z", json!({"page_path": "/pricing"})),              // Berlin 29th 01:30 (+1)
-            e("page_visit", "u2", "2026-03-29T01:30:00Z", json!({"page_path": "/pricing/team"})),         // Berlin 29th 03:30 (+2)
-            e("feature_used", "u1", "2026-03-29T21:30:00Z", json!({"plan": "pro", "feature_name": "export"})), // Berlin 29th 23:30
-            e("feature_used", "u3", "2026-03-29T22:30:00Z", json!({"feature_name": "Export CSV"})),          // Berlin 30th 00:30
+            e(
+                "signed_up",
+                "u1",
+                "2026-03-28T22:30:00Z",
+                json!({"plan": "pro", "page_path": "/signup"})
+            ), // Berlin 28th 23:30
+            e(
+                "signed_up",
+                "u2",
+                "2026-03-28T23:30:00Z",
+                json!({"plan": "free", "page_path": "/signup"})
+            ), // Berlin 29th 00:30
+            e(
+                "page_visit",
+                "u1",
+                "2026-03-29T00:30:00Z",
+                json!({"page_path": "/pricing"})
+            ), // Berlin 29th 01:30 (+1)
+            e(
+                "page_visit",
+                "u2",
+                "2026-03-29T01:30:00Z",
+                json!({"page_path": "/pricing/team"})
+            ), // Berlin 29th 03:30 (+2)
+            e(
+                "feature_used",
+                "u1",
+                "2026-03-29T21:30:00Z",
+                json!({"plan": "pro", "feature_name": "export"})
+            ), // Berlin 29th 23:30
+            e(
+                "feature_used",
+                "u3",
+                "2026-03-29T22:30:00Z",
+                json!({"feature_name": "Export CSV"})
+            ), // Berlin 30th 00:30
         ]))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -35,12 +63,15 @@ async fn ok(s: &TestServer, q: Value) -> Value {
 async fn days_follow_the_timezone_across_a_dst_switch() {
     let s = TestServer::start().await;
     dst_dataset(&s).await;
-    let berlin = ok(&s, json!({
-        "metrics": ["events", "visitors"],
-        "date_range": ["2026-03-28", "2026-03-30"],
-        "dimensions": ["time:day"],
-        "timezone": "Europe/Berlin",
-    }))
+    let berlin = ok(
+        &s,
+        json!({
+            "metrics": ["events", "visitors"],
+            "date_range": ["2026-03-28", "2026-03-30"],
+            "dimensions": ["time:day"],
+            "timezone": "Europe/Berlin",
+        }),
+    )
     .await;
     assert_eq!(
         berlin["results"],
@@ -68,12 +99,15 @@ async fn days_follow_the_timezone_across_a_dst_switch() {
 async fn hours_skip_the_missing_hour_of_spring_forward() {
     let s = TestServer::start().await;
     dst_dataset(&s).await;
-    let r = ok(&s, json!({
-        "metrics": ["events"],
-        "date_range": ["2026-03-29T00:00:00+01:00", "2026-03-29T05:00:00+02:00"],
-        "dimensions": ["time:hour"],
-        "timezone": "Europe/Berlin",
-    }))
+    let r = ok(
+        &s,
+        json!({
+            "metrics": ["events"],
+            "date_range": ["2026-03-29T00:00:00+01:00", "2026-03-29T05:00:00+02:00"],
+            "dimensions": ["time:hour"],
+            "timezone": "Europe/Berlin",
+        }),
+    )
     .await;
     assert_eq!(
         r["results"],
@@ -102,12 +136,20 @@ async fn filters_breakdowns_and_ordering() {
         ])
     );
 
-    let r = ok(&s, json!({"metrics": ["visitors", "events"], "date_range": range,
-        "filters": [["contains", "event:props:feature_name", ["EXPORT"]]]})).await;
+    let r = ok(
+        &s,
+        json!({"metrics": ["visitors", "events"], "date_range": range,
+        "filters": [["contains", "event:props:feature_name", ["EXPORT"]]]}),
+    )
+    .await;
     assert_eq!(r["results"], json!([{"dimensions": [], "metrics": [2, 2]}]));
 
-    let r = ok(&s, json!({"metrics": ["pageviews"], "date_range": range, "dimensions": ["event:page"],
-        "filters": [["contains", "event:page", ["/pricing"]]]})).await;
+    let r = ok(
+        &s,
+        json!({"metrics": ["pageviews"], "date_range": range, "dimensions": ["event:page"],
+        "filters": [["contains", "event:page", ["/pricing"]]]}),
+    )
+    .await;
     assert_eq!(
         r["results"],
         json!([
@@ -116,17 +158,42 @@ async fn filters_breakdowns_and_ordering() {
         ])
     );
 
-    let r = ok(&s, json!({"metrics": ["events"], "date_range": range, "dimensions": ["event:name"],
-        "pagination": {"limit": 1, "offset": 1}, "order_by": [["event:name", "asc"]]})).await;
-    assert_eq!(r["results"], json!([{"dimensions": ["page_visit"], "metrics": [2]}]));
+    let r = ok(
+        &s,
+        json!({"metrics": ["events"], "date_range": range, "dimensions": ["event:name"],
+        "pagination": {"limit": 1, "offset": 1}, "order_by": [["event:name", "asc"]]}),
+    )
+    .await;
+    assert_eq!(
+        r["results"],
+        json!([{"dimensions": ["page_visit"], "metrics": [2]}])
+    );
 
-    let r = ok(&s, json!({"metrics": ["events"], "date_range": range, "dimensions": ["time:month"]})).await;
-    assert_eq!(r["results"], json!([{"dimensions": ["2026-03-01"], "metrics": [6]}]));
+    let r = ok(
+        &s,
+        json!({"metrics": ["events"], "date_range": range, "dimensions": ["time:month"]}),
+    )
+    .await;
+    assert_eq!(
+        r["results"],
+        json!([{"dimensions": ["2026-03-01"], "metrics": [6]}])
+    );
     // Weeks start on Monday; in Berlin the last event falls on Monday the 30th.
-    let r = ok(&s, json!({"metrics": ["events"], "date_range": range, "dimensions": ["time:week"]})).await;
-    assert_eq!(r["results"], json!([{"dimensions": ["2026-03-23"], "metrics": [6]}]));
-    let r = ok(&s, json!({"metrics": ["events"], "date_range": range, "dimensions": ["time:week"],
-        "timezone": "Europe/Berlin"})).await;
+    let r = ok(
+        &s,
+        json!({"metrics": ["events"], "date_range": range, "dimensions": ["time:week"]}),
+    )
+    .await;
+    assert_eq!(
+        r["results"],
+        json!([{"dimensions": ["2026-03-23"], "metrics": [6]}])
+    );
+    let r = ok(
+        &s,
+        json!({"metrics": ["events"], "date_range": range, "dimensions": ["time:week"],
+        "timezone": "Europe/Berlin"}),
+    )
+    .await;
     assert_eq!(
         r["results"],
         json!([
@@ -139,7 +206,11 @@ async fn filters_breakdowns_and_ordering() {
 #[tokio::test]
 async fn the_normalized_query_is_echoed_with_defaults() {
     let s = TestServer::start().await;
-    let r = ok(&s, json!({"metrics": ["visitors"], "date_range": "7d", "dimensions": ["event:name"]})).await;
+    let r = ok(
+        &s,
+        json!({"metrics": ["visitors"], "date_range": "7d", "dimensions": ["event:name"]}),
+    )
+    .await;
     let q = &r["query"];
     assert_eq!(q["kind"], "stats");
     assert_eq!(q["timezone"], "UTC");
@@ -149,7 +220,10 @@ async fn the_normalized_query_is_echoed_with_defaults() {
     let from = today - chrono::Duration::days(6);
     assert_eq!(
         q["date_range"],
-        json!([format!("{from}T00:00:00+00:00"), format!("{today}T23:59:59+00:00")])
+        json!([
+            format!("{from}T00:00:00+00:00"),
+            format!("{today}T23:59:59+00:00")
+        ])
     );
     assert_eq!(r["results"], json!([]));
 }
@@ -159,27 +233,73 @@ async fn invalid_queries_name_the_field() {
     let s = TestServer::start().await;
     let cases = [
         (json!({"date_range": "7d"}), "metrics"),
-        (json!({"metrics": ["bounces"], "date_range": "7d"}), "metrics[0]"),
-        (json!({"metrics": ["events"], "date_range": "yesterday"}), "date_range"),
-        (json!({"metrics": ["events"], "date_range": ["2026-01-01T00:00:00", "2026-01-02"]}), "date_range[0]"),
-        (json!({"metrics": ["events"], "date_range": ["2026-02-01", "2026-01-01"]}), "date_range"),
-        (json!({"metrics": ["events"], "date_range": "7d", "timezone": "Mars/Olympus"}), "timezone"),
-        (json!({"metrics": ["events"], "date_range": "7d", "dimensions": ["event:colour"]}), "dimensions[0]"),
-        (json!({"metrics": ["events"], "date_range": "7d", "filters": [["like", "event:name", ["x"]]]}), "filters[0][0]"),
-        (json!({"metrics": ["events"], "date_range": "7d", "filters": [["is", "event:name", []]]}), "filters[0][2]"),
-        (json!({"metrics": ["events"], "date_range": "7d", "order_by": [["visitors", "desc"]]}), "order_by[0][0]"),
-        (json!({"metrics": ["events"], "date_range": "7d", "pagination": {"limit": 0}}), "pagination.limit"),
-        (json!({"metrics": ["events"], "date_range": "7d", "colour": "red"}), "colour"),
-        (json!({"kind": "funnels", "metrics": ["events"], "date_range": "7d"}), "kind"),
+        (
+            json!({"metrics": ["bounces"], "date_range": "7d"}),
+            "metrics[0]",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": "yesterday"}),
+            "date_range",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": ["2026-01-01T00:00:00", "2026-01-02"]}),
+            "date_range[0]",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": ["2026-02-01", "2026-01-01"]}),
+            "date_range",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": "7d", "timezone": "Mars/Olympus"}),
+            "timezone",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": "7d", "dimensions": ["event:colour"]}),
+            "dimensions[0]",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": "7d", "filters": [["like", "event:name", ["x"]]]}),
+            "filters[0][0]",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": "7d", "filters": [["is", "event:name", []]]}),
+            "filters[0][2]",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": "7d", "order_by": [["visitors", "desc"]]}),
+            "order_by[0][0]",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": "7d", "pagination": {"limit": 0}}),
+            "pagination.limit",
+        ),
+        (
+            json!({"metrics": ["events"], "date_range": "7d", "colour": "red"}),
+            "colour",
+        ),
+        (
+            json!({"kind": "funnels", "metrics": ["events"], "date_range": "7d"}),
+            "kind",
+        ),
     ];
     for (q, field) in cases {
         let r = s.query(q.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q} → {}", r.body);
         assert_eq!(r.body["error"], "invalid_query");
         assert_eq!(r.body["field"], field, "{q} → {}", r.body);
-        assert!(r.body["message"].as_str().unwrap().starts_with(field), "{}", r.body);
+        assert!(
+            r.body["message"].as_str().unwrap().starts_with(field),
+            "{}",
+            r.body
+        );
     }
-    let r = s.send("/api/v1/query", Some(&s.read_key.clone()), "{\"metrics\": [").await;
+    let r = s
+        .send(
+            "/api/v1/query",
+            Some(&s.read_key.clone()),
+            "{\"metrics\": [",
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["error"], "malformed_json");
 }
@@ -187,7 +307,9 @@ async fn invalid_queries_name_the_field() {
 #[tokio::test]
 async fn projects_only_see_their_own_events() {
     let s = TestServer::start().await;
-    let r = s.track(json!([{"event_name": "mine", "user_id": "u"}])).await;
+    let r = s
+        .track(json!([{"event_name": "mine", "user_id": "u"}]))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     s.wait_for_events(1).await;
     // A second project, added while the server runs, sees nothing of the first.
@@ -197,14 +319,24 @@ async fn projects_only_see_their_own_events() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let r = s
-            .send("/api/v1/query", Some(&other.read_key), json!({"metrics": ["events"], "date_range": "all"}).to_string())
+            .send(
+                "/api/v1/query",
+                Some(&other.read_key),
+                json!({"metrics": ["events"], "date_range": "all"}).to_string(),
+            )
             .await;
         if r.status == StatusCode::OK {
-            assert_eq!(r.body["results"], json!([{"dimensions": [], "metrics": [0]}]));
+            assert_eq!(
+                r.body["results"],
+                json!([{"dimensions": [], "metrics": [0]}])
+            );
             break;
         }
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
-        assert!(std::time::Instant::now() < deadline, "new key never picked up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new key never picked up"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

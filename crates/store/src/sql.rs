@@ -44,7 +44,10 @@ mod tests {
     #[test]
     fn quotes_are_doubled_so_injection_stays_inside_the_literal() {
         assert_eq!(quote_str("plan"), "'plan'");
-        assert_eq!(quote_str("x'; DROP TABLE events; --"), "'x''; DROP TABLE events; --'");
+        assert_eq!(
+            quote_str("x'; DROP TABLE events; --"),
+            "'x''; DROP TABLE events; --'"
+        );
         assert_eq!(quote_str("''"), "''''''");
         assert_eq!(quote_str("a\0b"), "'a\u{FFFD}b'");
     }

@@ -100,7 +100,9 @@ fn main() -> anyhow::Result<()> {
             }
             serve(config)
         }
-        Command::Project { command: ProjectCommand::Create { name, format } } => {
+        Command::Project {
+            command: ProjectCommand::Create { name, format },
+        } => {
             let mut projects = Projects::load(&config.data_dir)?;
             let made = projects.create_project(&name)?;
             projects.save(&config.data_dir)?;
@@ -114,7 +116,9 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Keys { command: KeysCommand::List { format } } => {
+        Command::Keys {
+            command: KeysCommand::List { format },
+        } => {
             let projects = Projects::load(&config.data_dir)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&projects)?),
@@ -135,7 +139,9 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Keys { command: KeysCommand::Create { project, kind } } => {
+        Command::Keys {
+            command: KeysCommand::Create { project, kind },
+        } => {
             let mut projects = Projects::load(&config.data_dir)?;
             let kind = match kind {
                 Kind::Write => KeyKind::Write,
@@ -160,7 +166,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         println!("  write key: {}", made.write_key);
         println!("  read key:  {}  (shown only now: keep it)", made.read_key);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

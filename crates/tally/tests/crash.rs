@@ -15,12 +15,22 @@ use tally_store::{Sql, Store};
 const BIN: &str = env!("CARGO_BIN_EXE_tally");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(data: &Path, port: u16) -> Child {
     Command::new(BIN)
-        .args(["--data-dir", data.to_str().unwrap(), "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("TALLY_WRITER_BATCH_MAX_WAIT_MS", "5")
         .env("TALLY_STORE_MEMORY_LIMIT", "512MB")
         .stdout(Stdio::null())
@@ -32,7 +42,11 @@ fn start(data: &Path, port: u16) -> Child {
 async fn wait_healthy(client: &reqwest::Client, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
             if r.status().is_success() {
                 return;
             }
@@ -44,24 +58,50 @@ async fn wait_healthy(client: &reqwest::Client, port: u16) {
 
 fn create_project(data: &Path) -> String {
     let out = Command::new(BIN)
-        .args(["--data-dir", data.to_str().unwrap(), "project", "create", "crash", "--format", "json"])
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "project",
+            "create",
+            "crash",
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let made: Value = serde_json::from_slice(&out.stdout).unwrap();
     made["write_key"].as_str().unwrap().to_owned()
 }
 
 /// Sends events from `clients` concurrent senders until stopped; returns the ids of
 /// events that got a 200 and of those whose fate is unknown (no answer).
-async fn blast(port: u16, key: &str, round: usize, clients: usize, run_for: Duration) -> (HashSet<String>, HashSet<String>) {
+async fn blast(
+    port: u16,
+    key: &str,
+    round: usize,
+    clients: usize,
+    run_for: Duration,
+) -> (HashSet<String>, HashSet<String>) {
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let unknown = Arc::new(Mutex::new(HashSet::new()));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let deadline = Instant::now() + run_for;
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (acked, unknown, client, key) = (acked.clone(), unknown.clone(), client.clone(), key.to_owned());
+        let (acked, unknown, client, key) = (
+            acked.clone(),
+            unknown.clone(),
+            client.clone(),
+            key.to_owned(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut n = 0;
             while Instant::now() < deadline {
@@ -101,7 +141,10 @@ async fn blast(port: u16, key: &str, round: usize, clients: usize, run_for: Dura
 fn stored_ids(data: &Path) -> HashMap<String, i64> {
     let store = DuckStore::open(&data.join("tally.duckdb"), DuckConfig::default()).unwrap();
     let rows = store
-        .query(&Sql { text: "SELECT properties->>'id', count(*) FROM events GROUP BY 1".into(), params: vec![] })
+        .query(&Sql {
+            text: "SELECT properties->>'id', count(*) FROM events GROUP BY 1".into(),
+            params: vec![],
+        })
         .unwrap();
     rows.into_iter()
         .map(|r| (r[0].as_str().unwrap().to_owned(), r[1].as_i64().unwrap()))
@@ -130,7 +173,11 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing_acked() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let (acked, unknown) = sender.await.unwrap();
-        assert!(acked.len() > 50, "round {round}: too few events acknowledged ({})", acked.len());
+        assert!(
+            acked.len() > 50,
+            "round {round}: too few events acknowledged ({})",
+            acked.len()
+        );
         all_acked.extend(acked);
         all_unknown.extend(unknown);
     }
@@ -139,16 +186,42 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing_acked() {
     let port = free_port();
     let mut child = start(data, port);
     wait_healthy(&client, port).await;
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "tally exited with {status} on SIGTERM");
 
     let stored = stored_ids(data);
-    let missing: Vec<_> = all_acked.iter().filter(|id| !stored.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged events lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<_> = all_acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     let doubled: Vec<_> = stored.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(doubled.is_empty(), "events stored more than once: {:?}", &doubled[..doubled.len().min(5)]);
-    let foreign: Vec<_> = stored.keys().filter(|id| !all_acked.contains(*id) && !all_unknown.contains(*id)).collect();
-    assert!(foreign.is_empty(), "stored events that were never sent: {foreign:?}");
-    eprintln!("acked {} events, {} unanswered at the kills, {} stored", all_acked.len(), all_unknown.len(), stored.len());
+    assert!(
+        doubled.is_empty(),
+        "events stored more than once: {:?}",
+        &doubled[..doubled.len().min(5)]
+    );
+    let foreign: Vec<_> = stored
+        .keys()
+        .filter(|id| !all_acked.contains(*id) && !all_unknown.contains(*id))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "stored events that were never sent: {foreign:?}"
+    );
+    eprintln!(
+        "acked {} events, {} unanswered at the kills, {} stored",
+        all_acked.len(),
+        all_unknown.len(),
+        stored.len()
+    );
 }

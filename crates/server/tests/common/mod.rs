@@ -83,7 +83,12 @@ impl TestServer {
     async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send().await {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }
@@ -93,7 +98,12 @@ impl TestServer {
         panic!("server did not become healthy");
     }
 
-    pub async fn send(&self, path: &str, key: Option<&str>, body: impl Into<reqwest::Body>) -> Response {
+    pub async fn send(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
         let mut req = self
             .client
             .post(format!("{}{path}", self.base))
@@ -106,21 +116,34 @@ impl TestServer {
         let status = r.status();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text:?}"));
-        Response { status, headers, body }
+        let body =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("body is not JSON: {text:?}"));
+        Response {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn track(&self, events: Value) -> Response {
-        self.send("/api/track", Some(&self.write_key.clone()), events.to_string()).await
+        self.send(
+            "/api/track",
+            Some(&self.write_key.clone()),
+            events.to_string(),
+        )
+        .await
     }
 
     pub async fn query(&self, q: Value) -> Response {
-        self.send("/api/v1/query", Some(&self.read_key.clone()), q.to_string()).await
+        self.send("/api/v1/query", Some(&self.read_key.clone()), q.to_string())
+            .await
     }
 
     /// Total `events` metric over all time.
     pub async fn count_events(&self) -> i64 {
-        let r = self.query(json!({"metrics": ["events"], "date_range": "all"})).await;
+        let r = self
+            .query(json!({"metrics": ["events"], "date_range": "all"}))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         r.body["results"][0]["metrics"][0].as_i64().unwrap()
     }
@@ -141,7 +164,14 @@ impl TestServer {
     }
 
     pub async fn metrics(&self) -> String {
-        self.client.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Graceful stop (as on SIGTERM); returns the data folder, kept alive by `self.dir`.
@@ -162,5 +192,10 @@ impl TestServer {
 /// Runs SQL against a stopped server's store.
 pub fn store_rows(data_dir: &Path, sql: &str) -> Rows {
     let store = DuckStore::open(&data_dir.join("tally.duckdb"), DuckConfig::default()).unwrap();
-    store.query(&Sql { text: sql.into(), params: vec![] }).unwrap()
+    store
+        .query(&Sql {
+            text: sql.into(),
+            params: vec![],
+        })
+        .unwrap()
 }

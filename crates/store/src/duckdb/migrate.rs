@@ -15,7 +15,9 @@ pub(super) fn run(conn: &Connection) -> Result<(), StoreError> {
         )",
     )?;
     let current: Option<u32> =
-        conn.query_row("SELECT max(version) FROM schema_migrations", [], |row| row.get(0))?;
+        conn.query_row("SELECT max(version) FROM schema_migrations", [], |row| {
+            row.get(0)
+        })?;
     let current = current.unwrap_or(0);
     let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if current > newest {
@@ -30,12 +32,18 @@ pub(super) fn run(conn: &Connection) -> Result<(), StoreError> {
         let apply = || -> Result<(), ::duckdb::Error> {
             conn.execute_batch("BEGIN TRANSACTION")?;
             conn.execute_batch(sql)?;
-            conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", [version])?;
+            conn.execute(
+                "INSERT INTO schema_migrations (version) VALUES (?)",
+                [version],
+            )?;
             conn.execute_batch("COMMIT")
         };
         if let Err(source) = apply() {
             let _ = conn.execute_batch("ROLLBACK");
-            return Err(StoreError::Migration { version: *version, source });
+            return Err(StoreError::Migration {
+                version: *version,
+                source,
+            });
         }
         tracing::info!(version, "applied store migration");
     }

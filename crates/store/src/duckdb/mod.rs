@@ -30,7 +30,11 @@ pub struct DuckConfig {
 
 impl Default for DuckConfig {
     fn default() -> Self {
-        Self { memory_limit: "2GB".into(), threads: 2, query_timeout: Duration::from_secs(30) }
+        Self {
+            memory_limit: "2GB".into(),
+            threads: 2,
+            query_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -51,7 +55,11 @@ impl DuckStore {
             .threads(i64::from(config.threads.max(1)))?;
         let conn = Connection::open_with_flags(path, duck_config)?;
         migrate::run(&conn)?;
-        Ok(Self { writer: Mutex::new(conn), readers: Mutex::new(Vec::new()), config })
+        Ok(Self {
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            config,
+        })
     }
 
     /// Writes the WAL of DuckDB into the main file (on clean shutdown).
@@ -78,14 +86,19 @@ impl DuckStore {
 impl Store for DuckStore {
     fn committed_lsn(&self) -> Result<Lsn, StoreError> {
         let conn = self.writer.lock();
-        let lsn: Option<u64> = conn
-            .query_row("SELECT max(lsn) FROM queue_offsets WHERE queue = 'wal'", [], |row| {
-                row.get(0)
-            })?;
+        let lsn: Option<u64> = conn.query_row(
+            "SELECT max(lsn) FROM queue_offsets WHERE queue = 'wal'",
+            [],
+            |row| row.get(0),
+        )?;
         Ok(lsn.unwrap_or(0))
     }
 
-    fn insert(&self, batches: &[tally_model::EventBatch], upto: Lsn) -> Result<InsertStats, StoreError> {
+    fn insert(
+        &self,
+        batches: &[tally_model::EventBatch],
+        upto: Lsn,
+    ) -> Result<InsertStats, StoreError> {
         let mut conn = self.writer.lock();
         writer::insert(&mut conn, batches, upto)
     }
@@ -158,11 +171,19 @@ fn to_json(value: DuckValue) -> Value {
         D::USmallInt(i) => i.into(),
         D::UInt(i) => i.into(),
         D::UBigInt(i) => i.into(),
-        D::HugeInt(i) => i64::try_from(i).map(Value::from).unwrap_or_else(|_| (i as f64).into()),
-        D::UHugeInt(i) => u64::try_from(i).map(Value::from).unwrap_or_else(|_| (i as f64).into()),
+        D::HugeInt(i) => i64::try_from(i)
+            .map(Value::from)
+            .unwrap_or_else(|_| (i as f64).into()),
+        D::UHugeInt(i) => u64::try_from(i)
+            .map(Value::from)
+            .unwrap_or_else(|_| (i as f64).into()),
         D::Float(f) => finite(f64::from(f)),
         D::Double(f) => finite(f),
-        D::Decimal(d) => d.to_string().parse::<f64>().map(finite).unwrap_or(Value::Null),
+        D::Decimal(d) => d
+            .to_string()
+            .parse::<f64>()
+            .map(finite)
+            .unwrap_or(Value::Null),
         D::Text(s) | D::Enum(s) => Value::String(s),
         D::Timestamp(unit, v) => {
             let micros = match unit {
@@ -185,7 +206,9 @@ fn to_json(value: DuckValue) -> Value {
 }
 
 fn finite(f: f64) -> Value {
-    serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
+    serde_json::Number::from_f64(f)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for a timestamp in microseconds.

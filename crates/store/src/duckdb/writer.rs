@@ -71,6 +71,7 @@ pub(super) fn insert(
                     DuckValue::Timestamp(TimeUnit::Microsecond, e.received_at),
                     page,
                     json_text(&e.properties),
+                    json_text(&e.traits),
                     json_text(&e.context),
                     upto,
                 ])?;
@@ -127,7 +128,11 @@ fn accumulate(
     at: i64,
 ) {
     into.entry((project.to_owned(), id.to_owned()))
-        .or_insert_with(|| Traits { traits: Map::new(), first: at, last: at })
+        .or_insert_with(|| Traits {
+            traits: Map::new(),
+            first: at,
+            last: at,
+        })
         .merge(traits, at);
 }
 

@@ -14,6 +14,8 @@ CREATE TABLE events (
     received_at TIMESTAMP NOT NULL,
     page        VARCHAR,
     properties  JSON,
+    -- identify and group calls: the traits sent with the call.
+    traits      JSON,
     context     JSON,
     lsn         UBIGINT   NOT NULL
 );
