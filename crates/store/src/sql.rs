@@ -12,7 +12,7 @@ pub fn quote_str(s: &str) -> String {
         match c {
             '\'' => out.push_str("''"),
             // A NUL would end the string early in C APIs; it never belongs in a name.
-            '\0' => out.push_str("\u{FFFD}"),
+            '\0' => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
