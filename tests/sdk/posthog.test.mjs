@@ -78,7 +78,8 @@ test('posthog-node: capture, identify, groupIdentify, alias', { skip: SKIP }, as
   assert.equal(group.type, 'group');
   assert.equal(group.user_id, userId);
   assert.equal(group.group_id, groupKey);
-  assert.deepEqual(group.traits, { name: 'Acme', employees: 50 });
+  // PostHog's group type is kept with the traits.
+  assert.deepEqual(group.traits, { name: 'Acme', employees: 50, group_type: 'company' });
 
   const alias = one(rows, '$create_alias');
   assert.equal(alias.type, 'alias');

@@ -161,7 +161,7 @@ def test_posthog_python():
     group = one(rows, "$groupidentify")
     assert group["type"] == "group"
     assert group["group_id"] == group_key
-    assert group["traits"] == {"name": "Acme", "employees": 50}
+    assert group["traits"] == {"name": "Acme", "employees": 50, "group_type": "company"}
 
     alias = one(rows, "$create_alias")
     assert alias["type"] == "alias"
