@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 ensure_build_deps
-cargo build --release --locked -p tally
+# Same target set as the tests (scripts/test.sh): with exactly these flags Cargo resolves
+# the same features, so the bundled DuckDB (a 30-minute C++ build) is compiled only once.
+cargo build --release --locked --workspace --all-targets
 exec "$CARGO_TARGET_DIR/release/tally" serve "$@"

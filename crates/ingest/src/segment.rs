@@ -30,8 +30,9 @@ pub enum SegmentCall {
 }
 
 impl SegmentCall {
-    /// The call a batch item's `type` names.
-    fn of_type(name: &str) -> Option<SegmentCall> {
+    /// The call a batch item's `type` names (also the last part of its route,
+    /// `/v1/track`...; the batch route itself is not a type).
+    pub fn of_type(name: &str) -> Option<SegmentCall> {
         let call = match name.to_ascii_lowercase().as_str() {
             "track" => SegmentCall::Track,
             "identify" => SegmentCall::Identify,

@@ -117,18 +117,14 @@ pub(crate) async fn segment(
     body: Body,
 ) -> Result<Response, ApiError> {
     let call = match call.as_str() {
-        "track" => SegmentCall::Track,
-        "identify" => SegmentCall::Identify,
-        "page" => SegmentCall::Page,
-        "screen" => SegmentCall::Screen,
-        "group" => SegmentCall::Group,
-        "alias" => SegmentCall::Alias,
         "batch" | "import" => SegmentCall::Batch,
-        _ => return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such Segment call; use /v1/track, identify, page, screen, group, alias or batch",
-        )),
+        name => SegmentCall::of_type(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such Segment call; use /v1/track, identify, page, screen, group, alias or batch",
+            )
+        })?,
     };
     let limits = state.segment_limits;
     // Read one byte past the batch limit so the decoder can say the body is too large.

@@ -53,7 +53,10 @@ impl TestServer {
 
     /// Starts a server on an existing data folder (keys must be set by the caller).
     pub async fn launch(data_dir: PathBuf, tweak: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config { data_dir: data_dir.clone(), ..Default::default() };
+        let mut config = Config {
+            data_dir: data_dir.clone(),
+            ..Default::default()
+        };
         config.writer.batch_max_wait_ms = 20;
         config.store.memory_limit = "512MB".into();
         tweak(&mut config);
