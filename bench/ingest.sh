@@ -20,7 +20,8 @@ TALLY_PORT=${TALLY_PORT:-18080}
 BASE_PORT=${BASE_PORT:-18081}
 
 ensure_build_deps
-cargo build --release --locked -p tally -p tally-bench
+# The same target set as scripts/test.sh and scripts/run.sh, so DuckDB is built once.
+cargo build --release --locked --workspace --all-targets
 if ! command -v oha >/dev/null; then
     cargo install oha --locked
 fi
@@ -30,7 +31,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-wait_up() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/$2" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "port $1 never came up" >&2; exit 1; }
+# Up means answering HTTP at all (the baseline has no health route).
+wait_up() { for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$1/$2" && return 0; sleep 0.05; done; echo "port $1 never came up" >&2; exit 1; }
 
 "$BIN/baseline" "127.0.0.1:$BASE_PORT" & pids+=($!)
 "$BIN/tally" --data-dir "$work/data" project create bench --format json > "$work/keys.json"
@@ -38,7 +40,7 @@ WRITE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["write_k
 READ=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["read_key"])' "$work/keys.json")
 TALLY_LOG=warn "$BIN/tally" --data-dir "$work/data" serve --listen "127.0.0.1:$TALLY_PORT" & tally_pid=$!
 pids+=($tally_pid)
-wait_up "$BASE_PORT" none || true
+wait_up "$BASE_PORT" none
 wait_up "$TALLY_PORT" healthz
 
 single='[{"event_name":"bench_event","user_id":"u1","context":{"device_id":"d1"},"properties":{"plan":"pro","page_path":"/pricing"}}]'

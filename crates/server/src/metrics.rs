@@ -3,10 +3,14 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use std::collections::HashSet;
+
 use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use parking_lot::RwLock;
 
 pub(crate) const HTTP_DURATION: &str = "tally_http_request_duration_seconds";
 pub(crate) const EVENTS_ACCEPTED: &str = "tally_events_accepted_total";
@@ -57,12 +61,55 @@ pub(crate) async fn track_latency(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().as_str().to_owned();
+        .map(|p| intern(p.as_str()))
+        .unwrap_or("unmatched");
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::OPTIONS => "OPTIONS",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    };
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let status = status_label(response.status());
     metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method, "status" => status)
         .record(start.elapsed().as_secs_f64());
     response
+}
+
+/// Route templates as `&'static str`, so labelling a request allocates nothing. The set
+/// is bounded by the router's routes.
+fn intern(route: &str) -> &'static str {
+    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(Default::default);
+    if let Some(r) = routes.read().get(route) {
+        return r;
+    }
+    let mut w = routes.write();
+    if let Some(r) = w.get(route) {
+        return r;
+    }
+    let leaked: &'static str = Box::leak(route.to_owned().into_boxed_str());
+    w.insert(leaked);
+    leaked
+}
+
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        204 => "204",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
 }
