@@ -369,9 +369,8 @@ pub async fn serve(
         let _ = stopped_tx.send(());
     });
     let grace = Duration::from_millis(config.http.shutdown_grace_ms);
-    let server = tokio::spawn(async move { server.await });
     // Requests get `grace` to finish once shutdown starts; then we stop waiting.
-    let mut server = server;
+    let mut server = tokio::spawn(async move { server.await });
     tokio::select! {
         r = &mut server => r??,
         _ = async {
@@ -386,10 +385,14 @@ pub async fn serve(
     upkeep.abort();
 
     tracing::info!("http stopped; flushing the queue into the store");
-    wal.close();
+    // Closing joins the WAL thread after its last fsync, and a checkpoint writes the
+    // DuckDB file: both block, so they run off the async workers.
+    let closing = wal.clone();
+    tokio::task::spawn_blocking(move || closing.close()).await?;
     draining.store(true, Ordering::Release);
     writer.await?;
-    store.checkpoint()?;
+    let checkpointing = store.clone();
+    tokio::task::spawn_blocking(move || checkpointing.checkpoint()).await??;
     tracing::info!("shutdown complete");
     Ok(())
 }
