@@ -78,17 +78,23 @@ pub struct Event {
 
 impl Event {
     /// The page path of a page view or of an event sent from a page: the `page_path`
-    /// property, else the path part of `page_url`.
+    /// (or `path`) property, else the path part of `page_url` (or `url`); failing those,
+    /// the same keys in `context.page`, where Segment's browser library puts the page of
+    /// every call.
     pub fn page_path(&self) -> Option<String> {
-        let props = &self.properties;
-        if let Some(Value::String(p)) = props.get("page_path").or_else(|| props.get("path")) {
-            return Some(p.clone());
-        }
-        let url = match props.get("page_url").or_else(|| props.get("url")) {
-            Some(Value::String(u)) => u,
-            _ => return None,
+        let page = match self.context.get("page") {
+            Some(Value::Object(page)) => Some(page),
+            _ => None,
         };
-        Some(path_of_url(url).to_owned())
+        for source in [Some(&self.properties), page].into_iter().flatten() {
+            if let Some(Value::String(p)) = source.get("page_path").or_else(|| source.get("path")) {
+                return Some(p.clone());
+            }
+            if let Some(Value::String(u)) = source.get("page_url").or_else(|| source.get("url")) {
+                return Some(path_of_url(u).to_owned());
+            }
+        }
+        None
     }
 }
 
@@ -139,6 +145,39 @@ mod tests {
         assert_eq!(path_of_url("https://a.com"), "/");
         assert_eq!(path_of_url("/docs/intro#s"), "/docs/intro");
         assert_eq!(path_of_url("?q=1"), "/");
+    }
+
+    #[test]
+    fn page_path_reads_properties_then_segment_context_page() {
+        let event = |properties: Value, context: Value| Event {
+            uuid: Uuid::nil(),
+            kind: EventType::Track,
+            event: "e".into(),
+            user_id: None,
+            device_id: None,
+            session_id: None,
+            group_id: None,
+            previous_id: None,
+            timestamp: 0,
+            received_at: 0,
+            properties: properties.as_object().unwrap().clone(),
+            traits: Map::new(),
+            context: context.as_object().unwrap().clone(),
+        };
+        let empty = serde_json::json!({});
+        let ctx = serde_json::json!({"page": {"url": "https://a.io/docs?x=1", "path": "/docs"}});
+        assert_eq!(
+            event(empty.clone(), ctx.clone()).page_path().as_deref(),
+            Some("/docs")
+        );
+        let props = serde_json::json!({"page_url": "https://a.io/pricing"});
+        assert_eq!(event(props, ctx).page_path().as_deref(), Some("/pricing"));
+        let url_only = serde_json::json!({"page": {"url": "https://a.io/blog/x#top"}});
+        assert_eq!(
+            event(empty.clone(), url_only).page_path().as_deref(),
+            Some("/blog/x")
+        );
+        assert_eq!(event(empty.clone(), empty).page_path(), None);
     }
 
     #[test]

@@ -130,9 +130,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// PostHog's capture routes, GET and POST, with and without a trailing slash.
+/// PostHog's capture routes, GET and POST, with and without a trailing slash; and its
+/// feature-flag routes, which posthog-js calls on start: Tally has no feature flags, so
+/// they answer "none" rather than 404 (which the SDK would log as an error).
 fn posthog_routes() -> Router<Arc<AppState>> {
+    let no_flags = || async {
+        Json(json!({
+            "flags": {},
+            "featureFlags": {},
+            "featureFlagPayloads": {},
+            "errorsWhileComputingFlags": false,
+            "sessionRecording": false,
+            "supportedCompression": ["gzip", "gzip-js"],
+        }))
+    };
     let mut r = Router::new();
+    for path in ["/decide", "/decide/", "/flags", "/flags/"] {
+        r = r.route(path, get(no_flags).post(no_flags));
+    }
     for path in ["/e", "/i/v0/e", "/capture", "/track", "/engage", "/batch"] {
         r = r
             .route(path, get(ingest::posthog).post(ingest::posthog))

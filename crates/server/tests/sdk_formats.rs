@@ -175,6 +175,40 @@ async fn posthog_beacons_get_204_and_bad_tokens_401() {
 }
 
 #[tokio::test]
+async fn posthog_feature_flag_calls_get_no_flags_instead_of_404() {
+    let s = TestServer::start().await;
+    for path in ["/decide/?v=3", "/flags/?v=2&config=true"] {
+        let r = s
+            .send(
+                path,
+                None,
+                json!({"token": s.write_key, "distinct_id": "u"}).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.body["featureFlags"], json!({}), "{path}");
+        assert_eq!(r.body["flags"], json!({}), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn segment_browser_pages_come_from_context_page() {
+    let s = TestServer::start().await;
+    let body = json!({"writeKey": s.write_key, "anonymousId": "a1", "event": "Clicked",
+        "context": {"page": {"path": "/pricing", "url": "https://shop.example/pricing"}}});
+    let r = s.send("/v1/track", None, body.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    events(&s, 1).await;
+    let r = s
+        .query(json!({"metrics": ["events"], "date_range": "all", "dimensions": ["event:page"]}))
+        .await;
+    assert_eq!(
+        r.body["results"],
+        json!([{"dimensions": ["/pricing"], "metrics": [1]}])
+    );
+}
+
+#[tokio::test]
 async fn a_gzip_bomb_is_refused_with_413_and_the_server_keeps_serving() {
     let s = TestServer::start().await;
     let bomb = gzip(&vec![b' '; 64 * 1024 * 1024]);
