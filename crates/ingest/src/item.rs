@@ -10,6 +10,20 @@ use crate::{DecodeError, RequestMeta};
 /// A rejected item: the field at fault and why.
 pub(crate) type Reject = (&'static str, String);
 
+/// The item as an object, or the rejection every format gives for anything else.
+pub(crate) fn event_object(item: Value) -> Result<Map<String, Value>, Reject> {
+    match item {
+        Value::Object(item) => Ok(item),
+        other => Err((
+            "",
+            format!(
+                "an event must be a JSON object, found {}",
+                type_name(&other)
+            ),
+        )),
+    }
+}
+
 pub(crate) fn id(
     map: &Map<String, Value>,
     key: &str,

@@ -30,8 +30,8 @@ use serde_json::{Map, Value};
 use tally_model::{Event, EventType};
 
 use crate::item::{
-    agree, clamp_future, correct_skew, event_uuid, fill_context, first_id, id, key_field, sent_at,
-    string, timestamp, Reject,
+    agree, clamp_future, correct_skew, event_object, event_uuid, fill_context, first_id, id,
+    key_field, sent_at, string, timestamp, Reject,
 };
 use crate::json::{parse_body, take_object, take_object_at, type_name, Body, Shape};
 use crate::{DecodeError, Decoded, ItemError, PostHogLimits, RequestMeta};
@@ -428,18 +428,7 @@ fn decode_item(
     meta: &RequestMeta,
     limits: &PostHogLimits,
 ) -> Result<Event, Reject> {
-    let mut item = match item {
-        Value::Object(item) => item,
-        other => {
-            return Err((
-                "",
-                format!(
-                    "an event must be a JSON object, found {}",
-                    type_name(&other)
-                ),
-            ))
-        }
-    };
+    let mut item = event_object(item)?;
     let mut properties = take_object(&mut item, "properties").map_err(|m| ("properties", m))?;
 
     let event = match string(&item, "event", "event")? {

@@ -5,8 +5,8 @@ use serde_json::{Map, Value};
 use tally_model::{Event, EventType};
 use uuid::Uuid;
 
-use crate::item::{clamp_future, fill_context, first_id, id, not_a_string, Reject};
-use crate::json::{parse_items, take_object, timestamp_micros, type_name};
+use crate::item::{clamp_future, event_object, fill_context, first_id, id, not_a_string, Reject};
+use crate::json::{parse_items, take_object, timestamp_micros};
 use crate::{DecodeError, Decoded, ItemError, Limits, RequestMeta};
 
 /// Which endpoint a body was posted to.
@@ -57,18 +57,7 @@ fn decode_item(
     meta: &RequestMeta,
     limits: &Limits,
 ) -> Result<Event, Reject> {
-    let mut item = match item {
-        Value::Object(item) => item,
-        other => {
-            return Err((
-                "",
-                format!(
-                    "an event must be a JSON object, found {}",
-                    type_name(&other)
-                ),
-            ))
-        }
-    };
+    let mut item = event_object(item)?;
     let mut context = take_object(&mut item, "context").map_err(|m| ("context", m))?;
 
     let event = match call {
