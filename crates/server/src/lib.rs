@@ -82,14 +82,7 @@ impl AppState {
                  writeKey; PostHog: api_key or token)",
             )
         })?;
-        let keys = self.keys.read().clone();
-        match keys.lookup(key) {
-            Some((project, KeyKind::Write)) => Ok(project.to_owned()),
-            Some((_, KeyKind::Read)) => Err(ApiError::forbidden(
-                "this is a read key; sending events needs the project's write key",
-            )),
-            None => Err(ApiError::unauthorized("unknown API key")),
-        }
+        self.authenticate_with(Some(key), KeyKind::Write)
     }
 }
 

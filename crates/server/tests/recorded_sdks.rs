@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::TestServer;
+use common::{event_names, TestServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tally_server::meta::Projects;
@@ -131,29 +131,6 @@ async fn replay(s: &TestServer, sdk: &str) -> usize {
     requests.len()
 }
 
-/// Polls the events query until it holds `n` rows (then asserts exactly `n`).
-async fn events(s: &TestServer, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = s
-            .query(json!({"kind": "events", "date_range": "all", "pagination": {"limit": 1000}}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        let rows = r.body["results"].as_array().unwrap().clone();
-        if rows.len() >= n || Instant::now() > deadline {
-            assert_eq!(rows.len(), n, "{rows:#?}");
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn names(rows: &[Value]) -> Vec<&str> {
-    let mut v: Vec<&str> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
-    v.sort_unstable();
-    v
-}
-
 fn one<'a>(rows: &'a [Value], event: &str) -> &'a Value {
     let hits: Vec<&Value> = rows.iter().filter(|r| r["event"] == event).collect();
     assert_eq!(hits.len(), 1, "expected one {event} row: {rows:#?}");
@@ -210,9 +187,9 @@ async fn segment_node_recording_is_stored_once_even_when_replayed_twice() {
         .iter()
         .all(|r| r.method == "POST" && r.path == "/v1/batch"));
     replay(&s, "segment-node").await;
-    let rows = events(&s, 5).await;
+    let rows = s.event_rows(5).await;
     assert_eq!(
-        names(&rows),
+        event_names(&rows),
         vec!["$alias", "$group", "$identify", "Pricing", EVENT]
     );
     assert_times_are_replay_times(&rows);
@@ -270,7 +247,7 @@ async fn segment_node_recording_is_stored_once_even_when_replayed_twice() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let again = events(&s, 5).await;
+    let again = s.event_rows(5).await;
     let ids = |rows: &[Value]| {
         let mut v: Vec<String> = rows.iter().map(|r| r["uuid"].to_string()).collect();
         v.sort_unstable();
@@ -295,71 +272,57 @@ async fn posthog_node_gzip_recording_is_stored() {
         );
     }
     replay(&s, "posthog-node").await;
-    let rows = events(&s, 4).await;
+    let rows = s.event_rows(4).await;
     assert_eq!(
-        names(&rows),
+        event_names(&rows),
         vec!["$create_alias", "$groupidentify", "$identify", EVENT]
     );
     assert_times_are_replay_times(&rows);
 
-    let capture = one(&rows, EVENT);
-    assert_eq!(capture["type"], "track");
-    assert_eq!(capture["user_id"], USER);
-    assert!(capture["device_id"].is_null(), "{capture}");
-    assert_eq!(capture["uuid"], "3f1e6a52-7c0d-4b8e-9a61-5d2c8e4f0a02");
-    assert_eq!(capture["group_id"], GROUP, "$groups gives the group");
-    assert_eq!(capture["properties"]["plan"], "pro");
-    assert_eq!(capture["properties"]["amount"], 9.99);
-    assert_eq!(capture["properties"]["nested"], json!({"tags": ["a", "b"]}));
-    assert_eq!(capture["properties"]["$lib"], "posthog-node");
-
-    let identify = one(&rows, "$identify");
-    assert_eq!(identify["type"], "identify");
-    assert_eq!(identify["user_id"], USER);
-    assert_eq!(
-        identify["traits"],
-        json!({"email": "rec_user_1@example.com", "name": "Ada"})
+    assert_posthog_rows(
+        &rows,
+        "posthog-node",
+        "3f1e6a52-7c0d-4b8e-9a61-5d2c8e4f0a02",
+        "$identify",
     );
-
-    let group = one(&rows, "$groupidentify");
-    assert_eq!(group["type"], "group");
-    assert_eq!(group["user_id"], USER);
-    assert_eq!(group["group_id"], GROUP);
-    assert_eq!(
-        group["traits"],
-        json!({"name": "Acme", "employees": 50, "group_type": "company"})
-    );
-
-    let alias = one(&rows, "$create_alias");
-    assert_eq!(alias["type"], "alias");
-    assert_eq!(alias["user_id"], USER);
 }
 
 #[tokio::test]
 async fn posthog_python_recording_is_stored() {
     let s = server_with_recorded_key().await;
     replay(&s, "posthog-python").await;
-    let rows = events(&s, 4).await;
+    let rows = s.event_rows(4).await;
     assert_eq!(
-        names(&rows),
+        event_names(&rows),
         vec!["$create_alias", "$groupidentify", "$set", EVENT]
     );
     assert_times_are_replay_times(&rows);
 
-    let capture = one(&rows, EVENT);
+    // posthog-python's set() puts `$set` at the top level of the event, not in its
+    // properties; it still becomes the person's traits.
+    assert_posthog_rows(
+        &rows,
+        "posthog-python",
+        "3f1e6a52-7c0d-4b8e-9a61-5d2c8e4f0a03",
+        "$set",
+    );
+}
+
+/// What both PostHog SDKs' recordings must become: the capture with its uuid, group and
+/// properties; the person update (`person_event`) with traits; the group; the alias.
+fn assert_posthog_rows(rows: &[Value], lib: &str, uuid: &str, person_event: &str) {
+    let capture = one(rows, EVENT);
     assert_eq!(capture["type"], "track");
     assert_eq!(capture["user_id"], USER);
     assert!(capture["device_id"].is_null(), "{capture}");
-    assert_eq!(capture["uuid"], "3f1e6a52-7c0d-4b8e-9a61-5d2c8e4f0a03");
-    assert_eq!(capture["group_id"], GROUP);
+    assert_eq!(capture["uuid"], uuid);
+    assert_eq!(capture["group_id"], GROUP, "$groups gives the group");
     assert_eq!(capture["properties"]["plan"], "pro");
     assert_eq!(capture["properties"]["amount"], 9.99);
     assert_eq!(capture["properties"]["nested"], json!({"tags": ["a", "b"]}));
-    assert_eq!(capture["properties"]["$lib"], "posthog-python");
+    assert_eq!(capture["properties"]["$lib"], lib);
 
-    // posthog-python's set() puts `$set` at the top level of the event, not in its
-    // properties.
-    let person = one(&rows, "$set");
+    let person = one(rows, person_event);
     assert_eq!(person["type"], "identify");
     assert_eq!(person["user_id"], USER);
     assert_eq!(
@@ -367,7 +330,7 @@ async fn posthog_python_recording_is_stored() {
         json!({"email": "rec_user_1@example.com", "name": "Ada"})
     );
 
-    let group = one(&rows, "$groupidentify");
+    let group = one(rows, "$groupidentify");
     assert_eq!(group["type"], "group");
     assert_eq!(group["user_id"], USER);
     assert_eq!(group["group_id"], GROUP);
@@ -376,7 +339,7 @@ async fn posthog_python_recording_is_stored() {
         json!({"name": "Acme", "employees": 50, "group_type": "company"})
     );
 
-    let alias = one(&rows, "$create_alias");
+    let alias = one(rows, "$create_alias");
     assert_eq!(alias["type"], "alias");
     assert_eq!(alias["user_id"], USER);
 }
@@ -385,9 +348,9 @@ async fn posthog_python_recording_is_stored() {
 async fn segment_python_recording_is_stored() {
     let s = server_with_recorded_key().await;
     replay(&s, "segment-python").await;
-    let rows = events(&s, 5).await;
+    let rows = s.event_rows(5).await;
     assert_eq!(
-        names(&rows),
+        event_names(&rows),
         vec!["$alias", "$group", "$identify", "Pricing", EVENT]
     );
     assert_times_are_replay_times(&rows);

@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 
 use base64::Engine;
-use common::TestServer;
+use common::{event_names, TestServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -23,28 +23,6 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(bytes).unwrap();
     enc.finish().unwrap()
-}
-
-async fn events(s: &TestServer, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let r = s
-            .query(json!({"kind": "events", "date_range": "all", "pagination": {"limit": 1000}}))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        let rows = r.body["results"].as_array().unwrap().clone();
-        if rows.len() >= n || std::time::Instant::now() > deadline {
-            assert_eq!(rows.len(), n, "{rows:#?}");
-            return rows;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
-fn names(rows: &[Value]) -> Vec<&str> {
-    let mut v: Vec<&str> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
-    v.sort();
-    v
 }
 
 #[tokio::test]
@@ -65,9 +43,9 @@ async fn a_segment_batch_with_basic_auth_is_stored_once_even_when_retried() {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.json::<Value>().await.unwrap(), json!({"success": true}));
     }
-    let rows = events(&s, 4).await;
+    let rows = s.event_rows(4).await;
     assert_eq!(
-        names(&rows),
+        event_names(&rows),
         vec!["$group", "$identify", "Order Completed", "Pricing"]
     );
     let identify = rows.iter().find(|r| r["event"] == "$identify").unwrap();
@@ -115,7 +93,7 @@ async fn posthog_js_gzip_and_posthog_python_batches_are_stored() {
     let r = s.send("/batch/", None, py).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body, json!({"status": 1}));
-    let rows = events(&s, 8).await;
+    let rows = s.event_rows(8).await;
     let pageview = rows.iter().find(|r| r["event"] == "$pageview").unwrap();
     assert_eq!(pageview["type"], "page");
     assert_eq!(pageview["uuid"], "018f3398-6b5d-7b8e-a1c2-6f4e9d2a1b01");
@@ -155,7 +133,7 @@ async fn posthog_beacons_get_204_and_bad_tokens_401() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    events(&s, 1).await;
+    s.event_rows(1).await;
     let r = s
         .send(
             "/i/v0/e",
@@ -198,7 +176,7 @@ async fn segment_browser_pages_come_from_context_page() {
         "context": {"page": {"path": "/pricing", "url": "https://shop.example/pricing"}}});
     let r = s.send("/v1/track", None, body.to_string()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    events(&s, 1).await;
+    s.event_rows(1).await;
     let r = s
         .query(json!({"metrics": ["events"], "date_range": "all", "dimensions": ["event:page"]}))
         .await;

@@ -165,6 +165,25 @@ impl TestServer {
         panic!("store has {last} events, expected {n}");
     }
 
+    /// Polls the `events` query until it holds `n` rows, then asserts exactly `n`.
+    pub async fn event_rows(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self
+                .query(
+                    json!({"kind": "events", "date_range": "all", "pagination": {"limit": 1000}}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            let rows = r.body["results"].as_array().unwrap().clone();
+            if rows.len() >= n || Instant::now() > deadline {
+                assert_eq!(rows.len(), n, "{rows:#?}");
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(format!("{}/metrics", self.base))
@@ -189,6 +208,13 @@ impl TestServer {
     pub fn take_dir(&mut self) -> Option<TempDir> {
         self.dir.take()
     }
+}
+
+/// The event names of `rows`, sorted.
+pub fn event_names(rows: &[Value]) -> Vec<&str> {
+    let mut v: Vec<&str> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    v.sort_unstable();
+    v
 }
 
 /// Runs SQL against a stopped server's store.
