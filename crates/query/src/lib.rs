@@ -5,17 +5,45 @@
 //! date presets become absolute times in the query's timezone and defaults are filled
 //! in; the normalized query is echoed in the response (and is what a cache would key on).
 
+mod accounts;
+mod cohorts;
+mod common;
 mod error;
 mod events;
+mod formula;
+mod funnel;
+mod paths;
+mod realtime;
 mod stats;
 mod time;
+mod trends;
 
 pub use error::QueryError;
 pub use stats::{StatsQuery, STATS_METRICS};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use tally_store::Store;
+use tally_store::{Param, Sql, Store};
+
+/// The query kinds `run` answers.
+pub const KINDS: &[&str] = &[
+    "stats",
+    "events",
+    "trends",
+    "funnel",
+    "retention",
+    "lifecycle",
+    "stickiness",
+    "paths",
+    "accounts",
+    "realtime",
+];
+
+/// Adds the normalized query to a kind's response object.
+fn with_query(mut body: Value, query: Value) -> Result<Value, QueryError> {
+    body["query"] = query;
+    Ok(body)
+}
 
 /// Runs one query for `project` and returns the response body.
 ///
@@ -50,10 +78,106 @@ pub fn run(
             let results = query.execute(store, project)?;
             Ok(json!({ "results": results, "query": query.normalized() }))
         }
+        "trends" => {
+            let query = trends::TrendsQuery::parse(obj, now, || first_event_time(store, project))?;
+            with_query(query.execute(store, project)?, query.normalized())
+        }
+        "funnel" => {
+            let query = funnel::FunnelQuery::parse(obj, now, || first_event_time(store, project))?;
+            with_query(query.execute(store, project)?, query.normalized())
+        }
+        "retention" => {
+            let query =
+                cohorts::RetentionQuery::parse(obj, now, || first_event_time(store, project))?;
+            with_query(query.execute(store, project)?, query.normalized())
+        }
+        "lifecycle" => {
+            let query =
+                cohorts::LifecycleQuery::parse(obj, now, || first_event_time(store, project))?;
+            with_query(query.execute(store, project)?, query.normalized())
+        }
+        "stickiness" => {
+            let query =
+                cohorts::StickinessQuery::parse(obj, now, || first_event_time(store, project))?;
+            with_query(query.execute(store, project)?, query.normalized())
+        }
+        "paths" => {
+            let query = paths::PathsQuery::parse(obj, now, || first_event_time(store, project))?;
+            with_query(query.execute(store, project)?, query.normalized())
+        }
+        "accounts" => {
+            let query =
+                accounts::AccountsQuery::parse(obj, now, || first_event_time(store, project))?;
+            with_query(query.execute(store, project)?, query.normalized())
+        }
+        "realtime" => {
+            let query = realtime::RealtimeQuery::parse(obj, now)?;
+            with_query(query.execute(store, project)?, query.normalized())
+        }
         other => Err(QueryError::invalid(
             "kind",
-            format!("unknown query kind {other:?}; supported kinds: \"stats\", \"events\""),
+            format!(
+                "unknown query kind {other:?}; supported kinds: {}",
+                KINDS.join(", ")
+            ),
         )),
+    }
+}
+
+/// Collects the bound values of a query as its SQL text is written, so a placeholder
+/// and its value can never drift apart. Positional mode writes `?` (the text must then be
+/// assembled in the order values were bound); numbered mode writes `$1`, `$2`... and a
+/// fragment may be placed anywhere, or twice.
+pub(crate) struct Binder {
+    params: Vec<Param>,
+    numbered: bool,
+}
+
+impl Binder {
+    pub(crate) fn positional(params: Vec<Param>) -> Self {
+        Self {
+            params,
+            numbered: false,
+        }
+    }
+
+    pub(crate) fn numbered() -> Self {
+        Self {
+            params: Vec::new(),
+            numbered: true,
+        }
+    }
+
+    pub(crate) fn bind(&mut self, p: Param) -> String {
+        self.params.push(p);
+        if self.numbered {
+            format!("${}", self.params.len())
+        } else {
+            "?".into()
+        }
+    }
+
+    pub(crate) fn text(&mut self, s: &str) -> String {
+        self.bind(Param::Text(s.to_owned()))
+    }
+
+    pub(crate) fn ts(&mut self, micros: i64) -> String {
+        self.bind(Param::Timestamp(micros))
+    }
+
+    pub(crate) fn int(&mut self, i: i64) -> String {
+        self.bind(Param::Int(i))
+    }
+
+    pub(crate) fn into_params(self) -> Vec<Param> {
+        self.params
+    }
+
+    pub(crate) fn finish(self, text: String) -> Sql {
+        Sql {
+            text,
+            params: self.params,
+        }
     }
 }
 

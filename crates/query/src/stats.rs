@@ -9,7 +9,7 @@ use tally_store::sql::json_key_path;
 use tally_store::{Param, Sql, Store};
 
 use crate::time::{self, Bound, MICROS_PER_SEC};
-use crate::QueryError;
+use crate::{Binder, QueryError};
 
 /// Metrics a stats query may ask for.
 pub const STATS_METRICS: &[&str] = &["visitors", "events", "pageviews"];
@@ -20,7 +20,7 @@ const MAX_DIMENSIONS: usize = 4;
 const MAX_FILTER_VALUES: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TimeGrain {
+pub(crate) enum TimeGrain {
     Hour,
     Day,
     Week,
@@ -39,7 +39,7 @@ impl TimeGrain {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Dimension {
+pub(crate) enum Dimension {
     Name,
     Page,
     Prop(String),
@@ -47,7 +47,7 @@ enum Dimension {
 }
 
 impl Dimension {
-    fn parse(s: &str, field: &str) -> Result<Self, QueryError> {
+    pub(crate) fn parse(s: &str, field: &str) -> Result<Self, QueryError> {
         Ok(match s {
             "event:name" => Dimension::Name,
             "event:page" => Dimension::Page,
@@ -70,7 +70,7 @@ impl Dimension {
         })
     }
 
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         match self {
             Dimension::Name => "event:name".into(),
             Dimension::Page => "event:page".into(),
@@ -308,24 +308,7 @@ impl StatsQuery {
 
     /// `ts` shifted to local wall-clock time in the query's timezone.
     fn local_ts_expr(&self) -> String {
-        let segs = time::offset_segments(
-            self.tz,
-            self.start / MICROS_PER_SEC,
-            self.end / MICROS_PER_SEC,
-        );
-        if segs.len() == 1 {
-            return format!("(ts + to_seconds({}))", segs[0].1);
-        }
-        let mut case = String::from("CASE");
-        for pair in segs.windows(2) {
-            case.push_str(&format!(
-                " WHEN ts < {} THEN {}",
-                time::ts_literal(pair[1].0),
-                pair[0].1
-            ));
-        }
-        case.push_str(&format!(" ELSE {} END", segs.last().expect("non-empty").1));
-        format!("(ts + to_seconds({case}))")
+        time::local_ts_sql(self.tz, self.start, self.end)
     }
 }
 
@@ -350,7 +333,7 @@ fn auto_grain(span_micros: i64) -> TimeGrain {
     }
 }
 
-fn dimension_expr(d: &Dimension, local: &str) -> String {
+pub(crate) fn dimension_expr(d: &Dimension, local: &str) -> String {
     match d {
         Dimension::Name => "event".into(),
         Dimension::Page => "page".into(),
@@ -391,24 +374,35 @@ impl Filter {
     pub(crate) fn sql(&self, local: &str, params: &mut Vec<Param>) -> String {
         filter_sql(self, local, params)
     }
+
+    /// The filter as a SQL condition over the columns of `events`, values bound by `b`.
+    pub(crate) fn sql_with(&self, local: &str, b: &mut Binder) -> String {
+        let expr = dimension_expr(&self.dimension, local);
+        match self.op {
+            FilterOp::Is => {
+                let list: Vec<String> = self.values.iter().map(|v| b.text(v)).collect();
+                format!("{expr} IN ({})", list.join(", "))
+            }
+            FilterOp::IsNot => {
+                let list: Vec<String> = self.values.iter().map(|v| b.text(v)).collect();
+                format!("({expr} IS NULL OR {expr} NOT IN ({}))", list.join(", "))
+            }
+            FilterOp::Contains => {
+                let any: Vec<String> = self
+                    .values
+                    .iter()
+                    .map(|v| format!("contains(lower({expr}), lower({}))", b.text(v)))
+                    .collect();
+                format!("coalesce({}, false)", any.join(" OR "))
+            }
+        }
+    }
 }
 
 fn filter_sql(f: &Filter, local: &str, params: &mut Vec<Param>) -> String {
-    let expr = dimension_expr(&f.dimension, local);
-    let placeholders = vec!["?"; f.values.len()].join(", ");
-    let sql = match f.op {
-        FilterOp::Is => format!("{expr} IN ({placeholders})"),
-        FilterOp::IsNot => format!("({expr} IS NULL OR {expr} NOT IN ({placeholders}))"),
-        FilterOp::Contains => {
-            let any: Vec<String> = f
-                .values
-                .iter()
-                .map(|_| format!("contains(lower({expr}), lower(?))"))
-                .collect();
-            format!("coalesce({}, false)", any.join(" OR "))
-        }
-    };
-    params.extend(f.values.iter().cloned().map(Param::Text));
+    let mut binder = Binder::positional(std::mem::take(params));
+    let sql = f.sql_with(local, &mut binder);
+    *params = binder.into_params();
     sql
 }
 
@@ -448,7 +442,7 @@ fn parse_metrics(v: Option<&Value>) -> Result<Vec<&'static str>, QueryError> {
     Ok(out)
 }
 
-fn string_list(v: Option<&Value>, field: &str) -> Result<Vec<String>, QueryError> {
+pub(crate) fn string_list(v: Option<&Value>, field: &str) -> Result<Vec<String>, QueryError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items

@@ -50,6 +50,25 @@ pub(crate) fn offset_segments(tz: Tz, start: i64, end: i64) -> Vec<(i64, i32)> {
     segments
 }
 
+/// `ts` (a UTC TIMESTAMP column) shifted to local wall-clock time in `tz`, exact for
+/// instants in `[start, end)` (UTC micros); outside it the nearest segment's offset holds.
+pub(crate) fn local_ts_sql(tz: Tz, start: i64, end: i64) -> String {
+    let segs = offset_segments(tz, start / MICROS_PER_SEC, end / MICROS_PER_SEC);
+    if segs.len() == 1 {
+        return format!("(ts + to_seconds({}))", segs[0].1);
+    }
+    let mut case = String::from("CASE");
+    for pair in segs.windows(2) {
+        case.push_str(&format!(
+            " WHEN ts < {} THEN {}",
+            ts_literal(pair[1].0),
+            pair[0].1
+        ));
+    }
+    case.push_str(&format!(" ELSE {} END", segs.last().expect("non-empty").1));
+    format!("(ts + to_seconds({case}))")
+}
+
 /// The UTC instant (micros) when the local day `date` starts in `tz`. Where midnight
 /// does not exist (a DST gap at 00:00), the day starts at the first instant that does.
 pub(crate) fn day_start(tz: Tz, date: NaiveDate) -> i64 {

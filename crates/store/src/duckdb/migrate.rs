@@ -5,7 +5,10 @@ use ::duckdb::Connection;
 
 use crate::StoreError;
 
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("migrations/001_init.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("migrations/001_init.sql")),
+    (2, include_str!("migrations/002_identities.sql")),
+];
 
 pub(super) fn run(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(

@@ -39,6 +39,8 @@ pub(super) fn insert(
     let mut persons: HashMap<Key, Traits> = HashMap::new();
     let mut groups: HashMap<Key, Traits> = HashMap::new();
     let mut members: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
+    // (project, device) -> (user, first time seen together); the earliest link wins.
+    let mut links: HashMap<Key, (String, i64)> = HashMap::new();
     let mut stats = InsertStats::default();
 
     let tx = conn.transaction()?;
@@ -76,6 +78,20 @@ pub(super) fn insert(
                     upto,
                 ])?;
                 stats.events += 1;
+                let anonymous = match e.kind {
+                    EventType::Alias => e.previous_id.as_ref(),
+                    _ => e.device_id.as_ref(),
+                };
+                if let (Some(user), Some(device)) = (&e.user_id, anonymous) {
+                    if user != device {
+                        let link = links
+                            .entry((project.clone(), device.clone()))
+                            .or_insert_with(|| (user.clone(), e.timestamp));
+                        if e.timestamp < link.1 {
+                            *link = (user.clone(), e.timestamp);
+                        }
+                    }
+                }
                 match (e.kind, &e.user_id, &e.group_id) {
                     (EventType::Identify, Some(user), _) => {
                         accumulate(&mut persons, project, user, &e.traits, e.timestamp)
@@ -109,6 +125,13 @@ pub(super) fn insert(
         )?;
         for ((project, group, user), (first, last)) in members {
             stmt.execute(params![project, group, user, ts(first), ts(last)])?;
+        }
+    }
+    {
+        let mut stmt =
+            tx.prepare_cached("INSERT INTO identities VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")?;
+        for ((project, device), (user, at)) in links {
+            stmt.execute(params![project, device, user, ts(at)])?;
         }
     }
     tx.execute(
