@@ -209,6 +209,7 @@ impl AccountsQuery {
             tz: self.tz,
             local_range: (self.scan_start(), self.end),
             filters: &[],
+            persons: false,
         }
         .sql(b)
     }

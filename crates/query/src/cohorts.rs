@@ -14,7 +14,7 @@ use tally_store::Store;
 use crate::common::{
     check_keys, num, pct, range_echo, uint_field, CountBy, EventMatch, Interval, Scan, WeekStart,
 };
-use crate::stats::{parse_date_range, parse_filters_for, parse_timezone, Filter};
+use crate::stats::{parse_date_range, parse_timezone, Filter};
 use crate::time::MICROS_PER_SEC;
 use crate::{Binder, QueryError};
 
@@ -56,7 +56,7 @@ impl Frame {
                 ],
             )?,
             count_by: CountBy::parse(obj.get("count_by"))?,
-            filters: parse_filters_for(obj.get("filters"))?,
+            filters: crate::dims::parse_event_filters(obj.get("filters"), "filters")?,
         })
     }
 
@@ -85,6 +85,7 @@ impl Frame {
                 end.max(self.end),
             ),
             filters: &self.filters,
+            persons: false,
         }
         .sql(b)
     }

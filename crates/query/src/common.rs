@@ -6,7 +6,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
 
-use crate::stats::{parse_filters_for, Filter};
+use crate::dims::Filter;
 use crate::time::{self, MICROS_PER_SEC};
 use crate::{Binder, QueryError};
 
@@ -58,6 +58,8 @@ pub(crate) struct Scan<'a> {
     /// The range the local clock must be exact over (usually the query's range).
     pub(crate) local_range: (i64, i64),
     pub(crate) filters: &'a [Filter],
+    /// Join the persons table, for `person:props:*` (column `person_traits`).
+    pub(crate) persons: bool,
 }
 
 impl Scan<'_> {
@@ -78,21 +80,40 @@ impl Scan<'_> {
         if let Some(start) = self.start {
             wheres.push(format!("ev.ts >= {}", b.ts(start)));
         }
-        for f in self.filters {
-            wheres.push(f.sql_with(&local, b));
-        }
-        format!(
+        let persons = self.persons
+            || self
+                .filters
+                .iter()
+                .flat_map(Filter::dimensions)
+                .any(|d| d.needs_person());
+        let (person_col, person_join) = if persons {
+            (
+                ", pr.traits AS person_traits",
+                format!(
+                    " LEFT JOIN persons pr ON pr.project_id = {project} \
+                     AND pr.user_id = coalesce(ev.user_id, idm.idm_user)"
+                ),
+            )
+        } else {
+            ("", String::new())
+        };
+        let inner = format!(
             "SELECT ev.*, coalesce(ev.user_id, idm.idm_user, ev.visitor_id) AS person_id, \
-             coalesce(ev.group_id, gm.gm_group) AS account_id, {local} AS lts \
+             coalesce(ev.group_id, gm.gm_group) AS account_id, {local} AS lts{person_col} \
              FROM events ev \
              LEFT JOIN (SELECT device_id AS idm_device, user_id AS idm_user FROM identities \
                         WHERE project_id = {project}) idm ON idm.idm_device = ev.device_id \
              LEFT JOIN (SELECT user_id AS gm_user, arg_max(group_id, last_seen) AS gm_group \
                         FROM group_members WHERE project_id = {project} GROUP BY user_id) gm \
-                    ON gm.gm_user = coalesce(ev.user_id, idm.idm_user) \
+                    ON gm.gm_user = coalesce(ev.user_id, idm.idm_user){person_join} \
              WHERE {}",
             wheres.join(" AND ")
-        )
+        );
+        if self.filters.is_empty() {
+            return inner;
+        }
+        let filters: Vec<String> = self.filters.iter().map(|f| f.sql_with("lts", b)).collect();
+        format!("SELECT * FROM ({inner}) WHERE {}", filters.join(" AND "))
     }
 }
 
@@ -122,7 +143,7 @@ impl EventMatch {
                 ))
             }
         };
-        let filters = parse_filters_for(obj.get("filters"))
+        let filters = crate::dims::parse_event_filters(obj.get("filters"), "filters")
             .map_err(|e| prefix_field(e, &format!("{field}.")))?;
         Ok(Self { event, filters })
     }
@@ -148,6 +169,13 @@ impl EventMatch {
         } else {
             format!("({})", conds.join(" AND "))
         }
+    }
+
+    pub(crate) fn needs_persons(&self) -> bool {
+        self.filters
+            .iter()
+            .flat_map(Filter::dimensions)
+            .any(|d| d.needs_person())
     }
 
     pub(crate) fn label(&self) -> &str {

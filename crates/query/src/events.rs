@@ -53,6 +53,18 @@ impl EventsQuery {
         let (start, end) =
             crate::stats::parse_date_range(obj.get("date_range"), tz, now, first_event)?;
         let filters = parse_filters_for(obj.get("filters"))?;
+        let dims: Vec<&crate::dims::Dimension> =
+            filters.iter().flat_map(Filter::dimensions).collect();
+        crate::dims::no_visit_dims(dims.iter().copied(), "filters")?;
+        if let Some(d) = dims.iter().find(|d| d.needs_person()) {
+            return Err(QueryError::invalid(
+                "filters",
+                format!(
+                    "{} is not available for raw events; use a report kind",
+                    d.name()
+                ),
+            ));
+        }
         let (limit, offset) =
             parse_pagination_with(obj.get("pagination"), DEFAULT_LIMIT, MAX_LIMIT)?;
         Ok(Self {

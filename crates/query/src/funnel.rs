@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use tally_store::Store;
 
 use crate::common::{check_keys, num, pct, range_echo, uint_field, CountBy, EventMatch, Scan};
-use crate::stats::{dimension_expr, parse_date_range, parse_filters_for, parse_timezone};
+use crate::stats::{dimension_expr, parse_date_range, parse_timezone};
 use crate::stats::{Dimension, Filter};
 use crate::time::MICROS_PER_SEC;
 use crate::{Binder, QueryError};
@@ -158,6 +158,7 @@ impl FunnelQuery {
             None | Some(Value::Null) => None,
             Some(Value::String(d)) => {
                 let dim = Dimension::parse(d, "breakdown")?;
+                crate::dims::no_visit_dims([&dim], "breakdown")?;
                 if matches!(dim, Dimension::Time(_)) {
                     return Err(QueryError::invalid(
                         "breakdown",
@@ -182,7 +183,7 @@ impl FunnelQuery {
             breakdown,
             breakdown_limit: uint_field(obj, "breakdown_limit", "breakdown_limit", 10, 1, 100)?,
             count_by: CountBy::parse(obj.get("count_by"))?,
-            filters: parse_filters_for(obj.get("filters"))?,
+            filters: crate::dims::parse_event_filters(obj.get("filters"), "filters")?,
             tz,
             start,
             end,
@@ -210,6 +211,12 @@ impl FunnelQuery {
         })
     }
 
+    fn needs_persons(&self) -> bool {
+        self.breakdown.as_ref().is_some_and(Dimension::needs_person)
+            || self.steps.iter().any(EventMatch::needs_persons)
+            || self.exclusions.iter().any(|x| x.matcher.needs_persons())
+    }
+
     pub(crate) fn compile(&self, project: &str) -> tally_store::Sql {
         let mut b = Binder::numbered();
         let scan = Scan {
@@ -219,6 +226,7 @@ impl FunnelQuery {
             tz: self.tz,
             local_range: (self.start, self.end),
             filters: &self.filters,
+            persons: self.needs_persons(),
         }
         .sql(&mut b);
         let n = self.steps.len();

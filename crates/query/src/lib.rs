@@ -8,6 +8,7 @@
 mod accounts;
 mod cohorts;
 mod common;
+mod dims;
 mod error;
 mod events;
 mod formula;
@@ -70,8 +71,7 @@ pub fn run(
     match kind {
         "stats" => {
             let query = StatsQuery::parse(obj, now, |p| first_event_time(store, p), project)?;
-            let results = query.execute(store, project)?;
-            Ok(json!({ "results": results, "query": query.normalized() }))
+            with_query(query.execute(store, project)?, query.normalized())
         }
         "events" => {
             let query = events::EventsQuery::parse(obj, now, || first_event_time(store, project))?;

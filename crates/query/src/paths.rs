@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use tally_store::Store;
 
 use crate::common::{check_keys, num, range_echo, uint_field, EventMatch, Scan};
-use crate::stats::{parse_date_range, parse_filters_for, parse_timezone, Filter};
+use crate::stats::{parse_date_range, parse_timezone, Filter};
 use crate::{Binder, QueryError};
 
 pub(crate) struct PathsQuery {
@@ -80,7 +80,7 @@ impl PathsQuery {
             pages,
             depth: uint_field(obj, "depth", "depth", 3, 1, 10)?,
             limit: uint_field(obj, "limit", "limit", 10, 1, 100)?,
-            filters: parse_filters_for(obj.get("filters"))?,
+            filters: crate::dims::parse_event_filters(obj.get("filters"), "filters")?,
             tz,
             start,
             end,
@@ -110,6 +110,7 @@ impl PathsQuery {
             tz: self.tz,
             local_range: (self.start, self.end),
             filters: &self.filters,
+            persons: self.start_at.needs_persons(),
         }
         .sql(&mut b);
         let is_start = self.start_at.sql("lts", &mut b);

@@ -38,6 +38,7 @@ impl RealtimeQuery {
             tz: chrono_tz::UTC,
             local_range: (start, self.now),
             filters: &[],
+            persons: false,
         }
         .sql(&mut b);
         let text = format!(

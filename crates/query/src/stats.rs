@@ -1,116 +1,184 @@
 //! The `stats` query: aggregates, breakdowns and time series in one shape, modelled on
 //! Plausible's Stats API v2 (`metrics`, `date_range`, `dimensions`, `filters`,
-//! `order_by`, `pagination`; results as `{"dimensions": [...], "metrics": [...]}`).
+//! `order_by`, `pagination`, `include`; results as `{"dimensions": [...], "metrics": [...]}`).
+//!
+//! Two plans: event metrics (events, visitors, pageviews, property sums...) aggregate the
+//! events directly. Visit metrics (visits, bounce rate, visit duration, views per visit)
+//! and the entry/exit page dimensions first cut each person's events into visits — the
+//! client's session id when it sent one, else a new visit after 30 minutes without an
+//! event — then aggregate per visit. A visit counts in every row (time bucket, page...)
+//! it has an event in.
 
 use chrono::{DateTime, Datelike, Duration, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
 use tally_store::sql::json_key_path;
-use tally_store::{Param, Sql, Store};
+use tally_store::{Rows, Store};
 
+pub(crate) use crate::dims::{dimension_expr, parse_filters_for, Dimension, Filter, TimeGrain};
+
+use crate::common::{Interval, Scan, WeekStart};
 use crate::time::{self, Bound, MICROS_PER_SEC};
 use crate::{Binder, QueryError};
 
-/// Metrics a stats query may ask for.
-pub const STATS_METRICS: &[&str] = &["visitors", "events", "pageviews"];
+/// Metrics a stats query may ask for, besides `sum|avg|min|max|p50|p90|p95|p99:<property>`.
+pub const STATS_METRICS: &[&str] = &[
+    "visitors",
+    "visits",
+    "pageviews",
+    "events",
+    "views_per_visit",
+    "bounce_rate",
+    "visit_duration",
+    "percentage",
+    "conversion_rate",
+];
 
+/// The inactivity that ends a visit when the client sent no session id.
+const VISIT_TIMEOUT_MINUTES: u32 = 30;
 const DEFAULT_LIMIT: u64 = 10_000;
 const MAX_LIMIT: u64 = 10_000;
 const MAX_DIMENSIONS: usize = 4;
-const MAX_FILTER_VALUES: usize = 1_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TimeGrain {
-    Hour,
-    Day,
-    Week,
-    Month,
-}
-
-impl TimeGrain {
-    fn name(self) -> &'static str {
-        match self {
-            TimeGrain::Hour => "time:hour",
-            TimeGrain::Day => "time:day",
-            TimeGrain::Week => "time:week",
-            TimeGrain::Month => "time:month",
-        }
-    }
-}
+const PAGEVIEW: &str = "(type = 'page' OR event = 'page_visit')";
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Dimension {
-    Name,
-    Page,
-    Prop(String),
-    Time(TimeGrain),
+enum Metric {
+    Visitors,
+    Visits,
+    Pageviews,
+    Events,
+    ViewsPerVisit,
+    BounceRate,
+    VisitDuration,
+    Percentage,
+    ConversionRate,
+    /// An aggregate of a numeric event property: (function, property).
+    Prop(&'static str, String),
 }
 
-impl Dimension {
-    pub(crate) fn parse(s: &str, field: &str) -> Result<Self, QueryError> {
-        Ok(match s {
-            "event:name" => Dimension::Name,
-            "event:page" => Dimension::Page,
-            "time:hour" => Dimension::Time(TimeGrain::Hour),
-            "time:day" => Dimension::Time(TimeGrain::Day),
-            "time:week" => Dimension::Time(TimeGrain::Week),
-            "time:month" => Dimension::Time(TimeGrain::Month),
-            _ => match s.strip_prefix("event:props:") {
-                Some(name) => Dimension::Prop(prop_name(name, field)?),
-                None => {
-                    return Err(QueryError::invalid(
+const PROP_AGGS: &[&str] = &["sum", "avg", "min", "max", "p50", "p90", "p95", "p99"];
+
+impl Metric {
+    fn parse(m: &str, field: &str) -> Result<Self, QueryError> {
+        Ok(match m {
+            "visitors" => Metric::Visitors,
+            "visits" => Metric::Visits,
+            "pageviews" => Metric::Pageviews,
+            "events" => Metric::Events,
+            "views_per_visit" => Metric::ViewsPerVisit,
+            "bounce_rate" => Metric::BounceRate,
+            "visit_duration" => Metric::VisitDuration,
+            "percentage" => Metric::Percentage,
+            "conversion_rate" => Metric::ConversionRate,
+            _ => {
+                let parsed = m.split_once(':').and_then(|(f, p)| {
+                    let f = PROP_AGGS.iter().find(|a| **a == f)?;
+                    (!p.is_empty() && p.len() <= 200).then(|| Metric::Prop(f, p.to_owned()))
+                });
+                return parsed.ok_or_else(|| {
+                    QueryError::invalid(
                         field,
                         format!(
-                            "unknown dimension {s:?}; use event:name, event:page, \
-                             event:props:<name>, time, time:hour, time:day, time:week or time:month"
+                            "unknown metric {m:?}; supported: {}, or sum|avg|min|max|p50|p90|p95|p99:<property>",
+                            STATS_METRICS.join(", ")
                         ),
-                    ))
-                }
-            },
+                    )
+                });
+            }
         })
     }
 
-    pub(crate) fn name(&self) -> String {
+    fn name(&self) -> String {
         match self {
-            Dimension::Name => "event:name".into(),
-            Dimension::Page => "event:page".into(),
-            Dimension::Prop(p) => format!("event:props:{p}"),
-            Dimension::Time(g) => g.name().into(),
+            Metric::Visitors => "visitors".into(),
+            Metric::Visits => "visits".into(),
+            Metric::Pageviews => "pageviews".into(),
+            Metric::Events => "events".into(),
+            Metric::ViewsPerVisit => "views_per_visit".into(),
+            Metric::BounceRate => "bounce_rate".into(),
+            Metric::VisitDuration => "visit_duration".into(),
+            Metric::Percentage => "percentage".into(),
+            Metric::ConversionRate => "conversion_rate".into(),
+            Metric::Prop(f, p) => format!("{f}:{p}"),
         }
     }
-}
 
-fn prop_name(name: &str, field: &str) -> Result<String, QueryError> {
-    if name.is_empty() || name.len() > 200 {
-        return Err(QueryError::invalid(
-            field,
-            "a property name must be 1 to 200 characters",
-        ));
+    fn needs_visits(&self) -> bool {
+        matches!(
+            self,
+            Metric::Visits | Metric::ViewsPerVisit | Metric::BounceRate | Metric::VisitDuration
+        )
     }
-    Ok(name.to_owned())
+
+    /// The aggregate over event rows (the event plan).
+    fn event_sql(&self, goal: Option<&str>) -> String {
+        match self {
+            Metric::Visitors => "count(DISTINCT person_id)".into(),
+            Metric::Events => "count(*)".into(),
+            Metric::Pageviews => format!("count(*) FILTER (WHERE {PAGEVIEW})"),
+            Metric::Percentage => {
+                "round(100.0 * count(DISTINCT person_id) / nullif((SELECT count(DISTINCT person_id) FROM e), 0), 2)".into()
+            }
+            Metric::ConversionRate => format!(
+                "round(100.0 * count(DISTINCT person_id) FILTER (WHERE event = {}) / nullif(count(DISTINCT person_id), 0), 2)",
+                goal.unwrap_or("NULL")
+            ),
+            Metric::Prop(f, p) => {
+                let v = format!(
+                    "TRY_CAST(json_extract_string(properties, {}) AS DOUBLE)",
+                    json_key_path(p)
+                );
+                match *f {
+                    "p50" => format!("quantile_cont({v}, 0.5)"),
+                    "p90" => format!("quantile_cont({v}, 0.9)"),
+                    "p95" => format!("quantile_cont({v}, 0.95)"),
+                    "p99" => format!("quantile_cont({v}, 0.99)"),
+                    f => format!("{f}({v})"),
+                }
+            }
+            _ => unreachable!("visit metrics use the visit plan"),
+        }
+    }
+
+    /// The aggregate over per-visit rows (the visit plan).
+    fn visit_sql(&self, goal: Option<&str>) -> Option<String> {
+        Some(match self {
+            Metric::Visitors => "count(DISTINCT person_id)".into(),
+            Metric::Visits => "count(*)".into(),
+            Metric::Events => "sum(n_events)".into(),
+            Metric::Pageviews => "sum(n_pageviews)".into(),
+            Metric::ViewsPerVisit => "round(sum(n_pageviews) / count(*), 2)".into(),
+            Metric::BounceRate => "round(100.0 * avg(CASE WHEN visit_pageviews <= 1 AND visit_events <= 1 THEN 1 ELSE 0 END))".into(),
+            Metric::VisitDuration => "round(avg(visit_duration))".into(),
+            Metric::Percentage => {
+                "round(100.0 * count(DISTINCT person_id) / nullif((SELECT count(DISTINCT person_id) FROM pv), 0), 2)".into()
+            }
+            Metric::ConversionRate => {
+                let _ = goal;
+                "round(100.0 * count(DISTINCT person_id) FILTER (WHERE converted) / nullif(count(DISTINCT person_id), 0), 2)".into()
+            }
+            Metric::Prop(..) => return None,
+        })
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FilterOp {
-    Is,
-    IsNot,
-    Contains,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Filter {
-    op: FilterOp,
-    dimension: Dimension,
-    values: Vec<String>,
+/// What the response may include besides results.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Include {
+    time_labels: bool,
+    total_rows: bool,
 }
 
 /// A validated, normalized stats query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatsQuery {
-    metrics: Vec<&'static str>,
+    metrics: Vec<Metric>,
     dimensions: Vec<Dimension>,
     filters: Vec<Filter>,
     order_by: Vec<(String, bool)>,
+    goal: Option<String>,
+    include: Include,
+    compare: bool,
     tz: Tz,
     /// UTC micros, half-open.
     start: i64,
@@ -136,6 +204,9 @@ impl StatsQuery {
             "order_by",
             "timezone",
             "pagination",
+            "goal",
+            "include",
+            "compare",
         ];
         if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
             return Err(QueryError::invalid(
@@ -145,7 +216,6 @@ impl StatsQuery {
         }
 
         let tz = parse_timezone(obj.get("timezone"))?;
-
         let metrics = parse_metrics(obj.get("metrics"))?;
         let (start, end) =
             parse_date_range(obj.get("date_range"), tz, now, || first_event(project))?;
@@ -172,6 +242,14 @@ impl StatsQuery {
                     "only one time dimension is allowed",
                 ));
             }
+            if dim == Dimension::Time(TimeGrain::Minute)
+                && end - start > 2 * 86_400 * MICROS_PER_SEC
+            {
+                return Err(QueryError::invalid(
+                    field,
+                    "time:minute is for ranges of up to 2 days",
+                ));
+            }
             dimensions.push(dim);
         }
         if dimensions.len() > MAX_DIMENSIONS {
@@ -182,14 +260,58 @@ impl StatsQuery {
         }
 
         let filters = parse_filters_for(obj.get("filters"))?;
-        let order_by = parse_order_by(obj.get("order_by"), &metrics, &dimensions)?;
+        let names: Vec<String> = metrics.iter().map(Metric::name).collect();
+        let order_by = parse_order_by(obj.get("order_by"), &names, &dimensions)?;
         let (limit, offset) = parse_pagination(obj.get("pagination"))?;
+        let goal = match obj.get("goal") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(g)) if !g.is_empty() => Some(g.clone()),
+            Some(_) => return Err(QueryError::invalid("goal", "must be an event name")),
+        };
+        if metrics.contains(&Metric::ConversionRate) && goal.is_none() {
+            let i = metrics
+                .iter()
+                .position(|m| *m == Metric::ConversionRate)
+                .unwrap_or(0);
+            return Err(QueryError::invalid(
+                format!("metrics[{i}]"),
+                "conversion_rate needs a \"goal\": the event name that counts as converted",
+            ));
+        }
+        let visits = metrics.iter().any(Metric::needs_visits)
+            || dimensions.iter().any(Dimension::needs_visits)
+            || filters
+                .iter()
+                .flat_map(Filter::dimensions)
+                .any(Dimension::needs_visits);
+        if visits {
+            if let Some(i) = metrics.iter().position(|m| matches!(m, Metric::Prop(..))) {
+                return Err(QueryError::invalid(
+                    format!("metrics[{i}]"),
+                    "property aggregates cannot be mixed with visit metrics or entry/exit pages; ask in a second query",
+                ));
+            }
+        }
+        let include = parse_include(obj.get("include"))?;
+        let compare = match obj.get("compare") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) if s == "previous_period" => true,
+            _ => {
+                return Err(QueryError::invalid(
+                    "compare",
+                    "must be \"previous_period\"",
+                ))
+            }
+        };
 
         Ok(Self {
             metrics,
             dimensions,
             filters,
             order_by,
+            goal,
+            include,
+            compare,
             tz,
             start,
             end,
@@ -201,9 +323,9 @@ impl StatsQuery {
     /// The query as understood, with every default filled in.
     pub fn normalized(&self) -> Value {
         let filters: Vec<Value> = self.filters.iter().map(Filter::normalized).collect();
-        json!({
+        let mut v = json!({
             "kind": "stats",
-            "metrics": self.metrics,
+            "metrics": self.metrics.iter().map(Metric::name).collect::<Vec<_>>(),
             "date_range": [
                 time::rfc3339_in(self.tz, self.start),
                 time::rfc3339_in(self.tz, self.end - MICROS_PER_SEC),
@@ -215,38 +337,124 @@ impl StatsQuery {
                 .collect::<Vec<_>>(),
             "timezone": self.tz.name(),
             "pagination": { "limit": self.limit, "offset": self.offset },
-        })
+            "include": { "time_labels": self.include.time_labels, "total_rows": self.include.total_rows },
+        });
+        if let Some(g) = &self.goal {
+            v["goal"] = json!(g);
+        }
+        if self.compare {
+            v["compare"] = json!("previous_period");
+        }
+        v
     }
 
-    /// Compiles the query to DuckDB SQL.
-    pub fn compile(&self, project: &str) -> Sql {
-        let mut params = vec![
-            Param::Text(project.to_owned()),
-            Param::Timestamp(self.start),
-            Param::Timestamp(self.end),
-        ];
-        let local = self.local_ts_expr();
-        let mut select = Vec::new();
-        for (i, d) in self.dimensions.iter().enumerate() {
-            select.push(format!("{} AS d{i}", dimension_expr(d, &local)));
+    fn uses_visits(&self) -> bool {
+        self.metrics.iter().any(Metric::needs_visits)
+            || self.dimensions.iter().any(Dimension::needs_visits)
+            || self
+                .filters
+                .iter()
+                .flat_map(Filter::dimensions)
+                .any(Dimension::needs_visits)
+    }
+
+    fn uses_persons(&self) -> bool {
+        self.dimensions.iter().any(Dimension::needs_person)
+            || self
+                .filters
+                .iter()
+                .flat_map(Filter::dimensions)
+                .any(Dimension::needs_person)
+    }
+
+    /// Compiles the query over `[start, end)` to DuckDB SQL.
+    fn compile_range(&self, project: &str, start: i64, end: i64) -> tally_store::Sql {
+        let mut b = Binder::numbered();
+        let visits = self.uses_visits();
+        let scan = Scan {
+            project,
+            start: Some(start),
+            end,
+            tz: self.tz,
+            local_range: (start, end),
+            // The visit plan cuts visits from all events first, then filters.
+            filters: if visits { &[] } else { &self.filters },
+            persons: self.uses_persons(),
         }
-        for (i, m) in self.metrics.iter().enumerate() {
-            select.push(format!("{} AS m{i}", metric_expr(m)));
-        }
-        let mut wheres = vec![
-            "project_id = ?".to_owned(),
-            "ts >= ?".to_owned(),
-            "ts < ?".to_owned(),
-            "type IN ('track', 'page', 'screen')".to_owned(),
-        ];
-        for f in &self.filters {
-            wheres.push(filter_sql(f, &local, &mut params));
-        }
-        let mut text = format!(
-            "SELECT {} FROM events WHERE {}",
-            select.join(", "),
-            wheres.join(" AND ")
-        );
+        .sql(&mut b);
+        let goal = self.goal.as_ref().map(|g| b.text(g));
+        let dims: Vec<String> = self
+            .dimensions
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("{} AS d{i}", dimension_expr(d, "lts")))
+            .collect();
+        let group: Vec<String> = (0..self.dimensions.len())
+            .map(|i| format!("d{i}"))
+            .collect();
+        let metrics: Vec<String> = self
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let sql = if visits {
+                    m.visit_sql(goal.as_deref())
+                        .expect("validated: no property metrics with visits")
+                } else {
+                    m.event_sql(goal.as_deref())
+                };
+                format!("{sql} AS m{i}")
+            })
+            .collect();
+        let select = dims_then(&group, &metrics);
+        let body = if visits {
+            let filters: Vec<String> = self
+                .filters
+                .iter()
+                .map(|f| f.sql_with("lts", &mut b))
+                .collect();
+            let where_ = if filters.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", filters.join(" AND "))
+            };
+            let converted = match &goal {
+                Some(g) => format!("bool_or(event = {g})"),
+                None => "false".into(),
+            };
+            let per_visit_dims = if dims.is_empty() {
+                String::new()
+            } else {
+                format!("{}, ", dims.join(", "))
+            };
+            format!(
+                "WITH e AS ({scan}), \
+                 marked AS (SELECT *, CASE WHEN lag(ts) OVER w IS NULL \
+                              OR ts - lag(ts) OVER w > INTERVAL {VISIT_TIMEOUT_MINUTES} MINUTE THEN 1 ELSE 0 END AS brk \
+                            FROM e WINDOW w AS (PARTITION BY person_id ORDER BY ts, uuid)), \
+                 numbered AS (SELECT *, coalesce('s:' || session_id, 'v:' || person_id || ':' || \
+                              sum(brk) OVER (PARTITION BY person_id ORDER BY ts, uuid ROWS UNBOUNDED PRECEDING)) AS visit_id \
+                              FROM marked), \
+                 visits AS (SELECT visit_id, epoch(max(ts) - min(ts)) AS visit_duration, \
+                              count(*) FILTER (WHERE {PAGEVIEW}) AS visit_pageviews, count(*) AS visit_events, \
+                              arg_min(page, ts) FILTER (WHERE page IS NOT NULL) AS entry_page, \
+                              arg_max(page, ts) FILTER (WHERE page IS NOT NULL) AS exit_page \
+                            FROM numbered GROUP BY visit_id), \
+                 ev AS (SELECT n.*, v.* EXCLUDE (visit_id) FROM numbered n JOIN visits v USING (visit_id)), \
+                 pv AS (SELECT {per_visit_dims}visit_id, any_value(person_id) AS person_id, \
+                          any_value(visit_duration) AS visit_duration, any_value(visit_pageviews) AS visit_pageviews, \
+                          any_value(visit_events) AS visit_events, count(*) AS n_events, \
+                          count(*) FILTER (WHERE {PAGEVIEW}) AS n_pageviews, {converted} AS converted \
+                        FROM ev {where_} GROUP BY ALL) \
+                 SELECT {select} FROM pv"
+            )
+        } else {
+            format!(
+                "WITH e AS ({scan}) SELECT {} FROM e",
+                dims_then(&dims, &metrics)
+            )
+        };
+        let mut text = body;
         if !self.dimensions.is_empty() {
             text.push_str(" GROUP BY ALL");
             let mut order: Vec<String> = self
@@ -258,22 +466,63 @@ impl StatsQuery {
                 })
                 .collect();
             // Ties break on the dimensions so pages are stable.
-            for i in 0..self.dimensions.len() {
-                order.push(format!("d{i} ASC NULLS LAST"));
-            }
-            text.push_str(&format!(" ORDER BY {} LIMIT ? OFFSET ?", order.join(", ")));
-            params.push(Param::Int(self.limit as i64));
-            params.push(Param::Int(self.offset as i64));
+            order.extend(group.iter().map(|g| format!("{g} ASC NULLS LAST")));
+            let (limit, offset) = (b.int(self.limit as i64), b.int(self.offset as i64));
+            text = format!(
+                "SELECT *, count(*) OVER () AS total_rows FROM ({text}) ORDER BY {} LIMIT {limit} OFFSET {offset}",
+                order.join(", ")
+            );
         }
-        Sql { text, params }
+        b.finish(text)
     }
 
-    pub fn execute(&self, store: &dyn Store, project: &str) -> Result<Vec<Value>, QueryError> {
+    /// Compiles the query to DuckDB SQL.
+    pub fn compile(&self, project: &str) -> tally_store::Sql {
+        self.compile_range(project, self.start, self.end)
+    }
+
+    pub fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let rows = store.query(&self.compile(project))?;
+        let (mut results, total_rows) = self.shape(rows);
+        let labels = self.time_labels();
+        if let (Some(labels), [Dimension::Time(_)]) = (&labels, self.dimensions.as_slice()) {
+            if self.include.time_labels && self.offset == 0 {
+                results = fill_time(results, labels, self.metrics.len());
+            }
+        }
+        if self.compare {
+            let span = self.end - self.start;
+            let sql = self.compile_range(project, self.start - span, self.start);
+            let (previous, _) = self.shape(store.query(&sql)?);
+            attach_comparison(&mut results, &previous, &self.dimensions);
+        }
+        let mut meta = Map::new();
+        if self.include.total_rows {
+            meta.insert("total_rows".into(), json!(total_rows));
+        }
+        if self.include.time_labels {
+            meta.insert("time_labels".into(), json!(labels));
+        }
+        let mut out = json!({ "results": results });
+        if !meta.is_empty() {
+            out["meta"] = Value::Object(meta);
+        }
+        Ok(out)
+    }
+
+    fn shape(&self, rows: Rows) -> (Vec<Value>, u64) {
         let n_dims = self.dimensions.len();
-        Ok(rows
+        let n_metrics = self.metrics.len();
+        let mut total = if n_dims == 0 { rows.len() as u64 } else { 0 };
+        let results = rows
             .into_iter()
             .map(|row| {
+                if n_dims > 0 {
+                    total = row
+                        .get(n_dims + n_metrics)
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                }
                 let mut row = row.into_iter();
                 let dims: Vec<Value> = row
                     .by_ref()
@@ -287,15 +536,45 @@ impl StatsQuery {
                     })
                     .collect();
                 let metrics: Vec<Value> = row
-                    .map(|v| if v.is_null() { Value::from(0) } else { v })
+                    .take(n_metrics)
+                    .zip(&self.metrics)
+                    .map(|(v, m)| match (v.is_null(), m) {
+                        (true, Metric::Prop(..)) => Value::Null,
+                        (true, _) => Value::from(0),
+                        (false, _) => whole(v),
+                    })
                     .collect();
                 json!({ "dimensions": dims, "metrics": metrics })
             })
-            .collect())
+            .collect();
+        (results, total)
+    }
+
+    /// Every bucket label of the time dimension over the range, if there is one.
+    fn time_labels(&self) -> Option<Vec<String>> {
+        let grain = self.dimensions.iter().find_map(|d| match d {
+            Dimension::Time(g) => Some(*g),
+            _ => None,
+        })?;
+        let interval = match grain {
+            TimeGrain::Minute => Interval::Minute,
+            TimeGrain::Hour => Interval::Hour,
+            TimeGrain::Day => Interval::Day,
+            TimeGrain::Week => Interval::Week,
+            TimeGrain::Month => Interval::Month,
+        };
+        let labels = interval.labels(self.tz, self.start, self.end, WeekStart::Monday);
+        Some(match grain {
+            TimeGrain::Month => labels
+                .into_iter()
+                .map(|l| format!("{}-01", &l[..7]))
+                .collect(),
+            _ => labels,
+        })
     }
 
     fn column_of(&self, key: &str) -> String {
-        if let Some(i) = self.metrics.iter().position(|m| *m == key) {
+        if let Some(i) = self.metrics.iter().position(|m| m.name() == key) {
             return format!("m{i}");
         }
         let i = self
@@ -305,11 +584,138 @@ impl StatsQuery {
             .expect("validated");
         format!("d{i}")
     }
+}
 
-    /// `ts` shifted to local wall-clock time in the query's timezone.
-    fn local_ts_expr(&self) -> String {
-        time::local_ts_sql(self.tz, self.start, self.end)
+fn dims_then(dims: &[String], metrics: &[String]) -> String {
+    dims.iter()
+        .chain(metrics)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Integral floats print as integers (DuckDB returns doubles for rounded values).
+fn whole(v: Value) -> Value {
+    match v.as_f64() {
+        Some(f) if v.is_f64() && f.fract() == 0.0 && f.abs() < 9e15 => json!(f as i64),
+        _ => v,
     }
+}
+
+/// A time series with a row for every bucket, zeros where nothing happened.
+fn fill_time(results: Vec<Value>, labels: &[String], n_metrics: usize) -> Vec<Value> {
+    labels
+        .iter()
+        .map(|l| {
+            results
+                .iter()
+                .find(|r| r["dimensions"][0].as_str() == Some(l))
+                .cloned()
+                .unwrap_or_else(|| json!({ "dimensions": [l], "metrics": vec![0; n_metrics] }))
+        })
+        .collect()
+}
+
+/// Adds each row's previous-period metrics and their change in percent. Rows match on
+/// their non-time dimensions; a time bucket matches the bucket at the same position.
+fn attach_comparison(results: &mut [Value], previous: &[Value], dims: &[Dimension]) {
+    let time_at = dims.iter().position(|d| matches!(d, Dimension::Time(_)));
+    let key = |r: &Value| -> Vec<Value> {
+        r["dimensions"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .enumerate()
+                    .filter(|(i, _)| Some(*i) != time_at)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut seen: std::collections::HashMap<Vec<Value>, usize> = Default::default();
+    for r in results.iter_mut() {
+        let k = key(r);
+        let nth = *seen.entry(k.clone()).and_modify(|n| *n += 1).or_insert(0);
+        let prev = previous.iter().filter(|p| key(p) == k).nth(nth);
+        let metrics = r["metrics"].as_array().cloned().unwrap_or_default();
+        let (prev_metrics, change): (Vec<Value>, Vec<Value>) = metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let p = prev.map(|p| p["metrics"][i].clone()).unwrap_or(json!(0));
+                let change = match (m.as_f64(), p.as_f64()) {
+                    (Some(now), Some(before)) if before != 0.0 => {
+                        json!(((now - before) / before * 10_000.0).round() / 100.0)
+                    }
+                    _ => Value::Null,
+                };
+                (p, change)
+            })
+            .unzip();
+        r["comparison"] = json!({
+            "dimensions": prev.map(|p| p["dimensions"].clone()),
+            "metrics": prev_metrics,
+            "change": change,
+        });
+    }
+}
+
+fn parse_include(v: Option<&Value>) -> Result<Include, QueryError> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(Include::default()),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(QueryError::invalid(
+                "include",
+                "must be {\"time_labels\": bool, \"total_rows\": bool}",
+            ))
+        }
+    };
+    let mut inc = Include::default();
+    for (k, v) in obj {
+        let b = v
+            .as_bool()
+            .ok_or_else(|| QueryError::invalid(format!("include.{k}"), "must be true or false"))?;
+        match k.as_str() {
+            "time_labels" => inc.time_labels = b,
+            "total_rows" => inc.total_rows = b,
+            _ => {
+                return Err(QueryError::invalid(
+                    format!("include.{k}"),
+                    "unknown key; use time_labels, total_rows",
+                ))
+            }
+        }
+    }
+    Ok(inc)
+}
+
+fn parse_metrics(v: Option<&Value>) -> Result<Vec<Metric>, QueryError> {
+    let list = match v {
+        None => {
+            return Err(QueryError::invalid(
+                "metrics",
+                "is required, e.g. [\"visitors\"]",
+            ))
+        }
+        Some(v) => string_list(Some(v), "metrics")?,
+    };
+    if list.is_empty() {
+        return Err(QueryError::invalid(
+            "metrics",
+            "must name at least one metric",
+        ));
+    }
+    let mut out: Vec<Metric> = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let field = format!("metrics[{i}]");
+        let metric = Metric::parse(m, &field)?;
+        if out.contains(&metric) {
+            return Err(QueryError::invalid(field, format!("{m:?} is listed twice")));
+        }
+        out.push(metric);
+    }
+    Ok(out)
 }
 
 pub(crate) fn parse_timezone(v: Option<&Value>) -> Result<Tz, QueryError> {
@@ -331,115 +737,6 @@ fn auto_grain(span_micros: i64) -> TimeGrain {
     } else {
         TimeGrain::Month
     }
-}
-
-pub(crate) fn dimension_expr(d: &Dimension, local: &str) -> String {
-    match d {
-        Dimension::Name => "event".into(),
-        Dimension::Page => "page".into(),
-        Dimension::Prop(p) => format!("json_extract_string(properties, {})", json_key_path(p)),
-        Dimension::Time(TimeGrain::Hour) => {
-            format!("strftime(date_trunc('hour', {local}), '%Y-%m-%d %H:00:00')")
-        }
-        Dimension::Time(TimeGrain::Day) => format!("strftime({local}, '%Y-%m-%d')"),
-        Dimension::Time(TimeGrain::Week) => {
-            format!("strftime(date_trunc('week', {local}), '%Y-%m-%d')")
-        }
-        Dimension::Time(TimeGrain::Month) => {
-            format!("strftime(date_trunc('month', {local}), '%Y-%m-01')")
-        }
-    }
-}
-
-fn metric_expr(m: &str) -> &'static str {
-    match m {
-        "visitors" => "count(DISTINCT visitor_id)",
-        "events" => "count(*)",
-        "pageviews" => "count(*) FILTER (WHERE type = 'page' OR event = 'page_visit')",
-        _ => unreachable!("metrics are validated against STATS_METRICS"),
-    }
-}
-
-impl Filter {
-    pub(crate) fn normalized(&self) -> Value {
-        let op = match self.op {
-            FilterOp::Is => "is",
-            FilterOp::IsNot => "is_not",
-            FilterOp::Contains => "contains",
-        };
-        json!([op, self.dimension.name(), self.values])
-    }
-
-    /// The filter as a SQL condition; its values are appended to `params`.
-    pub(crate) fn sql(&self, local: &str, params: &mut Vec<Param>) -> String {
-        filter_sql(self, local, params)
-    }
-
-    /// The filter as a SQL condition over the columns of `events`, values bound by `b`.
-    pub(crate) fn sql_with(&self, local: &str, b: &mut Binder) -> String {
-        let expr = dimension_expr(&self.dimension, local);
-        match self.op {
-            FilterOp::Is => {
-                let list: Vec<String> = self.values.iter().map(|v| b.text(v)).collect();
-                format!("{expr} IN ({})", list.join(", "))
-            }
-            FilterOp::IsNot => {
-                let list: Vec<String> = self.values.iter().map(|v| b.text(v)).collect();
-                format!("({expr} IS NULL OR {expr} NOT IN ({}))", list.join(", "))
-            }
-            FilterOp::Contains => {
-                let any: Vec<String> = self
-                    .values
-                    .iter()
-                    .map(|v| format!("contains(lower({expr}), lower({}))", b.text(v)))
-                    .collect();
-                format!("coalesce({}, false)", any.join(" OR "))
-            }
-        }
-    }
-}
-
-fn filter_sql(f: &Filter, local: &str, params: &mut Vec<Param>) -> String {
-    let mut binder = Binder::positional(std::mem::take(params));
-    let sql = f.sql_with(local, &mut binder);
-    *params = binder.into_params();
-    sql
-}
-
-fn parse_metrics(v: Option<&Value>) -> Result<Vec<&'static str>, QueryError> {
-    let list = match v {
-        None => {
-            return Err(QueryError::invalid(
-                "metrics",
-                "is required, e.g. [\"visitors\"]",
-            ))
-        }
-        Some(v) => string_list(Some(v), "metrics")?,
-    };
-    if list.is_empty() {
-        return Err(QueryError::invalid(
-            "metrics",
-            "must name at least one metric",
-        ));
-    }
-    let mut out: Vec<&'static str> = Vec::new();
-    for (i, m) in list.iter().enumerate() {
-        let field = format!("metrics[{i}]");
-        let known = STATS_METRICS.iter().find(|k| **k == m).ok_or_else(|| {
-            QueryError::invalid(
-                &field,
-                format!(
-                    "unknown metric {m:?}; supported: {}",
-                    STATS_METRICS.join(", ")
-                ),
-            )
-        })?;
-        if out.contains(known) {
-            return Err(QueryError::invalid(field, format!("{m:?} is listed twice")));
-        }
-        out.push(known);
-    }
-    Ok(out)
 }
 
 pub(crate) fn string_list(v: Option<&Value>, field: &str) -> Result<Vec<String>, QueryError> {
@@ -541,63 +838,9 @@ pub(crate) fn parse_date_range(
     }
 }
 
-pub(crate) fn parse_filters_for(v: Option<&Value>) -> Result<Vec<Filter>, QueryError> {
-    let items = match v {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(QueryError::invalid("filters", "must be a list of filters")),
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let field = format!("filters[{i}]");
-            let parts = match f {
-                Value::Array(p) if p.len() == 3 => p,
-                _ => {
-                    return Err(QueryError::invalid(
-                        field,
-                        "a filter is [operator, dimension, [values]], e.g. [\"is\", \"event:name\", [\"signup\"]]",
-                    ))
-                }
-            };
-            let op = match parts[0].as_str() {
-                Some("is") => FilterOp::Is,
-                Some("is_not") => FilterOp::IsNot,
-                Some("contains") => FilterOp::Contains,
-                _ => {
-                    return Err(QueryError::invalid(
-                        format!("{field}[0]"),
-                        "operator must be \"is\", \"is_not\" or \"contains\"",
-                    ))
-                }
-            };
-            let dim_field = format!("{field}[1]");
-            let dimension = match parts[1].as_str() {
-                Some(d) => Dimension::parse(d, &dim_field)?,
-                None => return Err(QueryError::invalid(dim_field, "must be a dimension name")),
-            };
-            if matches!(dimension, Dimension::Time(_)) {
-                return Err(QueryError::invalid(
-                    dim_field,
-                    "filter time with date_range, not a filter",
-                ));
-            }
-            let values = string_list(Some(&parts[2]), &format!("{field}[2]"))?;
-            if values.is_empty() || values.len() > MAX_FILTER_VALUES {
-                return Err(QueryError::invalid(
-                    format!("{field}[2]"),
-                    format!("must list 1 to {MAX_FILTER_VALUES} values"),
-                ));
-            }
-            Ok(Filter { op, dimension, values })
-        })
-        .collect()
-}
-
 fn parse_order_by(
     v: Option<&Value>,
-    metrics: &[&'static str],
+    metrics: &[String],
     dimensions: &[Dimension],
 ) -> Result<Vec<(String, bool)>, QueryError> {
     let items = match v {
@@ -607,7 +850,7 @@ fn parse_order_by(
                 match dimensions.iter().find(|d| matches!(d, Dimension::Time(_))) {
                     Some(t) => vec![(t.name(), false)],
                     None if dimensions.is_empty() => Vec::new(),
-                    None => vec![(metrics[0].to_owned(), true)],
+                    None => vec![(metrics[0].clone(), true)],
                 },
             );
         }
@@ -633,7 +876,7 @@ fn parse_order_by(
         };
         let key =
             key.ok_or_else(|| QueryError::invalid(format!("{field}[0]"), "must be a string"))?;
-        let known = metrics.contains(&key) || dimensions.iter().any(|d| d.name() == key);
+        let known = metrics.iter().any(|m| m == key) || dimensions.iter().any(|d| d.name() == key);
         if !known {
             return Err(QueryError::invalid(
                 format!("{field}[0]"),

@@ -12,7 +12,7 @@ use crate::common::{
     check_keys, num, range_echo, uint_field, EventMatch, Interval, Scan, WeekStart,
 };
 use crate::formula::Formula;
-use crate::stats::{dimension_expr, parse_date_range, parse_filters_for, string_list};
+use crate::stats::{dimension_expr, parse_date_range, string_list};
 use crate::stats::{parse_timezone, Dimension, Filter};
 use crate::time::MICROS_PER_SEC;
 use crate::{Binder, QueryError};
@@ -257,6 +257,7 @@ impl TrendsQuery {
         {
             let field = format!("breakdown[{i}]");
             let dim = Dimension::parse(d, &field)?;
+            crate::dims::no_visit_dims([&dim], &field)?;
             if matches!(dim, Dimension::Time(_)) {
                 return Err(QueryError::invalid(
                     field,
@@ -287,7 +288,7 @@ impl TrendsQuery {
             }
         }
         let breakdown_limit = uint_field(obj, "breakdown_limit", "breakdown_limit", 10, 1, 1_000)?;
-        let filters = parse_filters_for(obj.get("filters"))?;
+        let filters = crate::dims::parse_event_filters(obj.get("filters"), "filters")?;
         Ok(Self {
             series,
             formula,
@@ -352,6 +353,8 @@ impl TrendsQuery {
             tz: self.tz,
             local_range: (self.start - lookback, self.end),
             filters: &self.filters,
+            persons: self.breakdown.iter().any(Dimension::needs_person)
+                || s.matcher.needs_persons(),
         }
         .sql(&mut b);
         let local = "lts";

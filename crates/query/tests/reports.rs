@@ -580,3 +580,208 @@ fn bad_report_queries_name_the_field() {
         );
     }
 }
+
+fn metrics(r: &Value) -> Value {
+    r["results"][0]["metrics"].clone()
+}
+
+#[test]
+fn stats_counts_people_not_ids_and_cuts_visits() {
+    let f = fixture();
+    let base = json!({"kind": "stats", "date_range": MON_WED});
+    let q = |extra: Value| {
+        let mut body = base.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        f.q(body)
+    };
+    // d-bob and bob are one visitor.
+    let r = q(json!({"metrics": ["visitors", "events", "pageviews"]}));
+    assert_eq!(metrics(&r), json!([4, 10, 4]));
+    // Visits (30 minutes of silence ends one): alice Mon 09:00-09:10 and Wed; bob Mon,
+    // Tue, Wed; carol Tue 08:30-09:00 (exactly 30 minutes: still one); d-anon Mon = 7.
+    // Bounces (one event, at most one page view): alice Wed, bob x3, d-anon = 5 of 7.
+    // Duration: (600 + 1800) / 7 = 342.9 s.
+    let r = q(
+        json!({"metrics": ["visits", "bounce_rate", "visit_duration", "views_per_visit", "visitors"]}),
+    );
+    assert_eq!(metrics(&r), json!([7, 71, 343, 0.57, 4]));
+    let r = q(json!({"metrics": ["visits"], "dimensions": ["visit:entry_page"]}));
+    assert_eq!(
+        r["results"],
+        json!([
+            {"dimensions": ["/home"], "metrics": [3]},
+            {"dimensions": ["(none)"], "metrics": [3]},
+            {"dimensions": ["/pricing"], "metrics": [1]},
+        ])
+    );
+}
+
+#[test]
+fn stats_filter_trees_and_operators() {
+    let f = fixture();
+    let events = |filters: Value| {
+        let r = f.q(json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"], "filters": filters}));
+        metrics(&r)[0].as_u64().unwrap()
+    };
+    let or = json!([[
+        "or",
+        [
+            ["is", "event:name", ["signup"]],
+            ["gt", "event:props:amount", [25]]
+        ]
+    ]]);
+    assert_eq!(events(or), 4);
+    assert_eq!(
+        events(json!([["not", ["is", "event:name", ["page_visit"]]]])),
+        6
+    );
+    assert_eq!(events(json!([["is_set", "event:props:amount"]])), 2);
+    assert_eq!(events(json!([["is_not_set", "event:props:amount"]])), 8);
+    assert_eq!(events(json!([["lt", "event:props:amount", ["25"]]])), 1);
+    assert_eq!(events(json!([["matches", "event:page", ["^/pr"]]])), 1);
+    assert_eq!(events(json!([["contains_not", "event:name", ["SIGN"]]])), 7);
+    let nested = json!([[
+        "and",
+        [
+            ["is", "event:page", ["/home"]],
+            ["not", ["is", "event:name", ["signup"]]]
+        ]
+    ]]);
+    assert_eq!(events(nested), 3);
+}
+
+#[test]
+fn stats_person_traits_property_metrics_percentages_and_goals() {
+    let f = fixture();
+    let identify = Event {
+        traits: json!({"plan": "pro"}).as_object().unwrap().clone(),
+        ..build(E {
+            kind: EventType::Identify,
+            ..ev("$identify", "alice", "2026-11-02T08:59:00Z")
+        })
+    };
+    f.store
+        .insert(
+            &[EventBatch {
+                project_id: "p".into(),
+                events: vec![identify],
+            }],
+            3,
+        )
+        .unwrap();
+    let r = f.q(
+        json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"],
+        "filters": [["is", "person:props:plan", ["pro"]]]}),
+    );
+    assert_eq!(metrics(&r), json!([4]));
+    let r = f.q(
+        json!({"kind": "stats", "date_range": MON_WED, "metrics": ["visitors"],
+        "dimensions": ["person:props:plan"]}),
+    );
+    assert_eq!(
+        r["results"],
+        json!([{"dimensions": ["(none)"], "metrics": [3]}, {"dimensions": ["pro"], "metrics": [1]}])
+    );
+    let r = f.q(json!({"kind": "stats", "date_range": MON_WED,
+        "metrics": ["sum:amount", "p50:amount", "max:amount"]}));
+    assert_eq!(metrics(&r), json!([50, 25, 30]));
+    let r = f.q(
+        json!({"kind": "stats", "date_range": MON_WED, "metrics": ["visitors", "percentage"],
+        "dimensions": ["event:page"]}),
+    );
+    assert_eq!(r["results"][0]["dimensions"], json!(["/home"]));
+    assert_eq!(r["results"][0]["metrics"], json!([3, 75]));
+    // 3 of the 4 people signed up.
+    let r = f.q(json!({"kind": "stats", "date_range": MON_WED, "metrics": ["conversion_rate"], "goal": "signup"}));
+    assert_eq!(metrics(&r), json!([75]));
+}
+
+#[test]
+fn stats_time_labels_total_rows_and_comparison() {
+    let f = fixture();
+    let r = f.q(
+        json!({"kind": "stats", "date_range": ["2026-11-02", "2026-11-06"], "metrics": ["events"],
+        "dimensions": ["time:day"], "include": {"time_labels": true}}),
+    );
+    let series: Vec<u64> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["metrics"][0].as_u64().unwrap())
+        .collect();
+    assert_eq!(series, vec![5, 3, 2, 0, 0]);
+    assert_eq!(r["meta"]["time_labels"].as_array().unwrap().len(), 5);
+
+    let r = f.q(
+        json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"],
+        "dimensions": ["event:name"], "pagination": {"limit": 1}, "include": {"total_rows": true}}),
+    );
+    assert_eq!(
+        r["results"],
+        json!([{"dimensions": ["page_visit"], "metrics": [4]}])
+    );
+    assert_eq!(r["meta"]["total_rows"], 4);
+
+    let r = f.q(
+        json!({"kind": "stats", "date_range": ["2026-11-09", "2026-11-15"], "metrics": ["events"],
+        "compare": "previous_period"}),
+    );
+    assert_eq!(metrics(&r), json!([2]));
+    assert_eq!(r["results"][0]["comparison"]["metrics"], json!([10]));
+    assert_eq!(r["results"][0]["comparison"]["change"], json!([-80.0]));
+}
+
+#[test]
+fn stats_reads_hosts_sources_and_user_agents_from_every_format() {
+    let f = fixture();
+    let obj = |v: Value| v.as_object().unwrap().clone();
+    let posthog_like = Event {
+        properties: obj(
+            json!({"page_url": "https://shop.example.com/a?x=1", "utm_source": "news"}),
+        ),
+        context: obj(
+            json!({"user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"}),
+        ),
+        ..build(ev("page_visit", "zed", "2026-11-05T10:00:00Z"))
+    };
+    let segment_like = Event {
+        context: obj(json!({
+            "page": {"url": "https://www.example.org/b", "referrer": "https://www.google.com/search?q=x"},
+            "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+        })),
+        ..build(ev("page_visit", "yan", "2026-11-05T11:00:00Z"))
+    };
+    f.store
+        .insert(
+            &[EventBatch {
+                project_id: "p".into(),
+                events: vec![posthog_like, segment_like],
+            }],
+            3,
+        )
+        .unwrap();
+    let r = f.q(
+        json!({"kind": "stats", "date_range": ["2026-11-05", "2026-11-05"], "metrics": ["events"],
+        "dimensions": ["event:hostname", "visit:source", "visit:browser", "visit:os"]}),
+    );
+    assert_eq!(
+        r["results"],
+        json!([
+            {"dimensions": ["shop.example.com", "news", "Safari", "iOS"], "metrics": [1]},
+            {"dimensions": ["www.example.org", "google.com", "Chrome", "Windows"], "metrics": [1]},
+        ])
+    );
+    let r = f.q(
+        json!({"kind": "stats", "date_range": ["2026-11-05", "2026-11-05"], "metrics": ["events"],
+        "dimensions": ["visit:device", "visit:utm_source", "visit:referrer"]}),
+    );
+    assert_eq!(
+        r["results"],
+        json!([
+            {"dimensions": ["Desktop", "(none)", "https://www.google.com/search?q=x"], "metrics": [1]},
+            {"dimensions": ["Mobile", "news", "(none)"], "metrics": [1]},
+        ])
+    );
+}
