@@ -1,6 +1,6 @@
 //! The `accounts` query: ThriveStack's B2B view of each account (group).
 //!
-//! For every account: its users (members from group calls, plus anyone whose events
+//! For every account: its name (trait `name`, else ThriveStack's `account_name`), its users (members from group calls, plus anyone whose events
 //! name the account), DAU / WAU / MAU at the end of the period, stickiness (DAU / MAU),
 //! activity this period and in the period of equal length before it, the trend between
 //! them, when it was last active, and a health status. With `account_id` the answer is
@@ -281,7 +281,7 @@ impl AccountsQuery {
                            WHERE project_id = {p} AND first_seen < {end} \
                            UNION ALL SELECT account_id, person_id FROM act WHERE ts >= {start}) \
                          GROUP BY 1), \
-             acct_rows AS (SELECT a.account_id, json_extract_string(a.traits, '$.name') AS name, \
+             acct_rows AS (SELECT a.account_id, coalesce(json_extract_string(a.traits, '$.name'), json_extract_string(a.traits, '$.account_name')) AS name, \
                         CAST(a.traits AS VARCHAR) AS traits_json, a.traits, \
                         least(a.created_at, coalesce(m.first_event, a.created_at)) AS first_seen, \
                         coalesce(u.users, 0) AS users, coalesce(m.dau, 0) AS dau, \
