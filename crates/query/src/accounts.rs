@@ -210,6 +210,7 @@ impl AccountsQuery {
             local_range: (self.scan_start(), self.end),
             filters: &[],
             persons: false,
+            accounts: true,
         }
         .sql(b)
     }

@@ -86,6 +86,7 @@ impl Frame {
             ),
             filters: &self.filters,
             persons: false,
+            accounts: self.count_by == CountBy::Account,
         }
         .sql(b)
     }

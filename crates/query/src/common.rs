@@ -60,6 +60,8 @@ pub(crate) struct Scan<'a> {
     pub(crate) filters: &'a [Filter],
     /// Join the persons table, for `person:props:*` (column `person_traits`).
     pub(crate) persons: bool,
+    /// Resolve `account_id` (else it is NULL): joins the group memberships.
+    pub(crate) accounts: bool,
 }
 
 impl Scan<'_> {
@@ -97,15 +99,25 @@ impl Scan<'_> {
         } else {
             ("", String::new())
         };
+        let (account_col, account_join) = if self.accounts {
+            (
+                "coalesce(ev.group_id, gm.gm_group)",
+                format!(
+                    " LEFT JOIN (SELECT user_id AS gm_user, arg_max(group_id, last_seen) AS gm_group \
+                     FROM group_members WHERE project_id = {project} GROUP BY user_id) gm \
+                     ON gm.gm_user = coalesce(ev.user_id, idm.idm_user)"
+                ),
+            )
+        } else {
+            ("NULL::VARCHAR", String::new())
+        };
         let inner = format!(
             "SELECT ev.*, coalesce(ev.user_id, idm.idm_user, ev.visitor_id) AS person_id, \
-             coalesce(ev.group_id, gm.gm_group) AS account_id, {local} AS lts{person_col} \
+             {account_col} AS account_id, {local} AS lts{person_col} \
              FROM events ev \
              LEFT JOIN (SELECT device_id AS idm_device, user_id AS idm_user FROM identities \
-                        WHERE project_id = {project}) idm ON idm.idm_device = ev.device_id \
-             LEFT JOIN (SELECT user_id AS gm_user, arg_max(group_id, last_seen) AS gm_group \
-                        FROM group_members WHERE project_id = {project} GROUP BY user_id) gm \
-                    ON gm.gm_user = coalesce(ev.user_id, idm.idm_user){person_join} \
+                        WHERE project_id = {project}) idm ON idm.idm_device = ev.device_id\
+             {account_join}{person_join} \
              WHERE {}",
             wheres.join(" AND ")
         );

@@ -227,6 +227,7 @@ impl FunnelQuery {
             local_range: (self.start, self.end),
             filters: &self.filters,
             persons: self.needs_persons(),
+            accounts: self.count_by == CountBy::Account,
         }
         .sql(&mut b);
         let n = self.steps.len();

@@ -111,6 +111,7 @@ impl PathsQuery {
             local_range: (self.start, self.end),
             filters: &self.filters,
             persons: self.start_at.needs_persons(),
+            accounts: false,
         }
         .sql(&mut b);
         let is_start = self.start_at.sql("lts", &mut b);

@@ -39,6 +39,7 @@ impl RealtimeQuery {
             local_range: (start, self.now),
             filters: &[],
             persons: false,
+            accounts: false,
         }
         .sql(&mut b);
         let text = format!(

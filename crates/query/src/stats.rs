@@ -380,6 +380,7 @@ impl StatsQuery {
             // The visit plan cuts visits from all events first, then filters.
             filters: if visits { &[] } else { &self.filters },
             persons: self.uses_persons(),
+            accounts: false,
         }
         .sql(&mut b);
         let goal = self.goal.as_ref().map(|g| b.text(g));

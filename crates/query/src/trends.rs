@@ -355,6 +355,7 @@ impl TrendsQuery {
             filters: &self.filters,
             persons: self.breakdown.iter().any(Dimension::needs_person)
                 || s.matcher.needs_persons(),
+            accounts: false,
         }
         .sql(&mut b);
         let local = "lts";
