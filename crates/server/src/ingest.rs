@@ -92,9 +92,14 @@ async fn thrivestack(
     let project = state
         .authenticate_with(key.as_deref(), KeyKind::Write)
         .inspect_err(count_refusal)?;
-    let body = read_body(body, &headers, state.config.ingest.max_body_bytes)
-        .await
-        .inspect_err(count_refusal)?;
+    let body = read_body(
+        body,
+        &headers,
+        state.config.ingest.max_body_bytes,
+        StatusCode::BAD_REQUEST,
+    )
+    .await
+    .inspect_err(count_refusal)?;
     let meta = request_meta(peer, &headers);
     let limits = state.limits;
     let decoded = decode_off_thread(body, move |b| thrivestack::decode(call, b, &meta, &limits))
@@ -128,9 +133,14 @@ pub(crate) async fn segment(
     };
     let limits = state.segment_limits;
     // Read one byte past the batch limit so the decoder can say the body is too large.
-    let body = read_body(body, &headers, limits.max_batch_bytes + 1)
-        .await
-        .inspect_err(count_refusal)?;
+    let body = read_body(
+        body,
+        &headers,
+        limits.max_batch_bytes + 1,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await
+    .inspect_err(count_refusal)?;
     let meta = request_meta(peer, &headers);
     let basic_user = basic_auth_user(&headers);
     let decoded = decode_off_thread(body, move |b| {
@@ -161,7 +171,7 @@ pub(crate) async fn posthog(
 ) -> Result<Response, ApiError> {
     let limits = state.posthog_limits;
     let max = limits.max_batch_body_bytes.max(limits.max_body_bytes) + 1;
-    let body = read_body(body, &headers, max)
+    let body = read_body(body, &headers, max, StatusCode::PAYLOAD_TOO_LARGE)
         .await
         .inspect_err(count_refusal)?;
     let meta = request_meta(peer, &headers);
@@ -302,10 +312,19 @@ fn answer(accepted: usize, rejected: Vec<ItemError>, success: impl FnOnce() -> V
         .into_response()
 }
 
-/// Reads the body, refusing more than `limit` bytes without buffering them.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the body, refusing more than `limit` bytes without buffering them; a body over
+/// the limit is answered with `too_large` (ThriveStack documents 400, Segment and
+/// PostHog 413).
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    too_large: StatusCode,
+) -> Result<Bytes, ApiError> {
+    let status = too_large;
     let too_large = || {
-        ApiError::bad_request(
+        ApiError::new(
+            status,
             "body_too_large",
             format!("request body is larger than the limit of {limit} bytes"),
         )

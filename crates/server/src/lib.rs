@@ -108,6 +108,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/page", post(ingest::page))
         .route("/v1/{call}", post(ingest::segment))
         .route("/api/v1/query", post(query::query))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/js/tally.js", get(tracker_script))
         .route("/metrics", get(render_metrics))
         .route(
@@ -215,6 +216,19 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
         "store": { "ok": store_ok },
     });
     (status, Json(body)).into_response()
+}
+
+/// The OpenAPI 3.1 description of every route (src/openapi.json), embedded in the binary;
+/// tests/query_api.rs checks it against the router and the query kinds.
+async fn openapi() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 /// The first-party browser tracker (web/tally.js), embedded in the binary.

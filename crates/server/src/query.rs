@@ -33,9 +33,14 @@ pub(crate) async fn query(
             ),
         )
     })?;
+    // A label from the fixed list, never the client's text.
     let kind = match request.get("kind").and_then(Value::as_str) {
-        Some("events") => "events",
-        _ => "stats",
+        None => "stats",
+        Some(k) => tally_query::KINDS
+            .iter()
+            .copied()
+            .find(|known| *known == k)
+            .unwrap_or("unknown"),
     };
     let store = state.store.clone();
     let start = Instant::now();

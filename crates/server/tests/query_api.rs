@@ -340,3 +340,117 @@ async fn projects_only_see_their_own_events() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// The OpenAPI document is served, and it names every route the router serves for ingest
+/// and queries and every query kind and stats metric the engine has, so it cannot drift
+/// silently from the code. A new route belongs in `ROUTES` below and in src/openapi.json.
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_and_query_kind() {
+    const ROUTES: &[&str] = &[
+        "/api/track",
+        "/api/identify",
+        "/api/group",
+        "/api/page",
+        "/v1/track",
+        "/v1/identify",
+        "/v1/page",
+        "/v1/screen",
+        "/v1/group",
+        "/v1/alias",
+        "/v1/batch",
+        "/v1/import",
+        "/e",
+        "/i/v0/e",
+        "/capture",
+        "/track",
+        "/engage",
+        "/batch",
+        "/decide",
+        "/flags",
+        "/api/v1/query",
+        "/api/v1/openapi.json",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/js/tally.js",
+    ];
+    const POSTHOG: &[&str] = &[
+        "/e", "/i/v0/e", "/capture", "/track", "/engage", "/batch", "/decide", "/flags",
+    ];
+    let s = TestServer::start().await;
+    let r = s
+        .client
+        .get(format!("{}/api/v1/openapi.json", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert!(r.headers().contains_key("cache-control"));
+    let doc: Value = r.json().await.unwrap();
+    let version = doc["openapi"].as_str().unwrap_or_default();
+    assert!(version.starts_with("3.1"), "openapi {version:?}");
+
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut expected: Vec<String> = ROUTES.iter().map(|r| r.to_string()).collect();
+    expected.extend(POSTHOG.iter().map(|r| format!("{r}/")));
+    for route in &expected {
+        assert!(
+            paths.contains_key(route),
+            "{route} is missing from openapi.json"
+        );
+    }
+    // The other way round: every documented path and method is served (not the 404 or
+    // 405 fallback), and the list above is the router's.
+    for (path, item) in paths {
+        for method in ["get", "post"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let url = format!("{}{path}", s.base);
+            let request = match method {
+                "get" => s.client.get(url),
+                _ => s.client.post(url).body("{}"),
+            };
+            let status = request.send().await.unwrap().status();
+            assert!(
+                status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} is documented but answers {status}"
+            );
+        }
+    }
+
+    let schemas = &doc["components"]["schemas"];
+    let schema = |reference: &Value| -> Value {
+        let name = reference["$ref"].as_str().unwrap();
+        schemas[name.trim_start_matches("#/components/schemas/")].clone()
+    };
+    let body = &paths["/api/v1/query"]["post"]["requestBody"]["content"]["application/json"];
+    let query = schema(&body["schema"]);
+    let mut kinds: Vec<String> = query["oneOf"]
+        .as_array()
+        .expect("the query schema is a oneOf over the kinds")
+        .iter()
+        .map(|variant| {
+            let kind = &schema(variant)["properties"]["kind"]["const"];
+            kind.as_str()
+                .expect("each variant has a kind const")
+                .to_owned()
+        })
+        .collect();
+    kinds.sort();
+    let mut known: Vec<&str> = tally_query::KINDS.to_vec();
+    known.sort_unstable();
+    assert_eq!(kinds, known, "query kinds in openapi.json");
+
+    let mut metrics: Vec<&str> = schemas["StatsMetric"]["anyOf"][0]["enum"]
+        .as_array()
+        .expect("StatsMetric lists the named metrics first")
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    metrics.sort_unstable();
+    let mut known: Vec<&str> = tally_query::STATS_METRICS.to_vec();
+    known.sort_unstable();
+    assert_eq!(metrics, known, "stats metrics in openapi.json");
+}

@@ -33,7 +33,7 @@ struct Recorded {
 fn recording(sdk: &str) -> Vec<Recorded> {
     let path = format!(
         "{}/tests/fixtures/recorded/{sdk}.json",
-        env!("CARGO_MANIFEST_DIR")
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let items: Vec<Value> = serde_json::from_str(&text).unwrap();

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 fn fixture(name: &str, write_key: &str) -> String {
     let path = format!(
         "{}/../ingest/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(path).unwrap();
     text.replace("phc_TestProjectToken0000000000000000000000000", write_key)
@@ -184,6 +184,27 @@ async fn segment_browser_pages_come_from_context_page() {
         r.body["results"],
         json!([{"dimensions": ["/pricing"], "metrics": [1]}])
     );
+}
+
+#[tokio::test]
+async fn a_declared_oversize_body_is_refused_with_413_before_it_is_read() {
+    let s = TestServer::start().await;
+    for path in ["/v1/batch", "/batch/"] {
+        let r = s
+            .send(
+                path,
+                Some(&s.write_key.clone()),
+                vec![b' '; 2 * 1024 * 1024],
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{path}: {}",
+            r.body
+        );
+        assert_eq!(r.body["error"], "body_too_large", "{path}");
+    }
 }
 
 #[tokio::test]
