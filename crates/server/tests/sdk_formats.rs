@@ -189,13 +189,10 @@ async fn segment_browser_pages_come_from_context_page() {
 #[tokio::test]
 async fn a_declared_oversize_body_is_refused_with_413_before_it_is_read() {
     let s = TestServer::start().await;
-    for path in ["/v1/batch", "/batch/"] {
+    // Segment allows 500 KB per batch, PostHog 20 MB.
+    for (path, size) in [("/v1/batch", 600 * 1024), ("/batch/", 21 * 1024 * 1024)] {
         let r = s
-            .send(
-                path,
-                Some(&s.write_key.clone()),
-                vec![b' '; 2 * 1024 * 1024],
-            )
+            .send(path, Some(&s.write_key.clone()), vec![b' '; size])
             .await;
         assert_eq!(
             r.status,
