@@ -1,5 +1,9 @@
 //! The `accounts` query: ThriveStack's B2B view of each account (group).
 //!
+//! First seen and last active look at all history of events that name the account
+//! (`group_id`) and at the group call; activity through membership only counts within
+//! the scanned window (the previous period, or 30 days).
+//!
 //! For every account: its name (trait `name`, else ThriveStack's `account_name`), its users (members from group calls, plus anyone whose events
 //! name the account), DAU / WAU / MAU at the end of the period, stickiness (DAU / MAU),
 //! activity this period and in the period of equal length before it, the trend between
@@ -274,6 +278,9 @@ impl AccountsQuery {
                    FROM act GROUP BY 1), \
              known AS (SELECT group_id AS account_id, traits, created_at FROM groups \
                        WHERE project_id = {p} AND created_at < {end}), \
+             tagged AS (SELECT group_id AS account_id, min(ts) AS first_tagged, max(ts) AS last_tagged \
+                        FROM events WHERE project_id = {p} AND group_id IS NOT NULL AND ts < {end} \
+                        AND type IN ('track', 'page', 'screen') GROUP BY 1), \
              accts AS (SELECT * FROM known UNION ALL \
                        SELECT account_id, NULL, first_event FROM m \
                        WHERE account_id NOT IN (SELECT account_id FROM known)), \
@@ -284,7 +291,8 @@ impl AccountsQuery {
                          GROUP BY 1), \
              acct_rows AS (SELECT a.account_id, coalesce(json_extract_string(a.traits, '$.name'), json_extract_string(a.traits, '$.account_name')) AS name, \
                         CAST(a.traits AS VARCHAR) AS traits_json, a.traits, \
-                        least(a.created_at, coalesce(m.first_event, a.created_at)) AS first_seen, \
+                        least(a.created_at, coalesce(m.first_event, a.created_at), \
+                              coalesce(t.first_tagged, a.created_at)) AS first_seen, \
                         coalesce(u.users, 0) AS users, coalesce(m.dau, 0) AS dau, \
                         coalesce(m.wau, 0) AS wau, coalesce(m.mau, 0) AS mau, \
                         CASE WHEN coalesce(m.mau, 0) = 0 THEN 0.0 \
@@ -294,8 +302,9 @@ impl AccountsQuery {
                         CASE WHEN coalesce(m.previous_events, 0) = 0 THEN NULL \
                              ELSE round((m.events - m.previous_events) * 100.0 / m.previous_events, 2) \
                         END AS trend, \
-                        m.last_active \
+                        greatest(m.last_active, t.last_tagged) AS last_active \
                       FROM accts a LEFT JOIN m ON m.account_id = a.account_id \
+                      LEFT JOIN tagged t ON t.account_id = a.account_id \
                       LEFT JOIN members u ON u.account_id = a.account_id), \
              scored AS (SELECT *, CASE \
                           WHEN first_seen >= {new_since} THEN 'New' \

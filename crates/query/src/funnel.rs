@@ -2,7 +2,7 @@
 //! order, within a conversion window.
 //!
 //! Semantics, for each person (or account):
-//! - An *attempt* starts at every event that matches step 1. For an **ordered** funnel
+//! - An *attempt* starts at every event that matches the first step (step 0). For an **ordered** funnel
 //!   the attempt takes, for each later step, the first matching event after the previous
 //!   step's event (greedy is optimal: the earliest choice leaves the most room). A
 //!   **strict** funnel needs each step to be the very next event of that person. An
