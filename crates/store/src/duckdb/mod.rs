@@ -42,6 +42,9 @@ pub struct DuckStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     config: DuckConfig,
+    /// Identity links known to be stored, so a signed-in user's every event does not
+    /// cost an insert attempt. Filled only after a commit; bounded by clearing.
+    linked: Mutex<writer::LinkCache>,
 }
 
 impl DuckStore {
@@ -59,6 +62,7 @@ impl DuckStore {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             config,
+            linked: Mutex::new(writer::LinkCache::default()),
         })
     }
 
@@ -100,7 +104,8 @@ impl Store for DuckStore {
         upto: Lsn,
     ) -> Result<InsertStats, StoreError> {
         let mut conn = self.writer.lock();
-        writer::insert(&mut conn, batches, upto)
+        let mut linked = self.linked.lock();
+        writer::insert(&mut conn, batches, upto, &mut linked)
     }
 
     fn query(&self, sql: &Sql) -> Result<Rows, StoreError> {

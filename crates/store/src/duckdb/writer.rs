@@ -31,10 +31,28 @@ impl Traits {
 
 type Key = (String, String);
 
+/// (project, device) pairs whose link is already in `identities`.
+#[derive(Default)]
+pub(super) struct LinkCache {
+    known: std::collections::HashSet<Key>,
+}
+
+impl LinkCache {
+    const MAX: usize = 1_000_000;
+
+    fn remember(&mut self, keys: impl IntoIterator<Item = Key>) {
+        if self.known.len() > Self::MAX {
+            self.known.clear();
+        }
+        self.known.extend(keys);
+    }
+}
+
 pub(super) fn insert(
     conn: &mut Connection,
     batches: &[EventBatch],
     upto: Lsn,
+    linked: &mut LinkCache,
 ) -> Result<InsertStats, StoreError> {
     let mut persons: HashMap<Key, Traits> = HashMap::new();
     let mut groups: HashMap<Key, Traits> = HashMap::new();
@@ -83,9 +101,10 @@ pub(super) fn insert(
                     _ => e.device_id.as_ref(),
                 };
                 if let (Some(user), Some(device)) = (&e.user_id, anonymous) {
-                    if user != device {
+                    let key = (project.clone(), device.clone());
+                    if user != device && !linked.known.contains(&key) {
                         let link = links
-                            .entry((project.clone(), device.clone()))
+                            .entry(key)
                             .or_insert_with(|| (user.clone(), e.timestamp));
                         if e.timestamp < link.1 {
                             *link = (user.clone(), e.timestamp);
@@ -130,8 +149,8 @@ pub(super) fn insert(
     {
         let mut stmt =
             tx.prepare_cached("INSERT INTO identities VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")?;
-        for ((project, device), (user, at)) in links {
-            stmt.execute(params![project, device, user, ts(at)])?;
+        for ((project, device), (user, at)) in &links {
+            stmt.execute(params![project, device, user, ts(*at)])?;
         }
     }
     tx.execute(
@@ -140,6 +159,7 @@ pub(super) fn insert(
         [upto],
     )?;
     tx.commit()?;
+    linked.remember(links.into_keys());
     Ok(stats)
 }
 
