@@ -288,13 +288,14 @@ impl RetentionQuery {
     }
 }
 
-pub(crate) struct LifecycleQuery {
+/// A frame and the events it counts: what lifecycle and stickiness both take.
+struct Targeted {
     frame: Frame,
     target: EventMatch,
 }
 
-impl LifecycleQuery {
-    pub(crate) fn parse(
+impl Targeted {
+    fn parse(
         obj: &Map<String, Value>,
         now: DateTime<Utc>,
         first_event: impl FnOnce() -> Result<Option<i64>, QueryError>,
@@ -319,19 +320,35 @@ impl LifecycleQuery {
         })
     }
 
-    pub(crate) fn normalized(&self) -> Value {
-        let mut v = json!({ "kind": "lifecycle", "target": self.target.normalized() });
+    fn normalized(&self, kind: &str) -> Value {
+        let mut v = json!({ "kind": kind, "target": self.target.normalized() });
         self.frame.echo(&mut v, "interval");
         v
     }
+}
+
+pub(crate) struct LifecycleQuery(Targeted);
+
+impl LifecycleQuery {
+    pub(crate) fn parse(
+        obj: &Map<String, Value>,
+        now: DateTime<Utc>,
+        first_event: impl FnOnce() -> Result<Option<i64>, QueryError>,
+    ) -> Result<Self, QueryError> {
+        Targeted::parse(obj, now, first_event).map(Self)
+    }
+
+    pub(crate) fn normalized(&self) -> Value {
+        self.0.normalized("lifecycle")
+    }
 
     pub(crate) fn compile(&self, project: &str) -> tally_store::Sql {
-        let f = &self.frame;
+        let f = &self.0.frame;
         let mut b = Binder::numbered();
         // All history: "new" means the first activity ever.
         let scan = f.scan(project, None, f.end, &mut b);
         let agg = f.count_by.column();
-        let t = self.target.sql("lts", &mut b);
+        let t = self.0.target.sql("lts", &mut b);
         let step = f.step_sql();
         let label = f.interval.label_sql("bucket");
         let text = format!(
@@ -356,7 +373,7 @@ impl LifecycleQuery {
 
     pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let rows = store.query(&self.compile(project))?;
-        let f = &self.frame;
+        let f = &self.0.frame;
         let labels = f.labels(f.start, f.end);
         let series = |status: &str, sign: f64| -> Vec<Value> {
             labels
@@ -383,10 +400,7 @@ impl LifecycleQuery {
     }
 }
 
-pub(crate) struct StickinessQuery {
-    frame: Frame,
-    target: EventMatch,
-}
+pub(crate) struct StickinessQuery(Targeted);
 
 impl StickinessQuery {
     pub(crate) fn parse(
@@ -394,38 +408,19 @@ impl StickinessQuery {
         now: DateTime<Utc>,
         first_event: impl FnOnce() -> Result<Option<i64>, QueryError>,
     ) -> Result<Self, QueryError> {
-        check_keys(
-            obj,
-            "",
-            &[
-                "kind",
-                "date_range",
-                "timezone",
-                "week_start",
-                "interval",
-                "target",
-                "count_by",
-                "filters",
-            ],
-        )?;
-        Ok(Self {
-            frame: Frame::parse(obj, now, first_event, "interval", Interval::Day)?,
-            target: target(obj, "target")?,
-        })
+        Targeted::parse(obj, now, first_event).map(Self)
     }
 
     pub(crate) fn normalized(&self) -> Value {
-        let mut v = json!({ "kind": "stickiness", "target": self.target.normalized() });
-        self.frame.echo(&mut v, "interval");
-        v
+        self.0.normalized("stickiness")
     }
 
     pub(crate) fn compile(&self, project: &str) -> tally_store::Sql {
-        let f = &self.frame;
+        let f = &self.0.frame;
         let mut b = Binder::numbered();
         let scan = f.scan(project, Some(f.start), f.end, &mut b);
         let agg = f.count_by.column();
-        let t = self.target.sql("lts", &mut b);
+        let t = self.0.target.sql("lts", &mut b);
         let text = format!(
             "SELECT active, count(*) FROM (SELECT {agg}, count(DISTINCT {bucket}) AS active \
              FROM ({scan}) e WHERE {agg} IS NOT NULL AND {t} GROUP BY 1) GROUP BY 1 ORDER BY 1",
@@ -436,7 +431,7 @@ impl StickinessQuery {
 
     pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let rows = store.query(&self.compile(project))?;
-        let f = &self.frame;
+        let f = &self.0.frame;
         let periods = f.labels(f.start, f.end).len() as i64;
         let total: f64 = rows.iter().map(|r| num(&r[1])).sum();
         let results: Vec<Value> = (1..=periods)
