@@ -227,8 +227,9 @@ fn upsert_traits(
         return Ok(());
     }
     // `table` and `id_column` are compile-time constants of this module, not user input.
+    let stage = format!("stage_{table}");
     let sql = format!(
-        "INSERT INTO {table} VALUES (?, ?, ?::JSON, ?, ?)
+        "INSERT INTO {table} SELECT project_id, id, traits::JSON, created_at, updated_at FROM {stage}
          ON CONFLICT (project_id, {id_column}) DO UPDATE SET
              traits = CASE WHEN excluded.updated_at >= {table}.updated_at
                  THEN json_merge_patch({table}.traits, excluded.traits)
@@ -236,11 +237,21 @@ fn upsert_traits(
              created_at = least({table}.created_at, excluded.created_at),
              updated_at = greatest({table}.updated_at, excluded.updated_at)"
     );
-    let mut stmt = tx.prepare_cached(&sql)?;
-    for ((project, id), t) in rows {
-        let traits = Value::Object(t.traits).to_string();
-        stmt.execute(params![project, id, traits, ts(t.first), ts(t.last)])?;
-    }
+    staged_upsert(
+        tx,
+        &stage,
+        "project_id VARCHAR, id VARCHAR, traits VARCHAR, created_at TIMESTAMP, updated_at TIMESTAMP",
+        &sql,
+        rows.into_iter().map(|((project, id), t)| {
+            vec![
+                project.into(),
+                id.into(),
+                Value::Object(t.traits).to_string().into(),
+                ts(t.first),
+                ts(t.last),
+            ]
+        }),
+    )?;
     Ok(())
 }
 
