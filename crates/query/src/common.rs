@@ -116,7 +116,8 @@ impl Scan<'_> {
              {account_col} AS account_id, {local} AS lts{person_col} \
              FROM events ev \
              LEFT JOIN (SELECT device_id AS idm_device, user_id AS idm_user FROM identities \
-                        WHERE project_id = {project}) idm ON idm.idm_device = ev.device_id\
+                        WHERE project_id = {project}) idm \
+                    ON idm.idm_device = CASE WHEN ev.user_id IS NULL THEN ev.device_id END\
              {account_join}{person_join} \
              WHERE {}",
             wheres.join(" AND ")

@@ -13,7 +13,10 @@
 //!   step `to_step` is void (only when `to_step` was reached: there is nothing to protect
 //!   otherwise). A person whose attempts are all void leaves the funnel.
 //! - The person's level is their best attempt's (most steps; the earliest on ties), and
-//!   that attempt gives the breakdown value (of its first event) and the times.
+//!   that attempt gives the breakdown value (of its first event) and the times. In an
+//!   ordered funnel a start followed by another start before any step-1 event is
+//!   dropped (the later start does at least as well), so the attempt is the one that
+//!   starts last before its step 1.
 //!
 //! Events are ordered by time, then uuid, so one event never counts for two steps of an
 //! ordered funnel and ties have one answer.
@@ -266,7 +269,17 @@ impl FunnelQuery {
         let attempt_cols: Vec<String>;
         match self.order {
             Order::Ordered | Order::Strict => {
-                ctes.push("a0 AS (SELECT agg, bd, seq AS q0, t AS t0 FROM base WHERE s0)".into());
+                ctes.push(match self.order {
+                    // A start followed by another start before any step-1 event can do
+                    // no better than that later start (same chain, more window): keep
+                    // only the last start before each step 1. This prunes most starts
+                    // when step 0 is a common event.
+                    Order::Ordered => "a0 AS (SELECT agg, bd, seq AS q0, t AS t0 FROM ( \
+                         SELECT *, lead(s0 AND NOT s1) OVER (PARTITION BY agg ORDER BY seq) AS shadowed \
+                         FROM base WHERE s0 OR s1) WHERE s0 AND shadowed IS NOT TRUE)"
+                        .into(),
+                    _ => "a0 AS (SELECT agg, bd, seq AS q0, t AS t0 FROM base WHERE s0)".into(),
+                });
                 for k in 1..n {
                     let join = match self.order {
                         Order::Ordered => format!(
@@ -486,4 +499,21 @@ fn parse_window(v: Option<&Value>) -> Result<(i64, Value), QueryError> {
         return Err(QueryError::invalid("window", "must be at most 366 days"));
     }
     Ok((micros, json!({ "value": value, "unit": unit })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Prints the SQL of the benchmark's funnel, for docs/queries.md:
+    /// `cargo test --release --workspace --lib -- --ignored --nocapture print_funnel_sql`.
+    #[test]
+    #[ignore]
+    fn print_funnel_sql() {
+        let req = json!({"kind": "funnel", "date_range": "30d",
+            "steps": [{"event": "page_visit"}, {"event": "signup"}, {"event": "purchase"}],
+            "window": {"value": 14, "unit": "day"}});
+        let q = FunnelQuery::parse(req.as_object().unwrap(), Utc::now(), || Ok(None)).unwrap();
+        println!("{}", q.compile("bench").text);
+    }
 }
