@@ -268,14 +268,17 @@ impl AccountsQuery {
         let (limit, offset) = (b.int(self.limit as i64), b.int(self.offset as i64));
         let text = format!(
             "WITH act AS (SELECT account_id, person_id, ts FROM ({scan}) e WHERE account_id IS NOT NULL), \
+             pa AS (SELECT account_id, person_id, max(ts) AS last_ts, min(ts) AS first_ts, \
+                      count(*) FILTER (WHERE ts >= {start}) AS ev, \
+                      count(*) FILTER (WHERE ts < {start}) AS prev \
+                    FROM act GROUP BY 1, 2), \
              m AS (SELECT account_id, \
-                     count(DISTINCT person_id) FILTER (WHERE ts >= {d1}) AS dau, \
-                     count(DISTINCT person_id) FILTER (WHERE ts >= {d7}) AS wau, \
-                     count(DISTINCT person_id) FILTER (WHERE ts >= {d30}) AS mau, \
-                     count(*) FILTER (WHERE ts >= {start}) AS events, \
-                     count(*) FILTER (WHERE ts < {start}) AS previous_events, \
-                     max(ts) AS last_active, min(ts) AS first_event \
-                   FROM act GROUP BY 1), \
+                     count(*) FILTER (WHERE last_ts >= {d1}) AS dau, \
+                     count(*) FILTER (WHERE last_ts >= {d7}) AS wau, \
+                     count(*) FILTER (WHERE last_ts >= {d30}) AS mau, \
+                     sum(ev) AS events, sum(prev) AS previous_events, \
+                     max(last_ts) AS last_active, min(first_ts) AS first_event \
+                   FROM pa GROUP BY 1), \
              known AS (SELECT group_id AS account_id, traits, created_at FROM groups \
                        WHERE project_id = {p} AND created_at < {end}), \
              tagged AS (SELECT group_id AS account_id, min(ts) AS first_tagged, max(ts) AS last_tagged \
@@ -287,7 +290,7 @@ impl AccountsQuery {
              members AS (SELECT account_id, count(DISTINCT uid) AS users FROM ( \
                            SELECT group_id AS account_id, user_id AS uid FROM group_members \
                            WHERE project_id = {p} AND first_seen < {end} \
-                           UNION ALL SELECT account_id, person_id FROM act WHERE ts >= {start}) \
+                           UNION ALL SELECT account_id, person_id FROM pa WHERE ev > 0) \
                          GROUP BY 1), \
              acct_rows AS (SELECT a.account_id, coalesce(json_extract_string(a.traits, '$.name'), json_extract_string(a.traits, '$.account_name')) AS name, \
                         CAST(a.traits AS VARCHAR) AS traits_json, a.traits, \
@@ -499,4 +502,20 @@ fn parse_account_filters(v: Option<&Value>) -> Result<Vec<AccountFilter>, QueryE
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Prints the SQL and parameters of the benchmark's accounts query, for profiling:
+    /// `cargo test --release --workspace --lib -- --ignored --nocapture print_accounts_sql`.
+    #[test]
+    #[ignore]
+    fn print_accounts_sql() {
+        let req = json!({"kind": "accounts", "date_range": "30d"});
+        let q = AccountsQuery::parse(req.as_object().unwrap(), Utc::now(), || Ok(None)).unwrap();
+        let sql = q.compile("bench");
+        println!("{}\n{:?}", sql.text, sql.params);
+    }
 }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Query latency benchmark: every query kind of Tally's engine on a generated dataset in
+# DuckDB, next to two raw-SQL scans of the same rows measured in the same run. Stops by
+# itself.
+#
+#   bench/query.sh                          # 10M events, 100k users, 1k accounts, 90 days
+#   RUNS=5 bench/query.sh
+#   EVENTS=1000000 USERS=10000 bench/query.sh
+#
+# The dataset is generated once into $BENCH_DATA and reused; it is generated again when
+# the generator's flags change, or the source of the generator, the event model or the
+# store. Prints a Markdown table (see docs/benchmarks.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+EVENTS=${EVENTS:-10000000}
+USERS=${USERS:-100000}
+ACCOUNTS=${ACCOUNTS:-1000}
+DAYS=${DAYS:-90}
+SEED=${SEED:-42}
+RUNS=${RUNS:-20}
+BENCH_DATA=${BENCH_DATA:-/var/cache/tally-bench}
+
+ensure_build_deps
+# The same target set as scripts/test.sh and scripts/run.sh, so DuckDB is built once.
+cargo build --release --locked --workspace --all-targets
+BIN="$CARGO_TARGET_DIR/release"
+
+if (( EVENTS % 1000000 == 0 )); then label="$(( EVENTS / 1000000 ))m"; else label=$EVENTS; fi
+db="$BENCH_DATA/events-$label.duckdb"
+flags=(--events "$EVENTS" --users "$USERS" --accounts "$ACCOUNTS" --days "$DAYS" --seed "$SEED")
+# The rows are written by the store's own insert path, so a change to it (or to the event
+# model) also means new data.
+mapfile -t sources < <(find bench/src/bin/gen_events.rs crates/model/src crates/store/src -type f | sort)
+stamp="${flags[*]} sources=$(cat "${sources[@]}" | sha256sum | cut -c1-16)"
+if [[ ! -f "$db" || "$(cat "$db.params" 2>/dev/null)" != "$stamp" ]]; then
+    mkdir -p "$BENCH_DATA"
+    rm -f "$db" "$db.wal" "$db.params"
+    echo "generating $db" >&2
+    "$BIN/gen_events" "${flags[@]}" --out "$db" >&2
+    echo "$stamp" > "$db.params"
+fi
+
+"$BIN/query_bench" --db "$db" --runs "$RUNS"
