@@ -137,7 +137,12 @@ impl Case {
         move |e: &Event| {
             e.user_id
                 .clone()
-                .or_else(|| e.device_id.as_ref().and_then(|d| links.get(d)).map(|l| l.0.clone()))
+                .or_else(|| {
+                    e.device_id
+                        .as_ref()
+                        .and_then(|d| links.get(d))
+                        .map(|l| l.0.clone())
+                })
                 .or_else(|| e.device_id.clone())
                 .unwrap()
         }
@@ -245,7 +250,8 @@ fn reference_visits(case: &Case) -> (u64, i64, i64) {
     for events in case.by_person().values() {
         let mut start = 0;
         for i in 1..=events.len() {
-            let ends = i == events.len() || events[i].timestamp - events[i - 1].timestamp > 30 * MINUTE;
+            let ends =
+                i == events.len() || events[i].timestamp - events[i - 1].timestamp > 30 * MINUTE;
             if ends {
                 visits += 1;
                 if i - start == 1 {
