@@ -112,7 +112,7 @@ impl Scan<'_> {
             ("NULL::VARCHAR", String::new())
         };
         let inner = format!(
-            "SELECT ev.*, coalesce(ev.user_id, idm.idm_user, ev.visitor_id) AS person_id, \
+            "SELECT ev.*, ev.rowid AS rid, coalesce(ev.user_id, idm.idm_user, ev.visitor_id) AS person_id, \
              {account_col} AS account_id, {local} AS lts{person_col} \
              FROM events ev \
              LEFT JOIN (SELECT device_id AS idm_device, user_id AS idm_user FROM identities \

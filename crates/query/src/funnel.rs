@@ -18,7 +18,7 @@
 //!   dropped (the later start does at least as well), so the attempt is the one that
 //!   starts last before its step 1.
 //!
-//! Events are ordered by time, then uuid, so one event never counts for two steps of an
+//! Events are ordered by time, then arrival (the row id), so one event never counts for two steps of an
 //! ordered funnel and ties have one answer.
 
 use chrono::{DateTime, Utc};
@@ -259,9 +259,9 @@ impl FunnelQuery {
             _ => any.join(" OR "),
         };
         let mut ctes = vec![format!(
-            "flagged AS (SELECT {agg} AS agg, epoch_us(ts) AS t, ts, uuid, {bd} AS bd, {flags} \
+            "flagged AS (SELECT {agg} AS agg, epoch_us(ts) AS t, ts, rid, {bd} AS bd, {flags} \
              FROM ({scan}) e WHERE {agg} IS NOT NULL), \
-             base AS (SELECT *, row_number() OVER (PARTITION BY agg ORDER BY ts, uuid) AS seq \
+             base AS (SELECT *, row_number() OVER (PARTITION BY agg ORDER BY t, rid) AS seq \
              FROM flagged WHERE {keep})",
             flags = flags.join(", "),
         )];

@@ -128,7 +128,7 @@ impl PathsQuery {
         let depth = b.int(self.depth as i64);
         let text = format!(
             "WITH base AS (SELECT person_id AS agg, {item} AS item, {is_start} AS is_s, \
-                           row_number() OVER (PARTITION BY person_id ORDER BY ts, uuid) AS seq \
+                           row_number() OVER (PARTITION BY person_id ORDER BY ts, rid) AS seq \
                            FROM ({scan}) e WHERE {keep}), \
              starts AS (SELECT agg, min(seq) AS s, arg_min(item, seq) AS first_item \
                         FROM base WHERE is_s GROUP BY agg), \

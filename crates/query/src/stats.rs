@@ -432,9 +432,9 @@ impl StatsQuery {
                 "WITH e AS ({scan}), \
                  marked AS (SELECT *, CASE WHEN lag(ts) OVER w IS NULL \
                               OR ts - lag(ts) OVER w > INTERVAL {VISIT_TIMEOUT_MINUTES} MINUTE THEN 1 ELSE 0 END AS brk \
-                            FROM e WINDOW w AS (PARTITION BY person_id ORDER BY ts, uuid)), \
+                            FROM e WINDOW w AS (PARTITION BY person_id ORDER BY ts, rid)), \
                  numbered AS (SELECT *, coalesce('s:' || session_id, 'v:' || person_id || ':' || \
-                              sum(brk) OVER (PARTITION BY person_id ORDER BY ts, uuid ROWS UNBOUNDED PRECEDING)) AS visit_id \
+                              sum(brk) OVER (PARTITION BY person_id ORDER BY ts, rid ROWS UNBOUNDED PRECEDING)) AS visit_id \
                               FROM marked), \
                  visits AS (SELECT visit_id, epoch(max(ts) - min(ts)) AS visit_duration, \
                               count(*) FILTER (WHERE {PAGEVIEW}) AS visit_pageviews, count(*) AS visit_events, \

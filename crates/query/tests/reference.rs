@@ -148,15 +148,16 @@ impl Case {
         }
     }
 
-    /// Each person's events in the engine's order: time, then uuid.
+    /// Each person's events in the engine's order: time, then arrival.
     fn by_person(&self) -> BTreeMap<String, Vec<&Event>> {
         let person = self.person_of();
         let mut out: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
         for e in &self.events {
             out.entry(person(e)).or_default().push(e);
         }
+        // Ties keep the order of the batch: the engine breaks them by arrival.
         for list in out.values_mut() {
-            list.sort_by_key(|e| (e.timestamp, e.uuid.to_string()));
+            list.sort_by_key(|e| e.timestamp);
         }
         out
     }
