@@ -365,7 +365,7 @@ impl LifecycleQuery {
                SELECT a.bucket + {step} AS bucket, 'dormant' AS status FROM acts a \
                LEFT JOIN acts nx ON nx.agg = a.agg AND nx.bucket = a.bucket + {step} \
                WHERE nx.agg IS NULL) \
-             SELECT {label} AS label, status, count(*) AS n FROM status GROUP BY ALL",
+             SELECT {label} AS label, status, n FROM (SELECT bucket, status, count(*) AS n FROM status GROUP BY ALL)",
             bucket = f.bucket(),
         );
         b.finish(text)

@@ -384,11 +384,28 @@ impl StatsQuery {
         }
         .sql(&mut b);
         let goal = self.goal.as_ref().map(|g| b.text(g));
+        // Time dimensions group on the truncated time; labels are formatted after
+        // aggregating (formatting every row costs as much as the aggregation).
         let dims: Vec<String> = self
             .dimensions
             .iter()
             .enumerate()
-            .map(|(i, d)| format!("{} AS d{i}", dimension_expr(d, "lts")))
+            .map(|(i, d)| match d {
+                Dimension::Time(g) => format!("{} AS d{i}", time_group_expr(*g)),
+                d => format!("{} AS d{i}", dimension_expr(d, "lts")),
+            })
+            .collect();
+        let outer: Vec<String> = self
+            .dimensions
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Dimension::Time(g) => {
+                    format!("strftime(d{i}, '{}') AS d{i}", time_label_format(*g))
+                }
+                _ => format!("d{i}"),
+            })
+            .chain((0..self.metrics.len()).map(|i| format!("m{i}")))
             .collect();
         let group: Vec<String> = (0..self.dimensions.len())
             .map(|i| format!("d{i}"))
@@ -470,7 +487,8 @@ impl StatsQuery {
             order.extend(group.iter().map(|g| format!("{g} ASC NULLS LAST")));
             let (limit, offset) = (b.int(self.limit as i64), b.int(self.offset as i64));
             text = format!(
-                "SELECT *, count(*) OVER () AS total_rows FROM ({text}) ORDER BY {} LIMIT {limit} OFFSET {offset}",
+                "SELECT {}, count(*) OVER () AS total_rows FROM ({text}) ORDER BY {} LIMIT {limit} OFFSET {offset}",
+                outer.join(", "),
                 order.join(", ")
             );
         }
@@ -584,6 +602,26 @@ impl StatsQuery {
             .position(|d| d.name() == key)
             .expect("validated");
         format!("d{i}")
+    }
+}
+
+/// What a time dimension groups on (a date or a truncated timestamp).
+fn time_group_expr(g: TimeGrain) -> &'static str {
+    match g {
+        TimeGrain::Minute => "date_trunc('minute', lts)",
+        TimeGrain::Hour => "date_trunc('hour', lts)",
+        TimeGrain::Day => "CAST(lts AS DATE)",
+        TimeGrain::Week => "CAST(date_trunc('week', lts) AS DATE)",
+        TimeGrain::Month => "CAST(date_trunc('month', lts) AS DATE)",
+    }
+}
+
+/// The label format of a time dimension's group value.
+fn time_label_format(g: TimeGrain) -> &'static str {
+    match g {
+        TimeGrain::Minute => "%Y-%m-%d %H:%M:00",
+        TimeGrain::Hour => "%Y-%m-%d %H:00:00",
+        _ => "%Y-%m-%d",
     }
 }
 

@@ -360,9 +360,10 @@ impl TrendsQuery {
         .sql(&mut b);
         let local = "lts";
         let matcher = s.matcher.sql(local, &mut b);
-        let bucket = self
-            .interval
-            .label_sql(&self.interval.trunc_sql("lts", self.week_start));
+        // Group by the truncated time and format labels after aggregating: formatting
+        // every row first costs as much as the aggregation.
+        let bucket = self.interval.trunc_sql("lts", self.week_start);
+        let label = self.interval.label_sql("bucket");
 
         if matches!(s.math, Math::Wau | Math::Mau) {
             // Every (person, day) spreads to the days whose window it falls in.
@@ -395,8 +396,8 @@ impl TrendsQuery {
         let agg = s.math.agg_sql();
         if self.breakdown.is_empty() {
             let text = format!(
-                "SELECT {bucket} AS bucket, {agg} AS value FROM ({scan}) e WHERE {matcher} \
-                 GROUP BY GROUPING SETS ((bucket), ())"
+                "SELECT {label}, value FROM (SELECT {bucket} AS bucket, {agg} AS value \
+                 FROM ({scan}) e WHERE {matcher} GROUP BY GROUPING SETS ((bucket), ()))"
             );
             return b.finish(text);
         }
@@ -428,9 +429,10 @@ impl TrendsQuery {
              top AS (SELECT {names}, count(*) AS n FROM base GROUP BY ALL \
                      ORDER BY n DESC, {names} LIMIT {limit}), \
              folded AS (SELECT base.* EXCLUDE ({names}), {folded} \
-                        FROM base LEFT JOIN top ON {on}) \
-             SELECT bucket, {names}, {agg} AS value FROM folded \
-             GROUP BY GROUPING SETS ((bucket, {names}), ({names}))",
+                        FROM base LEFT JOIN top ON {on}), \
+             grouped AS (SELECT bucket, {names}, {agg} AS value FROM folded \
+                         GROUP BY GROUPING SETS ((bucket, {names}), ({names}))) \
+             SELECT {label}, {names}, value FROM grouped",
             dims = dims.join(", "),
             folded = folded.join(", "),
             on = on.join(" AND "),
