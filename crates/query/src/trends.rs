@@ -379,16 +379,24 @@ impl TrendsQuery {
             let first = b.text(&local_day(self.start));
             let last = b.text(&local_day(self.end - 1));
             let text = format!(
+                // Each active (person, day) covers the days up to `days - 1` later, cut
+                // short where the person's next active day takes over: the pieces of
+                // one person never overlap, so a running sum of +1/-1 counts people.
                 "WITH pd AS (SELECT DISTINCT person_id, CAST(lts AS DATE) AS d FROM ({scan}) e \
-                 WHERE {matcher}) \
-                 SELECT strftime(d + CAST(k AS INTEGER), '%Y-%m-%d') AS bucket, \
-                        count(DISTINCT person_id) AS value \
-                 FROM pd, range(0, {days}) t(k) \
-                 WHERE d + CAST(k AS INTEGER) BETWEEN CAST({first} AS DATE) AND CAST({last} AS DATE) \
-                 GROUP BY 1 \
+                 WHERE {matcher}), \
+                 iv AS (SELECT d AS s, least(d + {last_day}, \
+                          coalesce(lead(d) OVER (PARTITION BY person_id ORDER BY d) - 1, d + {last_day})) AS e \
+                        FROM pd), \
+                 deltas AS (SELECT s AS day, 1 AS x FROM iv UNION ALL SELECT e + 1, -1 FROM iv \
+                   UNION ALL SELECT CAST(range AS DATE), 0 FROM range(CAST({first} AS TIMESTAMP), \
+                     CAST({last} AS TIMESTAMP) + INTERVAL 1 DAY, INTERVAL 1 DAY)), \
+                 running AS (SELECT day, sum(sum(x)) OVER (ORDER BY day) AS value FROM deltas GROUP BY day) \
+                 SELECT strftime(day, '%Y-%m-%d') AS bucket, value FROM running \
+                 WHERE day BETWEEN CAST({first} AS DATE) AND CAST({last} AS DATE) \
                  UNION ALL \
                  SELECT NULL, count(DISTINCT person_id) FROM pd \
-                 WHERE d BETWEEN CAST({first} AS DATE) AND CAST({last} AS DATE)"
+                 WHERE d BETWEEN CAST({first} AS DATE) AND CAST({last} AS DATE)",
+                last_day = days - 1,
             );
             return b.finish(text);
         }

@@ -328,6 +328,25 @@ proptest! {
     }
 
     #[test]
+    fn rolling_weekly_actives_match_the_reference(gens in prop::collection::vec(gen_event(), 1..40)) {
+        let case = load(&gens);
+        let r = case.q(json!({
+            "kind": "trends", "date_range": RANGE, "series": [{"math": "wau"}],
+        }));
+        let got: Vec<u64> = r["results"][0]["data"].as_array().unwrap()
+            .iter().map(|v| v.as_u64().unwrap()).collect();
+        // Day d: people with an event on days d-6..=d.
+        let want: Vec<u64> = (0..3)
+            .map(|d| {
+                case.by_person().values()
+                    .filter(|events| events.iter().any(|e| (d - 6..=d).contains(&day_of(e.timestamp))))
+                    .count() as u64
+            })
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
     fn visits_match_the_reference(gens in prop::collection::vec(gen_event(), 1..40)) {
         let case = load(&gens);
         let r = case.q(json!({
