@@ -88,40 +88,58 @@ impl Scan<'_> {
                 .iter()
                 .flat_map(Filter::dimensions)
                 .any(|d| d.needs_person());
-        let (person_col, person_join) = if persons {
-            (
-                ", pr.traits AS person_traits",
-                format!(
-                    " LEFT JOIN persons pr ON pr.project_id = {project} \
-                     AND pr.user_id = coalesce(ev.user_id, idm.idm_user)"
-                ),
+        // Two branches, so only anonymous rows pay for the identity join: signed-in
+        // rows are their user; device-only rows take the user their device is linked
+        // to, if any.
+        let branch = |signed_in: bool| -> String {
+            let uid = if signed_in {
+                "ev.user_id"
+            } else {
+                "idm.idm_user"
+            };
+            let (person, identity_join, which) = if signed_in {
+                ("ev.user_id", String::new(), "ev.user_id IS NOT NULL")
+            } else {
+                (
+                    "coalesce(idm.idm_user, ev.visitor_id)",
+                    format!(
+                        " LEFT JOIN (SELECT device_id AS idm_device, user_id AS idm_user \
+                         FROM identities WHERE project_id = {project}) idm \
+                         ON idm.idm_device = ev.device_id"
+                    ),
+                    "ev.user_id IS NULL",
+                )
+            };
+            let (account_col, account_join) = if self.accounts {
+                (
+                    "coalesce(ev.group_id, gm.gm_group)",
+                    format!(
+                        " LEFT JOIN (SELECT user_id AS gm_user, arg_max(group_id, last_seen) AS gm_group \
+                         FROM group_members WHERE project_id = {project} GROUP BY user_id) gm \
+                         ON gm.gm_user = {uid}"
+                    ),
+                )
+            } else {
+                ("NULL::VARCHAR", String::new())
+            };
+            let (person_col, person_join) = if persons {
+                (
+                    ", pr.traits AS person_traits",
+                    format!(
+                        " LEFT JOIN persons pr ON pr.project_id = {project} AND pr.user_id = {uid}"
+                    ),
+                )
+            } else {
+                ("", String::new())
+            };
+            format!(
+                "SELECT ev.*, ev.rowid AS rid, {person} AS person_id, {account_col} AS account_id, \
+                 {local} AS lts{person_col} FROM events ev{identity_join}{account_join}{person_join} \
+                 WHERE {} AND {which}",
+                wheres.join(" AND ")
             )
-        } else {
-            ("", String::new())
         };
-        let (account_col, account_join) = if self.accounts {
-            (
-                "coalesce(ev.group_id, gm.gm_group)",
-                format!(
-                    " LEFT JOIN (SELECT user_id AS gm_user, arg_max(group_id, last_seen) AS gm_group \
-                     FROM group_members WHERE project_id = {project} GROUP BY user_id) gm \
-                     ON gm.gm_user = coalesce(ev.user_id, idm.idm_user)"
-                ),
-            )
-        } else {
-            ("NULL::VARCHAR", String::new())
-        };
-        let inner = format!(
-            "SELECT ev.*, ev.rowid AS rid, coalesce(ev.user_id, idm.idm_user, ev.visitor_id) AS person_id, \
-             {account_col} AS account_id, {local} AS lts{person_col} \
-             FROM events ev \
-             LEFT JOIN (SELECT device_id AS idm_device, user_id AS idm_user FROM identities \
-                        WHERE project_id = {project}) idm \
-                    ON idm.idm_device = CASE WHEN ev.user_id IS NULL THEN ev.device_id END\
-             {account_join}{person_join} \
-             WHERE {}",
-            wheres.join(" AND ")
-        );
+        let inner = format!("{} UNION ALL {}", branch(true), branch(false));
         if self.filters.is_empty() {
             return inner;
         }
