@@ -14,6 +14,8 @@ mod json;
 mod limits;
 pub mod posthog;
 pub mod segment;
+#[cfg(test)]
+mod test_support;
 pub mod thrivestack;
 
 pub use error::{DecodeError, ItemError};

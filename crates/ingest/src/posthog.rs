@@ -671,26 +671,13 @@ fn event_time(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::*;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     use flate2::write::GzEncoder;
     use serde_json::json;
     use std::io::Write;
     use std::time::{Duration, Instant};
     use uuid::Uuid;
-
-    /// 2024-05-01T12:00:00Z
-    const NOW: i64 = 1_714_564_800_000_000;
-    const SECOND: i64 = 1_000_000;
-    const HOUR: i64 = 3_600 * SECOND;
-    const ID: &str = "0190a9e2-7c3e-7b6e-9a5e-2f1c0d3b4a59";
-
-    fn meta() -> RequestMeta {
-        RequestMeta {
-            received_at: NOW,
-            ip: Some("203.0.113.7".into()),
-            user_agent: Some("Mozilla/5.0".into()),
-        }
-    }
 
     fn post<'a>(path: &'a str, body: &'a [u8]) -> PostHogRequest<'a> {
         PostHogRequest {
@@ -703,13 +690,6 @@ mod tests {
 
     fn run(req: &PostHogRequest<'_>) -> Result<PostHogDecoded, DecodeError> {
         decode(req, &meta(), &PostHogLimits::default())
-    }
-
-    fn map(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("not an object"),
-        }
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {

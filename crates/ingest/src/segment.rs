@@ -337,22 +337,9 @@ fn event_time(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::*;
     use serde_json::json;
     use uuid::Uuid;
-
-    /// 2024-05-01T12:00:00Z
-    const NOW: i64 = 1_714_564_800_000_000;
-    const SECOND: i64 = 1_000_000;
-    const HOUR: i64 = 3_600 * SECOND;
-    const ID: &str = "0190a9e2-7c3e-7b6e-9a5e-2f1c0d3b4a59";
-
-    fn meta() -> RequestMeta {
-        RequestMeta {
-            received_at: NOW,
-            ip: Some("203.0.113.7".into()),
-            user_agent: Some("Mozilla/5.0".into()),
-        }
-    }
 
     fn run_with(
         call: SegmentCall,
@@ -372,13 +359,6 @@ mod tests {
         assert_eq!(decoded.rejected, vec![], "body: {body}");
         assert_eq!(decoded.events.len(), 1);
         decoded.events.remove(0)
-    }
-
-    fn map(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("not an object"),
-        }
     }
 
     #[test]

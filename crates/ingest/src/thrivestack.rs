@@ -181,19 +181,8 @@ fn message_id(item: &Map<String, Value>) -> Option<Uuid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::*;
     use serde_json::json;
-
-    /// 2024-05-01T12:00:00Z
-    const NOW: i64 = 1_714_564_800_000_000;
-    const HOUR: i64 = 3_600_000_000;
-
-    fn meta() -> RequestMeta {
-        RequestMeta {
-            received_at: NOW,
-            ip: Some("203.0.113.7".into()),
-            user_agent: Some("Mozilla/5.0".into()),
-        }
-    }
 
     fn run(call: Call, body: &str) -> Decoded {
         decode(call, body.as_bytes(), &meta(), &Limits::default()).unwrap()
@@ -210,19 +199,10 @@ mod tests {
         decode(call, body, &meta(), &Limits::default()).unwrap_err()
     }
 
-    fn map(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("not an object"),
-        }
-    }
-
     /// The context the server adds when the item has neither ip nor user agent.
     fn server_context() -> Map<String, Value> {
         map(json!({"ip": "203.0.113.7", "user_agent": "Mozilla/5.0"}))
     }
-
-    const ID: &str = "0190a9e2-7c3e-7b6e-9a5e-2f1c0d3b4a59";
 
     #[test]
     fn track_maps_every_field() {
