@@ -31,20 +31,31 @@ impl Traits {
 
 type Key = (String, String);
 
-/// (project, device) pairs whose link is already in `identities`.
+/// Devices, per project, whose link is already in `identities`. Looked up by `&str` for
+/// every signed-in event, so a known link costs no allocation.
 #[derive(Default)]
 pub(super) struct LinkCache {
-    known: std::collections::HashSet<Key>,
+    known: HashMap<String, std::collections::HashSet<String>>,
+    len: usize,
 }
 
 impl LinkCache {
     const MAX: usize = 1_000_000;
 
+    fn contains(&self, project: &str, device: &str) -> bool {
+        self.known.get(project).is_some_and(|d| d.contains(device))
+    }
+
     fn remember(&mut self, keys: impl IntoIterator<Item = Key>) {
-        if self.known.len() > Self::MAX {
+        if self.len > Self::MAX {
             self.known.clear();
+            self.len = 0;
         }
-        self.known.extend(keys);
+        for (project, device) in keys {
+            if self.known.entry(project).or_default().insert(device) {
+                self.len += 1;
+            }
+        }
     }
 }
 
@@ -101,10 +112,9 @@ pub(super) fn insert(
                     _ => e.device_id.as_ref(),
                 };
                 if let (Some(user), Some(device)) = (&e.user_id, anonymous) {
-                    let key = (project.clone(), device.clone());
-                    if user != device && !linked.known.contains(&key) {
+                    if user != device && !linked.contains(project, device) {
                         let link = links
-                            .entry(key)
+                            .entry((project.clone(), device.clone()))
                             .or_insert_with(|| (user.clone(), e.timestamp));
                         if e.timestamp < link.1 {
                             *link = (user.clone(), e.timestamp);
