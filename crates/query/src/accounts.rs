@@ -179,27 +179,6 @@ impl AccountsQuery {
         })
     }
 
-    pub(crate) fn normalized(&self) -> Value {
-        json!({
-            "kind": "accounts",
-            "account_id": self.account_id,
-            "filters": self.filters.iter().map(|f| {
-                let field = match &f.field {
-                    AccountField::Id => "account:id".to_owned(),
-                    AccountField::Health => "account:health".to_owned(),
-                    AccountField::Trait(t) => format!("account:props:{t}"),
-                };
-                json!([f.op, field, f.values])
-            }).collect::<Vec<_>>(),
-            "order_by": self.order_by.iter()
-                .map(|(k, d)| json!([k, if *d { "desc" } else { "asc" }])).collect::<Vec<_>>(),
-            "health": self.health.echo(),
-            "pagination": { "limit": self.limit, "offset": self.offset },
-            "date_range": range_echo(self.tz, self.start, self.end),
-            "timezone": self.tz.name(),
-        })
-    }
-
     /// From how far back the scan must read: the previous period, and 30 days for MAU.
     fn scan_start(&self) -> i64 {
         (self.start - (self.end - self.start)).min(self.end - 30 * DAY)
@@ -348,8 +327,31 @@ impl AccountsQuery {
         );
         b.finish(text)
     }
+}
 
-    pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+impl crate::Report for AccountsQuery {
+    fn normalized(&self) -> Value {
+        json!({
+            "kind": "accounts",
+            "account_id": self.account_id,
+            "filters": self.filters.iter().map(|f| {
+                let field = match &f.field {
+                    AccountField::Id => "account:id".to_owned(),
+                    AccountField::Health => "account:health".to_owned(),
+                    AccountField::Trait(t) => format!("account:props:{t}"),
+                };
+                json!([f.op, field, f.values])
+            }).collect::<Vec<_>>(),
+            "order_by": self.order_by.iter()
+                .map(|(k, d)| json!([k, if *d { "desc" } else { "asc" }])).collect::<Vec<_>>(),
+            "health": self.health.echo(),
+            "pagination": { "limit": self.limit, "offset": self.offset },
+            "date_range": range_echo(self.tz, self.start, self.end),
+            "timezone": self.tz.name(),
+        })
+    }
+
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         if let Some(account) = &self.account_id {
             let rows = store.query(&self.compile_users(project, account))?;
             let total = rows.first().map(|r| num(&r[5]) as u64).unwrap_or(0);

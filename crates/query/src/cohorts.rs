@@ -199,18 +199,6 @@ impl RetentionQuery {
         })
     }
 
-    pub(crate) fn normalized(&self) -> Value {
-        let mut v = json!({
-            "kind": "retention",
-            "intervals": self.intervals,
-            "target": self.target.normalized(),
-            "returning": self.returning.normalized(),
-            "type": match self.kind { RetentionType::FirstTime => "first_time", RetentionType::Recurring => "recurring" },
-        });
-        self.frame.echo(&mut v, "period");
-        v
-    }
-
     fn scan_end(&self) -> i64 {
         let f = &self.frame;
         (f.end + self.intervals as i64 * f.period_micros()).min(self.now.max(f.end))
@@ -256,8 +244,22 @@ impl RetentionQuery {
         );
         b.finish(text)
     }
+}
 
-    pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+impl crate::Report for RetentionQuery {
+    fn normalized(&self) -> Value {
+        let mut v = json!({
+            "kind": "retention",
+            "intervals": self.intervals,
+            "target": self.target.normalized(),
+            "returning": self.returning.normalized(),
+            "type": match self.kind { RetentionType::FirstTime => "first_time", RetentionType::Recurring => "recurring" },
+        });
+        self.frame.echo(&mut v, "period");
+        v
+    }
+
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let rows = store.query(&self.compile(project))?;
         let f = &self.frame;
         let cohorts = f.labels(f.start, f.end);
@@ -338,10 +340,6 @@ impl LifecycleQuery {
         Targeted::parse(obj, now, first_event).map(Self)
     }
 
-    pub(crate) fn normalized(&self) -> Value {
-        self.0.normalized("lifecycle")
-    }
-
     pub(crate) fn compile(&self, project: &str) -> tally_store::Sql {
         let f = &self.0.frame;
         let mut b = Binder::numbered();
@@ -370,8 +368,14 @@ impl LifecycleQuery {
         );
         b.finish(text)
     }
+}
 
-    pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+impl crate::Report for LifecycleQuery {
+    fn normalized(&self) -> Value {
+        self.0.normalized("lifecycle")
+    }
+
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let rows = store.query(&self.compile(project))?;
         let f = &self.0.frame;
         let labels = f.labels(f.start, f.end);
@@ -411,10 +415,6 @@ impl StickinessQuery {
         Targeted::parse(obj, now, first_event).map(Self)
     }
 
-    pub(crate) fn normalized(&self) -> Value {
-        self.0.normalized("stickiness")
-    }
-
     pub(crate) fn compile(&self, project: &str) -> tally_store::Sql {
         let f = &self.0.frame;
         let mut b = Binder::numbered();
@@ -428,8 +428,14 @@ impl StickinessQuery {
         );
         b.finish(text)
     }
+}
 
-    pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+impl crate::Report for StickinessQuery {
+    fn normalized(&self) -> Value {
+        self.0.normalized("stickiness")
+    }
+
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let rows = store.query(&self.compile(project))?;
         let f = &self.0.frame;
         let periods = f.labels(f.start, f.end).len() as i64;

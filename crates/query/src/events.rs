@@ -77,7 +77,7 @@ impl EventsQuery {
         })
     }
 
-    pub(crate) fn normalized(&self) -> Value {
+    fn normalized_query(&self) -> Value {
         json!({
             "kind": "events",
             "date_range": [
@@ -90,11 +90,8 @@ impl EventsQuery {
         })
     }
 
-    pub(crate) fn execute(
-        &self,
-        store: &dyn Store,
-        project: &str,
-    ) -> Result<Vec<Value>, QueryError> {
+    /// The events of the page, oldest first.
+    fn rows(&self, store: &dyn Store, project: &str) -> Result<Vec<Value>, QueryError> {
         let mut params = vec![
             Param::Text(project.to_owned()),
             Param::Timestamp(self.start),
@@ -136,5 +133,15 @@ impl EventsQuery {
                 Value::Object(obj)
             })
             .collect())
+    }
+}
+
+impl crate::Report for EventsQuery {
+    fn normalized(&self) -> Value {
+        self.normalized_query()
+    }
+
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+        Ok(json!({ "results": self.rows(store, project)? }))
     }
 }

@@ -193,27 +193,6 @@ impl FunnelQuery {
         })
     }
 
-    pub(crate) fn normalized(&self) -> Value {
-        json!({
-            "kind": "funnel",
-            "steps": self.steps.iter().map(EventMatch::normalized).collect::<Vec<_>>(),
-            "order": self.order.name(),
-            "window": self.window_echo,
-            "exclusions": self.exclusions.iter().map(|x| {
-                let mut v = x.matcher.normalized();
-                v["from_step"] = json!(x.from_step);
-                v["to_step"] = json!(x.to_step);
-                v
-            }).collect::<Vec<_>>(),
-            "breakdown": self.breakdown.as_ref().map(Dimension::name),
-            "breakdown_limit": self.breakdown_limit,
-            "count_by": self.count_by.name(),
-            "filters": self.filters.iter().map(Filter::normalized).collect::<Vec<_>>(),
-            "date_range": range_echo(self.tz, self.start, self.end),
-            "timezone": self.tz.name(),
-        })
-    }
-
     fn needs_persons(&self) -> bool {
         self.breakdown.as_ref().is_some_and(Dimension::needs_person)
             || self.steps.iter().any(EventMatch::needs_persons)
@@ -266,7 +245,6 @@ impl FunnelQuery {
             flags = flags.join(", "),
         )];
 
-        let attempt_cols: Vec<String>;
         match self.order {
             Order::Ordered | Order::Strict => {
                 ctes.push(match self.order {
@@ -331,7 +309,6 @@ impl FunnelQuery {
                     "attempts AS (SELECT agg, bd, {cols}, {level} AS lvl FROM {last} WHERE NOT ({void}))",
                     cols = (0..n).map(|k| format!("t{k}")).collect::<Vec<_>>().join(", "),
                 ));
-                attempt_cols = (0..n).map(|k| format!("t{k}")).collect();
             }
             Order::Unordered => {
                 // Every step-event starts an attempt; each step's first event at or after it.
@@ -361,7 +338,6 @@ impl FunnelQuery {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
-                attempt_cols = (0..n).map(|k| format!("t{k}")).collect();
             }
         }
         ctes.push(
@@ -379,10 +355,11 @@ impl FunnelQuery {
             select.push(format!("count(*) FILTER (WHERE lvl >= {}) AS c{k}", k + 1));
         }
         for k in 1..n {
-            let (cur, prev) = (&attempt_cols[k], &attempt_cols[k - 1]);
+            // Every order's attempts have the step times t0..t{n-1}.
             select.push(format!(
-                "median({cur} - {prev}) FILTER (WHERE lvl >= {l}) AS med{k}, \
-                 avg({cur} - {prev}) FILTER (WHERE lvl >= {l}) AS avg{k}",
+                "median(t{k} - t{p}) FILTER (WHERE lvl >= {l}) AS med{k}, \
+                 avg(t{k} - t{p}) FILTER (WHERE lvl >= {l}) AS avg{k}",
+                p = k - 1,
                 l = k + 1
             ));
         }
@@ -398,8 +375,31 @@ impl FunnelQuery {
         );
         b.finish(text)
     }
+}
 
-    pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+impl crate::Report for FunnelQuery {
+    fn normalized(&self) -> Value {
+        json!({
+            "kind": "funnel",
+            "steps": self.steps.iter().map(EventMatch::normalized).collect::<Vec<_>>(),
+            "order": self.order.name(),
+            "window": self.window_echo,
+            "exclusions": self.exclusions.iter().map(|x| {
+                let mut v = x.matcher.normalized();
+                v["from_step"] = json!(x.from_step);
+                v["to_step"] = json!(x.to_step);
+                v
+            }).collect::<Vec<_>>(),
+            "breakdown": self.breakdown.as_ref().map(Dimension::name),
+            "breakdown_limit": self.breakdown_limit,
+            "count_by": self.count_by.name(),
+            "filters": self.filters.iter().map(Filter::normalized).collect::<Vec<_>>(),
+            "date_range": range_echo(self.tz, self.start, self.end),
+            "timezone": self.tz.name(),
+        })
+    }
+
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let rows = store.query(&self.compile(project))?;
         let n = self.steps.len();
         let mut results = Vec::new();

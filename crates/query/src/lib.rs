@@ -23,7 +23,7 @@ pub use error::QueryError;
 pub use stats::{StatsQuery, STATS_METRICS};
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tally_store::{Param, Sql, Store};
 
 /// The query kinds `run` answers.
@@ -40,10 +40,13 @@ pub const KINDS: &[&str] = &[
     "realtime",
 ];
 
-/// Adds the normalized query to a kind's response object.
-fn with_query(mut body: Value, query: Value) -> Result<Value, QueryError> {
-    body["query"] = query;
-    Ok(body)
+/// A parsed query of one kind.
+trait Report {
+    /// The response body: `results`, and whatever else the kind answers with.
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError>;
+
+    /// The query as understood, defaults filled in; echoed as `query`.
+    fn normalized(&self) -> Value;
 }
 
 /// Runs one query for `project` and returns the response body.
@@ -68,60 +71,36 @@ pub fn run(
             ))
         }
     };
-    match kind {
-        "stats" => {
-            let query = StatsQuery::parse(obj, now, |p| first_event_time(store, p), project)?;
-            with_query(query.execute(store, project)?, query.normalized())
+    let first_event = || first_event_time(store, project);
+    let query: Box<dyn Report> = match kind {
+        "stats" => Box::new(StatsQuery::parse(
+            obj,
+            now,
+            |p| first_event_time(store, p),
+            project,
+        )?),
+        "events" => Box::new(events::EventsQuery::parse(obj, now, first_event)?),
+        "trends" => Box::new(trends::TrendsQuery::parse(obj, now, first_event)?),
+        "funnel" => Box::new(funnel::FunnelQuery::parse(obj, now, first_event)?),
+        "retention" => Box::new(cohorts::RetentionQuery::parse(obj, now, first_event)?),
+        "lifecycle" => Box::new(cohorts::LifecycleQuery::parse(obj, now, first_event)?),
+        "stickiness" => Box::new(cohorts::StickinessQuery::parse(obj, now, first_event)?),
+        "paths" => Box::new(paths::PathsQuery::parse(obj, now, first_event)?),
+        "accounts" => Box::new(accounts::AccountsQuery::parse(obj, now, first_event)?),
+        "realtime" => Box::new(realtime::RealtimeQuery::parse(obj, now)?),
+        other => {
+            return Err(QueryError::invalid(
+                "kind",
+                format!(
+                    "unknown query kind {other:?}; supported kinds: {}",
+                    KINDS.join(", ")
+                ),
+            ))
         }
-        "events" => {
-            let query = events::EventsQuery::parse(obj, now, || first_event_time(store, project))?;
-            let results = query.execute(store, project)?;
-            Ok(json!({ "results": results, "query": query.normalized() }))
-        }
-        "trends" => {
-            let query = trends::TrendsQuery::parse(obj, now, || first_event_time(store, project))?;
-            with_query(query.execute(store, project)?, query.normalized())
-        }
-        "funnel" => {
-            let query = funnel::FunnelQuery::parse(obj, now, || first_event_time(store, project))?;
-            with_query(query.execute(store, project)?, query.normalized())
-        }
-        "retention" => {
-            let query =
-                cohorts::RetentionQuery::parse(obj, now, || first_event_time(store, project))?;
-            with_query(query.execute(store, project)?, query.normalized())
-        }
-        "lifecycle" => {
-            let query =
-                cohorts::LifecycleQuery::parse(obj, now, || first_event_time(store, project))?;
-            with_query(query.execute(store, project)?, query.normalized())
-        }
-        "stickiness" => {
-            let query =
-                cohorts::StickinessQuery::parse(obj, now, || first_event_time(store, project))?;
-            with_query(query.execute(store, project)?, query.normalized())
-        }
-        "paths" => {
-            let query = paths::PathsQuery::parse(obj, now, || first_event_time(store, project))?;
-            with_query(query.execute(store, project)?, query.normalized())
-        }
-        "accounts" => {
-            let query =
-                accounts::AccountsQuery::parse(obj, now, || first_event_time(store, project))?;
-            with_query(query.execute(store, project)?, query.normalized())
-        }
-        "realtime" => {
-            let query = realtime::RealtimeQuery::parse(obj, now)?;
-            with_query(query.execute(store, project)?, query.normalized())
-        }
-        other => Err(QueryError::invalid(
-            "kind",
-            format!(
-                "unknown query kind {other:?}; supported kinds: {}",
-                KINDS.join(", ")
-            ),
-        )),
-    }
+    };
+    let mut body = query.execute(store, project)?;
+    body["query"] = query.normalized();
+    Ok(body)
 }
 
 /// Collects the bound values of a query as its SQL text is written, so a placeholder

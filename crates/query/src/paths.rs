@@ -87,20 +87,6 @@ impl PathsQuery {
         })
     }
 
-    pub(crate) fn normalized(&self) -> Value {
-        json!({
-            "kind": "paths",
-            "start": self.start_at.normalized(),
-            "direction": if self.next { "next" } else { "previous" },
-            "item": if self.pages { "page" } else { "event" },
-            "depth": self.depth,
-            "limit": self.limit,
-            "filters": self.filters.iter().map(Filter::normalized).collect::<Vec<_>>(),
-            "date_range": range_echo(self.tz, self.start, self.end),
-            "timezone": self.tz.name(),
-        })
-    }
-
     pub(crate) fn compile(&self, project: &str) -> tally_store::Sql {
         let mut b = Binder::numbered();
         let scan = Scan {
@@ -142,8 +128,24 @@ impl PathsQuery {
         );
         b.finish(text)
     }
+}
 
-    pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+impl crate::Report for PathsQuery {
+    fn normalized(&self) -> Value {
+        json!({
+            "kind": "paths",
+            "start": self.start_at.normalized(),
+            "direction": if self.next { "next" } else { "previous" },
+            "item": if self.pages { "page" } else { "event" },
+            "depth": self.depth,
+            "limit": self.limit,
+            "filters": self.filters.iter().map(Filter::normalized).collect::<Vec<_>>(),
+            "date_range": range_echo(self.tz, self.start, self.end),
+            "timezone": self.tz.name(),
+        })
+    }
+
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let rows = store.query(&self.compile(project))?;
         let people: f64 = rows
             .iter()

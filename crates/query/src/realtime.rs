@@ -22,12 +22,14 @@ impl RealtimeQuery {
             now: now.timestamp_micros(),
         })
     }
+}
 
-    pub(crate) fn normalized(&self) -> Value {
+impl crate::Report for RealtimeQuery {
+    fn normalized(&self) -> Value {
         json!({ "kind": "realtime", "minutes": self.minutes })
     }
 
-    pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let start = self.now - self.minutes as i64 * 60 * MICROS_PER_SEC;
         let mut b = Binder::numbered();
         let scan = Scan {

@@ -141,7 +141,8 @@ impl Metric {
     }
 
     /// The aggregate over per-visit rows (the visit plan).
-    fn visit_sql(&self, goal: Option<&str>) -> Option<String> {
+    /// `conversion_rate` reads the per-visit `converted` flag, which the goal sets.
+    fn visit_sql(&self) -> Option<String> {
         Some(match self {
             Metric::Visitors => "count(DISTINCT person_id)".into(),
             Metric::Visits => "count(*)".into(),
@@ -154,7 +155,6 @@ impl Metric {
                 "round(100.0 * count(DISTINCT person_id) / nullif((SELECT count(DISTINCT person_id) FROM pv), 0), 2)".into()
             }
             Metric::ConversionRate => {
-                let _ = goal;
                 "round(100.0 * count(DISTINCT person_id) FILTER (WHERE converted) / nullif(count(DISTINCT person_id), 0), 2)".into()
             }
             Metric::Prop(..) => return None,
@@ -278,20 +278,6 @@ impl StatsQuery {
                 "conversion_rate needs a \"goal\": the event name that counts as converted",
             ));
         }
-        let visits = metrics.iter().any(Metric::needs_visits)
-            || dimensions.iter().any(Dimension::needs_visits)
-            || filters
-                .iter()
-                .flat_map(Filter::dimensions)
-                .any(Dimension::needs_visits);
-        if visits {
-            if let Some(i) = metrics.iter().position(|m| matches!(m, Metric::Prop(..))) {
-                return Err(QueryError::invalid(
-                    format!("metrics[{i}]"),
-                    "property aggregates cannot be mixed with visit metrics or entry/exit pages; ask in a second query",
-                ));
-            }
-        }
         let include = parse_include(obj.get("include"))?;
         let compare = match obj.get("compare") {
             None | Some(Value::Null) => false,
@@ -304,7 +290,7 @@ impl StatsQuery {
             }
         };
 
-        Ok(Self {
+        let query = Self {
             metrics,
             dimensions,
             filters,
@@ -317,7 +303,20 @@ impl StatsQuery {
             end,
             limit,
             offset,
-        })
+        };
+        if query.uses_visits() {
+            let props = query
+                .metrics
+                .iter()
+                .position(|m| matches!(m, Metric::Prop(..)));
+            if let Some(i) = props {
+                return Err(QueryError::invalid(
+                    format!("metrics[{i}]"),
+                    "property aggregates cannot be mixed with visit metrics or entry/exit pages; ask in a second query",
+                ));
+            }
+        }
+        Ok(query)
     }
 
     /// The query as understood, with every default filled in.
@@ -416,7 +415,7 @@ impl StatsQuery {
             .enumerate()
             .map(|(i, m)| {
                 let sql = if visits {
-                    m.visit_sql(goal.as_deref())
+                    m.visit_sql()
                         .expect("validated: no property metrics with visits")
                 } else {
                     m.event_sql(goal.as_deref())
@@ -602,6 +601,16 @@ impl StatsQuery {
             .position(|d| d.name() == key)
             .expect("validated");
         format!("d{i}")
+    }
+}
+
+impl crate::Report for StatsQuery {
+    fn normalized(&self) -> Value {
+        StatsQuery::normalized(self)
+    }
+
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+        StatsQuery::execute(self, store, project)
     }
 }
 

@@ -303,45 +303,6 @@ impl TrendsQuery {
         })
     }
 
-    pub(crate) fn normalized(&self) -> Value {
-        json!({
-            "kind": "trends",
-            "series": self.series.iter().map(|s| {
-                let mut v = s.matcher.normalized();
-                v["math"] = json!(s.math.name());
-                if let Some(p) = s.math.property() {
-                    v["property"] = json!(p);
-                }
-                v["name"] = json!(s.name);
-                v
-            }).collect::<Vec<_>>(),
-            "formula": self.formula.as_ref().map(|(f, _)| f.clone()),
-            "breakdown": self.breakdown.iter().map(Dimension::name).collect::<Vec<_>>(),
-            "breakdown_limit": self.breakdown_limit,
-            "filters": self.filters.iter().map(Filter::normalized).collect::<Vec<_>>(),
-            "date_range": range_echo(self.tz, self.start, self.end),
-            "interval": self.interval.name(),
-            "timezone": self.tz.name(),
-            "week_start": self.week_start.name(),
-        })
-    }
-
-    pub(crate) fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
-        let labels = self
-            .interval
-            .labels(self.tz, self.start, self.end, self.week_start);
-        let mut results = Vec::new();
-        for s in &self.series {
-            let rows = store.query(&self.compile(s, project))?;
-            results.extend(self.shape(s, rows, &labels));
-        }
-        let mut out = json!({ "results": results });
-        if let Some((text, formula)) = &self.formula {
-            out["formula"] = self.apply_formula(text, formula, &results, &labels);
-        }
-        Ok(out)
-    }
-
     fn compile(&self, s: &Series, project: &str) -> tally_store::Sql {
         let mut b = Binder::numbered();
         // Rolling windows need the days before the range too.
@@ -538,6 +499,47 @@ impl TrendsQuery {
             })
             .collect();
         json!({ "expression": text, "results": rows })
+    }
+}
+
+impl crate::Report for TrendsQuery {
+    fn normalized(&self) -> Value {
+        json!({
+            "kind": "trends",
+            "series": self.series.iter().map(|s| {
+                let mut v = s.matcher.normalized();
+                v["math"] = json!(s.math.name());
+                if let Some(p) = s.math.property() {
+                    v["property"] = json!(p);
+                }
+                v["name"] = json!(s.name);
+                v
+            }).collect::<Vec<_>>(),
+            "formula": self.formula.as_ref().map(|(f, _)| f.clone()),
+            "breakdown": self.breakdown.iter().map(Dimension::name).collect::<Vec<_>>(),
+            "breakdown_limit": self.breakdown_limit,
+            "filters": self.filters.iter().map(Filter::normalized).collect::<Vec<_>>(),
+            "date_range": range_echo(self.tz, self.start, self.end),
+            "interval": self.interval.name(),
+            "timezone": self.tz.name(),
+            "week_start": self.week_start.name(),
+        })
+    }
+
+    fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+        let labels = self
+            .interval
+            .labels(self.tz, self.start, self.end, self.week_start);
+        let mut results = Vec::new();
+        for s in &self.series {
+            let rows = store.query(&self.compile(s, project))?;
+            results.extend(self.shape(s, rows, &labels));
+        }
+        let mut out = json!({ "results": results });
+        if let Some((text, formula)) = &self.formula {
+            out["formula"] = self.apply_formula(text, formula, &results, &labels);
+        }
+        Ok(out)
     }
 }
 
