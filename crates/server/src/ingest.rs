@@ -313,18 +313,17 @@ fn answer(accepted: usize, rejected: Vec<ItemError>, success: impl FnOnce() -> V
 }
 
 /// Reads the body, refusing more than `limit` bytes without buffering them; a body over
-/// the limit is answered with `too_large` (ThriveStack documents 400, Segment and
+/// the limit is answered with `too_large_status` (ThriveStack documents 400, Segment and
 /// PostHog 413).
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
-    too_large: StatusCode,
+    too_large_status: StatusCode,
 ) -> Result<Bytes, ApiError> {
-    let status = too_large;
     let too_large = || {
         ApiError::new(
-            status,
+            too_large_status,
             "body_too_large",
             format!("request body is larger than the limit of {limit} bytes"),
         )
