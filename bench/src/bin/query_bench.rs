@@ -181,6 +181,11 @@ fn scalar(store: &DuckStore, sql: &Sql) -> Result<Value, String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // `RUST_LOG=tally_store=debug` prints each generated statement with its time.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     if args.runs == 0 {
         return Err("--runs must be at least 1".into());
     }

@@ -262,7 +262,7 @@ impl AccountsQuery {
                        WHERE project_id = {p} AND created_at < {end}), \
              tagged AS (SELECT group_id AS account_id, min(ts) AS first_tagged, max(ts) AS last_tagged \
                         FROM events WHERE project_id = {p} AND group_id IS NOT NULL AND ts < {end} \
-                        AND type IN ('track', 'page', 'screen') GROUP BY 1), \
+                        AND type NOT IN ('identify', 'group', 'alias') GROUP BY 1), \
              accts AS (SELECT * FROM known UNION ALL \
                        SELECT account_id, NULL, first_event FROM m \
                        WHERE account_id NOT IN (SELECT account_id FROM known)), \

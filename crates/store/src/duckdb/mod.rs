@@ -121,8 +121,15 @@ impl Store for DuckStore {
                 false
             }
         });
+        let started = std::time::Instant::now();
         let result = run_query(&conn, sql);
         let _ = done_tx.send(());
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            sql = %sql.text,
+            params = ?sql.params,
+            "store query"
+        );
         let interrupted = watchdog.join().unwrap_or(false);
         match result {
             Ok(rows) => {
