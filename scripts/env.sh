@@ -17,3 +17,17 @@ ensure_build_deps() {
         $sudo apt-get install -y -q g++ make pkg-config
     fi
 }
+
+# Servers the integration tests start themselves, on loopback, from Debian's packages:
+# redis-server for the Redis Streams queue. The tests only need the binary; Debian's
+# package also starts a system service on 6379, which is stopped again (the tests use
+# their own ports and data directories).
+ensure_test_services() {
+    if ! command -v redis-server >/dev/null; then
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -q
+        $sudo apt-get install -y -q redis-server
+        $sudo systemctl stop redis-server 2>/dev/null || $sudo service redis-server stop 2>/dev/null || true
+    fi
+}

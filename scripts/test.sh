@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 ensure_build_deps
+ensure_test_services
 # One profile (release) for tests, benchmarks and the binary: the bundled DuckDB is a
 # long C++ build, and building it twice (debug and release) would double that.
 cargo test --release --workspace --locked "$@"

@@ -4,7 +4,14 @@
 //! fsync. Ingest handlers [`Wal::append`] one record per request and answer only once it is
 //! durable; the store's writer drains it with a [`WalReader`] and [`Wal::commit`]s the LSN it
 //! stored, inside the same database transaction.
+//!
+//! The scale-out implementation is [`streams`]: a Redis stream with a consumer group, for
+//! ingest and writer processes on separate machines.
 
+pub mod streams;
 pub mod wal;
 
+pub use streams::{
+    Entry, EntryId, RedisStreams, StreamConfig, StreamError, StreamReader, StreamStats,
+};
 pub use wal::{FsyncPolicy, Lsn, Record, Wal, WalConfig, WalError, WalReader, WalStats};
