@@ -19,15 +19,24 @@ ensure_build_deps() {
 }
 
 # Servers the integration tests start themselves, on loopback, from Debian's packages:
-# redis-server for the Redis Streams queue. The tests only need the binary; Debian's
-# package also starts a system service on 6379, which is stopped again (the tests use
-# their own ports and data directories).
+# redis-server (the Redis Streams queue) and clickhouse-server 18.16 (the ClickHouse
+# store); and chDB from PyPI, an embedded current ClickHouse the schema is checked
+# against. The tests only need the binaries; a system service the packages start is
+# stopped again (the tests use their own ports and data directories).
 ensure_test_services() {
-    if ! command -v redis-server >/dev/null; then
-        local sudo=""
-        [ "$(id -u)" = 0 ] || sudo="sudo"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    local missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
+    if [ ${#missing[@]} -gt 0 ]; then
         $sudo apt-get update -q
-        $sudo apt-get install -y -q redis-server
-        $sudo systemctl stop redis-server 2>/dev/null || $sudo service redis-server stop 2>/dev/null || true
+        $sudo apt-get install -y -q "${missing[@]}"
+        for service in "${missing[@]}"; do
+            $sudo systemctl stop "$service" 2>/dev/null || $sudo service "$service" stop 2>/dev/null || true
+        done
+    fi
+    if ! python3 -c 'import chdb' 2>/dev/null; then
+        python3 -m pip install -q chdb
     fi
 }

@@ -13,4 +13,27 @@ pub enum StoreError {
     },
     #[error("query was interrupted after {0:?}")]
     Timeout(std::time::Duration),
+    /// An error ClickHouse answered (`code` is its error code when it gave one), or a
+    /// request that did not get an answer (`code` is `None`).
+    #[error("clickhouse: {message}")]
+    ClickHouse {
+        code: Option<u32>,
+        message: String,
+        transient: bool,
+    },
+    /// Transient failures that outlasted every retry.
+    #[error("clickhouse unavailable after {attempts} attempts: {message}")]
+    Unavailable { attempts: u32, message: String },
+}
+
+impl StoreError {
+    /// Whether trying again later can succeed (the server was away or overloaded), as
+    /// opposed to a request that will fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::ClickHouse { transient, .. } => *transient,
+            StoreError::Unavailable { .. } | StoreError::Timeout(_) => true,
+            _ => false,
+        }
+    }
 }

@@ -2,12 +2,15 @@
 //!
 //! A store takes batches of normalized events from the writer and answers compiled SQL
 //! from the query engine. The one implementation today is embedded DuckDB
-//! ([`duckdb::DuckStore`]); ClickHouse will sit behind the same [`Store`] trait.
+//! ([`duckdb::DuckStore`]); [`clickhouse::ClickHouseStore`] is the scale-out one, behind
+//! the same [`Store`] trait (its writes are complete; the query engine does not compile
+//! ClickHouse SQL yet).
 //!
 //! Exactly-once: [`Store::insert`] writes the events *and* the queue position they came
 //! from in one transaction, so after a crash the writer resumes from
 //! [`Store::committed_lsn`] and neither loses nor repeats a batch.
 
+pub mod clickhouse;
 pub mod duckdb;
 mod error;
 pub mod sql;

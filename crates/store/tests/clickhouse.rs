@@ -1,0 +1,407 @@
+//! The ClickHouse store against real servers: Debian's `clickhouse-server` (18.16) on
+//! loopback, started once for this test binary in a temporary directory, and a current
+//! release through chDB (PyPI's `chdb`) for the schema. scripts/test.sh installs both.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use tally_model::{Event, EventBatch, EventType};
+use tally_store::clickhouse::{schema_sql, ClickHouseConfig, ClickHouseStore, Version};
+use tally_store::{Param, Sql, Store, StoreError};
+use uuid::Uuid;
+
+struct Server {
+    url: String,
+    _dir: tempfile::TempDir,
+    /// The shell that owns the server; it exits with this process.
+    _watchdog: std::process::Child,
+}
+
+/// One server for the whole test binary. It is started under a shell that kills it when
+/// this process is gone, so no server outlives the tests.
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (http, tcp) = (free(), free());
+        let root = dir.path().display().to_string();
+        let config = format!(
+            "<yandex>
+  <logger><level>warning</level><log>{root}/server.log</log><errorlog>{root}/error.log</errorlog></logger>
+  <http_port>{http}</http_port>
+  <tcp_port>{tcp}</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{root}/data/</path>
+  <tmp_path>{root}/tmp/</tmp_path>
+  <users_config>/etc/clickhouse-server/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>"
+        );
+        std::fs::write(dir.path().join("config.xml"), config).unwrap();
+        let script = format!(
+            "clickhouse-server --config-file={root}/config.xml >/dev/null 2>&1 & ch=$!; \
+             trap 'kill $ch' EXIT; while kill -0 {pid} 2>/dev/null && kill -0 $ch 2>/dev/null; do sleep 0.5; done",
+            pid = std::process::id()
+        );
+        assert!(
+            Command::new("sh").args(["-c", "command -v clickhouse-server"]).stdout(Stdio::null()).status().unwrap().success(),
+            "clickhouse-server not found: scripts/test.sh installs it (apt-get install clickhouse-server)"
+        );
+        let watchdog = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{http}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reqwest::blocking::get(format!("{url}/ping")).is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "clickhouse-server did not start; see {root}/error.log");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Server {
+            url,
+            _dir: dir,
+            _watchdog: watchdog,
+        }
+    })
+}
+
+fn open(database: &str) -> ClickHouseStore {
+    ClickHouseStore::open(ClickHouseConfig {
+        url: server().url.clone(),
+        database: database.into(),
+        retries: 1,
+        backoff: Duration::from_millis(50),
+        ..ClickHouseConfig::default()
+    })
+    .unwrap()
+}
+
+const T0: i64 = 1_790_000_000_000_000;
+
+fn event(kind: EventType, name: &str, user: Option<&str>, device: Option<&str>, at: i64) -> Event {
+    Event {
+        uuid: Uuid::new_v4(),
+        kind,
+        event: name.into(),
+        user_id: user.map(Into::into),
+        device_id: device.map(Into::into),
+        session_id: None,
+        group_id: None,
+        previous_id: None,
+        timestamp: at,
+        received_at: at,
+        properties: Map::new(),
+        traits: Map::new(),
+        context: Map::new(),
+    }
+}
+
+fn traits(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn one(store: &ClickHouseStore, sql: &str) -> Value {
+    store
+        .query(&Sql {
+            text: sql.into(),
+            params: vec![],
+        })
+        .unwrap()[0][0]
+        .clone()
+}
+
+#[test]
+fn opens_on_debians_server_and_migrates_once() {
+    let store = open("t_migrate");
+    assert_eq!(
+        store.version(),
+        Version(18, 16, 1),
+        "the server Debian packages"
+    );
+    let tables = store
+        .query(&Sql {
+            text: "SELECT name FROM system.tables WHERE database = ? ORDER BY name".into(),
+            params: vec![Param::Text("t_migrate".into())],
+        })
+        .unwrap();
+    let names: Vec<&str> = tables.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "events",
+            "group_members",
+            "groups",
+            "identities",
+            "persons",
+            "queue_offsets",
+            "tally_migrations"
+        ]
+    );
+    drop(store);
+    let again = open("t_migrate");
+    assert_eq!(
+        one(&again, "SELECT count() FROM t_migrate.tally_migrations"),
+        json!(1)
+    );
+    assert_eq!(again.committed_lsn().unwrap(), 0);
+}
+
+#[test]
+fn a_batch_is_stored_whole_and_a_replayed_batch_is_not_counted_twice() {
+    let store = open("t_insert");
+    let mut page = event(EventType::Page, "page_visit", None, Some("d1"), T0);
+    page.properties = traits(json!({"page_path": "/pricing"}));
+    let mut signup = event(
+        EventType::Track,
+        "signup",
+        Some("u1"),
+        Some("d1"),
+        T0 + 1_000,
+    );
+    signup.properties = traits(json!({"plan": "pro", "quote": "it's \\ fine"}));
+    let mut group = event(EventType::Group, "$group", Some("u1"), None, T0 + 2_000);
+    group.group_id = Some("acme".into());
+    group.traits = traits(json!({"name": "Acme"}));
+    let batch = EventBatch {
+        project_id: "p1".into(),
+        events: vec![page, signup, group],
+    };
+
+    let stats = store.insert(std::slice::from_ref(&batch), 7).unwrap();
+    assert_eq!((stats.events, stats.groups), (3, 1));
+    assert_eq!(store.committed_lsn().unwrap(), 7);
+    let rows = store
+        .query(&Sql {
+            text: "SELECT event, visitor_id, page, visitParamExtractString(properties, 'quote') FROM t_insert.events \
+                   WHERE project_id = $1 ORDER BY ts"
+                .into(),
+            params: vec![Param::Text("p1".into())],
+        })
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                json!("page_visit"),
+                json!("d1"),
+                json!("/pricing"),
+                json!("")
+            ],
+            vec![
+                json!("signup"),
+                json!("u1"),
+                Value::Null,
+                json!("it's \\ fine")
+            ],
+            vec![json!("$group"), json!("u1"), Value::Null, json!("")],
+        ]
+    );
+    assert_eq!(
+        one(
+            &store,
+            "SELECT argMin(user_id, linked_at) FROM t_insert.identities WHERE device_id = 'd1'"
+        ),
+        json!("u1"),
+        "the device is linked to the user who signed in on it"
+    );
+    assert_eq!(
+        one(
+            &store,
+            "SELECT count() FROM t_insert.group_members WHERE group_id = 'acme'"
+        ),
+        json!(1)
+    );
+
+    // The writer crashed before its queue position was saved and sends the batch again.
+    store.insert(std::slice::from_ref(&batch), 7).unwrap();
+    assert_eq!(
+        one(&store, "SELECT count() FROM t_insert.events FINAL"),
+        json!(3),
+        "reads with FINAL see each event once"
+    );
+    store
+        .query(&Sql {
+            text: "OPTIMIZE TABLE t_insert.events FINAL".into(),
+            params: vec![],
+        })
+        .ok();
+    assert_eq!(
+        one(&store, "SELECT count() FROM t_insert.events"),
+        json!(3),
+        "and merges remove the copy"
+    );
+}
+
+#[test]
+fn traits_merge_across_batches_with_the_later_call_winning() {
+    let store = open("t_traits");
+    let mut first = event(EventType::Identify, "$identify", Some("u1"), None, T0);
+    first.traits = traits(json!({"plan": "free", "company": "Acme"}));
+    store
+        .insert(
+            &[EventBatch {
+                project_id: "p1".into(),
+                events: vec![first],
+            }],
+            1,
+        )
+        .unwrap();
+    let mut later = event(
+        EventType::Identify,
+        "$identify",
+        Some("u1"),
+        None,
+        T0 + 10_000,
+    );
+    later.traits = traits(json!({"plan": "pro"}));
+    // A call from before both that arrives last only fills gaps.
+    let mut stale = event(
+        EventType::Identify,
+        "$identify",
+        Some("u1"),
+        None,
+        T0 - 10_000,
+    );
+    stale.traits = traits(json!({"plan": "trial", "country": "DE"}));
+    store
+        .insert(
+            &[EventBatch {
+                project_id: "p1".into(),
+                events: vec![later],
+            }],
+            2,
+        )
+        .unwrap();
+    store
+        .insert(
+            &[EventBatch {
+                project_id: "p1".into(),
+                events: vec![stale],
+            }],
+            3,
+        )
+        .unwrap();
+    let current = one(
+        &store,
+        "SELECT argMax(traits, written_at) FROM t_traits.persons WHERE user_id = 'u1'",
+    );
+    let current: Value = serde_json::from_str(current.as_str().unwrap()).unwrap();
+    assert_eq!(
+        current,
+        json!({"plan": "pro", "company": "Acme", "country": "DE"})
+    );
+    assert_eq!(store.committed_lsn().unwrap(), 3);
+}
+
+#[test]
+fn a_bad_statement_fails_at_once_as_permanent() {
+    let store = open("t_errors");
+    let started = Instant::now();
+    match store.query(&Sql {
+        text: "SELEC 1".into(),
+        params: vec![],
+    }) {
+        Err(
+            e @ StoreError::ClickHouse {
+                code: Some(62),
+                transient: false,
+                ..
+            },
+        ) => {
+            assert!(!e.is_transient());
+            assert!(e.to_string().contains("Syntax error"), "{e}");
+        }
+        other => panic!("expected a permanent syntax error, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "not retried");
+    match store.query(&Sql {
+        text: "SELECT * FROM t_errors.nope".into(),
+        params: vec![],
+    }) {
+        Err(StoreError::ClickHouse {
+            code: Some(60),
+            transient: false,
+            ..
+        }) => {}
+        other => panic!("expected unknown table (60), got {other:?}"),
+    }
+}
+
+#[test]
+fn an_unreachable_server_is_retried_with_backoff_then_reported() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let result = ClickHouseStore::open(ClickHouseConfig {
+        url: format!("http://127.0.0.1:{port}"),
+        retries: 2,
+        backoff: Duration::from_millis(100),
+        ..ClickHouseConfig::default()
+    });
+    match result {
+        Err(e @ StoreError::Unavailable { attempts: 3, .. }) => assert!(e.is_transient()),
+        Err(other) => panic!("expected Unavailable after 3 attempts, got {other:?}"),
+        Ok(_) => panic!("nothing listens on port {port}"),
+    }
+    // 100 ms, then 200 ms between the three attempts.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// The schema for a current release, run in chDB (an embedded current ClickHouse), with a
+/// row inserted twice under one dedup token.
+#[test]
+fn the_schema_for_current_releases_runs_in_chdb() {
+    let version = Command::new("python3")
+        .args([
+            "-c",
+            "import chdb; print(chdb.query('SELECT version()', 'CSV').data().strip().strip('\"'))",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        version.status.success(),
+        "chdb is not installed: scripts/test.sh installs it (pip install chdb): {}",
+        String::from_utf8_lossy(&version.stderr)
+    );
+    let version = Version::parse(String::from_utf8_lossy(&version.stdout).trim()).unwrap();
+    assert!(
+        version >= Version(22, 2, 0),
+        "chDB runs a current release, got {version}"
+    );
+    let mut statements = vec!["CREATE DATABASE IF NOT EXISTS `tally`".to_owned()];
+    statements.extend(schema_sql(version, "tally"));
+    let row = r#"{"project_id":"p","uuid":"u-1","type":"track","event":"e","user_id":null,"device_id":"d","session_id":null,"group_id":null,"visitor_id":"d","ts":1790000000000000,"received_at":1790000000000000,"page":null,"properties":"{}","traits":"{}","context":"{}","lsn":1}"#;
+    for _ in 0..2 {
+        statements.push(format!(
+            "INSERT INTO tally.events SETTINGS insert_deduplication_token = 'batch-1' FORMAT JSONEachRow {row}"
+        ));
+    }
+    statements.push("SELECT count() FROM tally.events".to_owned());
+    let script = "import chdb, json, sys\nfrom chdb import session\ns = session.Session()\nout = None\n\
+         for q in json.loads(sys.argv[1]):\n    out = s.query(q, 'CSV')\nprint(out.data().strip())\n";
+    let run = Command::new("python3")
+        .args(["-c", script, &serde_json::to_string(&statements).unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "chdb refused the schema: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "1",
+        "the second insert with the same token is dropped at insert time"
+    );
+}
