@@ -412,11 +412,7 @@ impl ClickHouseStore {
         }
         let mut body = Vec::with_capacity(rows.len() * 256);
         for row in rows {
-            serde_json::to_writer(&mut body, row).map_err(|e| StoreError::ClickHouse {
-                code: None,
-                message: format!("encoding a row: {e}"),
-                transient: false,
-            })?;
+            serde_json::to_writer(&mut body, row).map_err(encode_error)?;
             body.push(b'\n');
         }
         self.send(
@@ -425,6 +421,40 @@ impl ClickHouseStore {
             settings,
         )?;
         Ok(())
+    }
+}
+
+/// One row of `events`, serialized straight from the event (no intermediate JSON tree).
+#[derive(serde::Serialize)]
+struct EventRow<'a> {
+    project_id: &'a str,
+    uuid: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    event: &'a str,
+    user_id: Option<&'a str>,
+    device_id: Option<&'a str>,
+    session_id: Option<&'a str>,
+    group_id: Option<&'a str>,
+    visitor_id: &'a str,
+    ts: i64,
+    received_at: i64,
+    page: Option<String>,
+    properties: String,
+    traits: String,
+    context: String,
+    lsn: u64,
+}
+
+fn json_text(map: &Map<String, Value>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn encode_error(e: serde_json::Error) -> StoreError {
+    StoreError::ClickHouse {
+        code: None,
+        message: format!("encoding a row: {e}"),
+        transient: false,
     }
 }
 
@@ -463,11 +493,13 @@ impl Store for ClickHouseStore {
 
     fn insert(&self, batches: &[EventBatch], upto: Lsn) -> Result<InsertStats, StoreError> {
         let mut stats = InsertStats::default();
-        let mut events = Vec::new();
+        let mut events =
+            Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum::<usize>() * 512);
         let mut persons: HashMap<(String, String), Traits> = HashMap::new();
         let mut groups: HashMap<(String, String), Traits> = HashMap::new();
         let mut members = Vec::new();
-        let mut links = Vec::new();
+        // (project, device) -> (user, when): the batch's earliest link per device.
+        let mut links: HashMap<(&str, &str), (&str, i64)> = HashMap::new();
         let mut token = Sha256::new();
         for batch in batches {
             let project = &batch.project_id;
@@ -483,32 +515,39 @@ impl Store for ClickHouseStore {
                     _ => e.page_path(),
                 };
                 token.update(e.uuid.as_bytes());
-                events.push(json!({
-                    "project_id": project,
-                    "uuid": e.uuid.to_string(),
-                    "type": e.kind.as_str(),
-                    "event": e.event,
-                    "user_id": e.user_id,
-                    "device_id": e.device_id,
-                    "session_id": e.session_id,
-                    "group_id": e.group_id,
-                    "visitor_id": visitor,
-                    "ts": e.timestamp,
-                    "received_at": e.received_at,
-                    "page": page,
-                    "properties": Value::Object(e.properties.clone()).to_string(),
-                    "traits": Value::Object(e.traits.clone()).to_string(),
-                    "context": Value::Object(e.context.clone()).to_string(),
-                    "lsn": upto,
-                }));
-                let anonymous = match e.kind {
-                    EventType::Alias => e.previous_id.as_ref(),
-                    _ => e.device_id.as_ref(),
+                let row = EventRow {
+                    project_id: project,
+                    uuid: e.uuid.hyphenated().to_string(),
+                    kind: e.kind.as_str(),
+                    event: &e.event,
+                    user_id: e.user_id.as_deref(),
+                    device_id: e.device_id.as_deref(),
+                    session_id: e.session_id.as_deref(),
+                    group_id: e.group_id.as_deref(),
+                    visitor_id: visitor,
+                    ts: e.timestamp,
+                    received_at: e.received_at,
+                    page,
+                    properties: json_text(&e.properties),
+                    traits: json_text(&e.traits),
+                    context: json_text(&e.context),
+                    lsn: upto,
                 };
-                if let (Some(user), Some(device)) = (&e.user_id, anonymous) {
+                serde_json::to_writer(&mut events, &row).map_err(encode_error)?;
+                events.push(b'\n');
+                stats.events += 1;
+                let anonymous = match e.kind {
+                    EventType::Alias => e.previous_id.as_deref(),
+                    _ => e.device_id.as_deref(),
+                };
+                if let (Some(user), Some(device)) = (e.user_id.as_deref(), anonymous) {
                     if user != device {
-                        links.push(json!({"project_id": project, "device_id": device,
-                            "user_id": user, "linked_at": e.timestamp}));
+                        let link = links
+                            .entry((project.as_str(), device))
+                            .or_insert((user, e.timestamp));
+                        if e.timestamp < link.1 {
+                            *link = (user, e.timestamp);
+                        }
                     }
                 }
                 let merge = |into: &mut HashMap<(String, String), Traits>, key: &String| {
@@ -540,12 +579,23 @@ impl Store for ClickHouseStore {
                 }
             }
         }
-        stats.events = events.len();
+        let links: Vec<Value> = links
+            .into_iter()
+            .map(|((project, device), (user, at))| {
+                json!({"project_id": project, "device_id": device, "user_id": user, "linked_at": at})
+            })
+            .collect();
         let mut settings = Vec::new();
         if self.version >= migrations::DEDUP_TOKEN_SINCE {
             settings.push(("insert_deduplication_token", hex::encode(token.finalize())));
         }
-        self.insert_rows("events", &events, &settings)?;
+        if !events.is_empty() {
+            self.send(
+                &format!("INSERT INTO `{}`.events FORMAT JSONEachRow", self.db()),
+                Some(&events),
+                &settings,
+            )?;
+        }
         stats.persons = self.upsert_traits("persons", "user_id", persons)?;
         stats.groups = self.upsert_traits("groups", "group_id", groups)?;
         self.insert_rows("group_members", &members, &[])?;
