@@ -47,6 +47,85 @@ pub struct Config {
     pub store: StoreConfig,
     pub query: QueryConfig,
     pub http: HttpConfig,
+    /// What this process does: "all" (ingest, writer and query API in one process, the
+    /// single-node mode) or one scale-out role: "ingest", "writer" or "query". A role
+    /// needs `queue.backend = "redis"` and `store.backend = "clickhouse"`.
+    pub role: Role,
+    pub redis: RedisConfig,
+    pub clickhouse: ClickHouseSection,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    All,
+    Ingest,
+    Writer,
+    Query,
+}
+
+impl Role {
+    pub fn ingests(self) -> bool {
+        matches!(self, Role::All | Role::Ingest)
+    }
+    pub fn writes(self) -> bool {
+        matches!(self, Role::All | Role::Writer)
+    }
+    pub fn queries(self) -> bool {
+        matches!(self, Role::All | Role::Query)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// The embedded write-ahead log in `<data_dir>/wal`.
+    Wal,
+    /// A Redis stream (see `[redis]`), shared by ingest and writer processes.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded DuckDB in `<data_dir>/tally.duckdb`.
+    Duckdb,
+    /// A ClickHouse server (see `[clickhouse]`).
+    Clickhouse,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`, for `queue.backend = "redis"`.
+    pub url: String,
+    /// The stream's key.
+    pub stream: String,
+    /// The writers' consumer group.
+    pub group: String,
+    /// This writer's name in the group: unique per writer process and the same after
+    /// its restart. Empty: the host name.
+    pub consumer: String,
+    /// Appends are refused (503) once the stream holds this many entries.
+    pub max_len: u64,
+    /// Entries another writer has held this long without acknowledging are taken over.
+    pub claim_idle_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseSection {
+    /// The HTTP interface, e.g. "http://127.0.0.1:8123", for `store.backend = "clickhouse"`.
+    pub url: String,
+    /// Created if missing.
+    pub database: String,
+    /// Empty: ClickHouse's default user without a password.
+    pub user: String,
+    pub password: String,
+    /// Extra attempts after a transient failure, per request.
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each next one, at most 30 s.
+    pub backoff_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -80,6 +159,9 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
+    /// "wal" (embedded, the default) or "redis" (scale-out; see `[redis]`). The settings
+    /// below are the WAL's.
+    pub backend: QueueBackend,
     /// When appends are fsynced: "always" (ack after fsync, group commit), "interval"
     /// (fsync every `fsync_interval_ms`; a crash may lose that much acked data) or
     /// "never" (leave it to the OS).
@@ -115,6 +197,9 @@ pub struct WriterConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// "duckdb" (embedded, the default) or "clickhouse" (scale-out; see `[clickhouse]`).
+    /// The settings below are DuckDB's.
+    pub backend: StoreBackend,
     /// DuckDB memory limit, e.g. "2GB".
     pub memory_limit: String,
     /// Threads DuckDB may use per query.
@@ -150,6 +235,35 @@ impl Default for Config {
             store: StoreConfig::default(),
             query: QueryConfig::default(),
             http: HttpConfig::default(),
+            role: Role::All,
+            redis: RedisConfig::default(),
+            clickhouse: ClickHouseSection::default(),
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            stream: "tally:events".into(),
+            group: "tally-writers".into(),
+            consumer: String::new(),
+            max_len: 10_000_000,
+            claim_idle_ms: 60_000,
+        }
+    }
+}
+
+impl Default for ClickHouseSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            database: "tally".into(),
+            user: String::new(),
+            password: String::new(),
+            retries: 5,
+            backoff_ms: 200,
         }
     }
 }
@@ -171,6 +285,7 @@ impl Default for IngestConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
+            backend: QueueBackend::Wal,
             fsync: FsyncMode::Always,
             fsync_interval_ms: 100,
             segment_bytes: 64 * 1024 * 1024,
@@ -192,6 +307,7 @@ impl Default for WriterConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            backend: StoreBackend::Duckdb,
             memory_limit: "2GB".into(),
             threads: 2,
         }
@@ -289,6 +405,40 @@ impl Config {
         }
         if self.query.timeout_ms == 0 {
             return invalid("query.timeout_ms", "must be > 0");
+        }
+        if self.queue.backend == QueueBackend::Redis && self.redis.url.is_empty() {
+            return invalid("redis.url", "must be set with queue.backend = \"redis\"");
+        }
+        if self.store.backend == StoreBackend::Clickhouse && self.clickhouse.url.is_empty() {
+            return invalid(
+                "clickhouse.url",
+                "must be set with store.backend = \"clickhouse\"",
+            );
+        }
+        if self.queue.backend == QueueBackend::Redis && self.store.backend == StoreBackend::Duckdb {
+            return invalid(
+                "queue.backend",
+                "\"redis\" is for separate writer processes, which DuckDB (one process's file) cannot serve: use store.backend = \"clickhouse\"",
+            );
+        }
+        if self.queue.backend == QueueBackend::Wal && self.store.backend == StoreBackend::Clickhouse
+        {
+            return invalid(
+                "store.backend",
+                "\"clickhouse\" goes with queue.backend = \"redis\" (the scale-out mode); the WAL feeds the embedded DuckDB store",
+            );
+        }
+        if self.role != Role::All
+            && (self.queue.backend != QueueBackend::Redis
+                || self.store.backend != StoreBackend::Clickhouse)
+        {
+            return invalid(
+                "role",
+                "a scale-out role needs queue.backend = \"redis\" and store.backend = \"clickhouse\" (processes share only those)",
+            );
+        }
+        if self.redis.claim_idle_ms == 0 || self.redis.max_len == 0 {
+            return invalid("redis.claim_idle_ms", "redis limits must be > 0");
         }
         if self
             .http

@@ -22,11 +22,11 @@ use tally_ingest::segment::{self, SegmentCall};
 use tally_ingest::thrivestack::{self, Call};
 use tally_ingest::{DecodeError, ItemError, RequestMeta};
 use tally_model::{Event, EventBatch};
-use tally_queue::WalError;
 
 use crate::error::ApiError;
 use crate::meta::KeyKind;
 use crate::metrics::{EVENTS_ACCEPTED, EVENTS_REJECTED};
+use crate::queue::AppendError;
 use crate::AppState;
 
 /// Bodies above this are decoded on a blocking thread, so a 2 MB batch does not stall
@@ -271,8 +271,17 @@ async fn accept(state: &AppState, project: String, events: Vec<Event>) -> Result
         project_id: project,
         events,
     };
-    state
-        .wal
+    let queue = state.queue.as_ref().ok_or_else(|| {
+        ApiError::unavailable(
+            "wrong_role",
+            format!(
+                "this process runs the {:?} role and does not ingest; send events to an ingest process",
+                state.config.role
+            ),
+            60,
+        )
+    })?;
+    queue
         .append(Bytes::from(batch.encode()), accepted as u32)
         .await
         .map_err(|e| queue_error(e, accepted))?;
@@ -383,27 +392,27 @@ fn decode_error(e: DecodeError) -> ApiError {
     ApiError::new(status, code, e.to_string())
 }
 
-fn queue_error(e: WalError, events: usize) -> ApiError {
+fn queue_error(e: AppendError, events: usize) -> ApiError {
     metrics::counter!("tally_requests_rejected_total", "reason" => "queue_unavailable")
         .increment(1);
     match e {
-        WalError::Full { .. } => ApiError::unavailable(
+        AppendError::Full => ApiError::unavailable(
             "queue_full",
             format!("the ingest queue is full; {events} events were not accepted, retry later"),
             1,
         ),
-        WalError::Closed => ApiError::unavailable(
+        AppendError::Closed => ApiError::unavailable(
             "shutting_down",
             format!("the server is shutting down; {events} events were not accepted, retry"),
             1,
         ),
-        other => {
+        AppendError::Other(cause) => {
             let mut err = ApiError::unavailable(
                 "queue_error",
                 format!("the ingest queue could not store the events; {events} events were not accepted, retry"),
                 5,
             );
-            err.cause = Some(other.to_string());
+            err.cause = Some(cause);
             err
         }
     }

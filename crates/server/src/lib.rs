@@ -1,8 +1,10 @@
 //! Tally's HTTP server: routes, authentication, metrics, and the background writer.
 //!
-//! [`serve`] runs all roles in one process: ingest appends to the WAL, the writer moves
-//! batches into DuckDB, the query API reads DuckDB. [`router`] builds the axum router from
-//! an [`AppState`], so tests can drive the real server on `127.0.0.1:0`.
+//! [`serve`] runs all roles in one process by default: ingest appends to the WAL, the
+//! writer moves batches into DuckDB, the query API reads DuckDB. In scale-out mode
+//! (`queue.backend = "redis"`, `store.backend = "clickhouse"`) the same process runs one
+//! role, or all three, on Redis Streams and ClickHouse. [`router`] builds the axum router
+//! from an [`AppState`], so tests can drive the real server on `127.0.0.1:0`.
 
 pub mod config;
 mod dedup;
@@ -11,6 +13,7 @@ mod ingest;
 pub mod meta;
 mod metrics;
 mod query;
+mod queue;
 mod writer;
 
 use std::future::Future;
@@ -26,8 +29,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use parking_lot::RwLock;
-use serde_json::json;
-use tally_queue::{FsyncPolicy, Wal, WalConfig};
+use serde_json::{json, Value};
+use tally_queue::{FsyncPolicy, RedisStreams, StreamConfig, Wal, WalConfig};
+use tally_store::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use tally_store::duckdb::{DuckConfig, DuckStore};
 use tally_store::{Param, Sql, Store};
 use tokio::net::TcpListener;
@@ -41,8 +45,10 @@ use meta::{KeyIndex, KeyKind, NewProject, Projects};
 pub struct AppState {
     pub config: Config,
     keys: RwLock<Arc<KeyIndex>>,
-    wal: Wal,
-    store: Arc<DuckStore>,
+    /// `None` in the writer and query roles.
+    queue: Option<queue::Queue>,
+    /// `None` in the ingest role.
+    store: Option<Arc<dyn Store>>,
     limits: tally_ingest::Limits,
     segment_limits: tally_ingest::SegmentLimits,
     posthog_limits: tally_ingest::PostHogLimits,
@@ -173,17 +179,22 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 async fn render_metrics(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> Response {
-    // Queue gauges are sampled at scrape time so they are never stale.
-    let stats = state.wal.stats();
-    ::metrics::gauge!("tally_wal_pending_bytes").set(stats.pending_bytes as f64);
-    ::metrics::gauge!("tally_wal_pending_events").set(stats.pending_events as f64);
-    ::metrics::gauge!("tally_wal_pending_records").set(stats.pending_records as f64);
-    ::metrics::gauge!("tally_wal_oldest_pending_age_seconds").set(
-        stats
-            .oldest_pending_age
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
-    );
+    // Queue gauges are sampled at scrape time so they are never stale. The WAL's keep
+    // their names; a Redis stream reports entries (pending + not yet read) and its lag.
+    if let Some(q) = &state.queue {
+        let g = q.gauges(state.config.queue.max_pending_bytes).await;
+        if let Some(bytes) = g.pending_bytes {
+            ::metrics::gauge!("tally_wal_pending_bytes").set(bytes as f64);
+        }
+        if let Some(events) = g.pending_events {
+            ::metrics::gauge!("tally_wal_pending_events").set(events as f64);
+        }
+        ::metrics::gauge!("tally_wal_pending_records").set(g.pending_records as f64);
+        ::metrics::gauge!("tally_wal_oldest_pending_age_seconds").set(g.oldest_age_secs);
+        if let Some(lag) = g.lag {
+            ::metrics::gauge!("tally_stream_lag_entries").set(lag as f64);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics::handle().render(),
@@ -192,19 +203,29 @@ async fn render_metrics(
 }
 
 async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
-    let stats = state.wal.stats();
-    let queue_ok = stats.pending_bytes < state.config.queue.max_pending_bytes;
-    let store = state.store.clone();
-    let store_ok = tokio::task::spawn_blocking(move || {
-        store
-            .query(&Sql {
-                text: "SELECT 1".into(),
-                params: Vec::<Param>::new(),
-            })
-            .is_ok()
-    })
-    .await
-    .unwrap_or(false);
+    let (queue_ok, pending) = match &state.queue {
+        Some(q) => {
+            let g = q.gauges(state.config.queue.max_pending_bytes).await;
+            (
+                g.ok,
+                json!({"bytes": g.pending_bytes, "entries": g.pending_records}),
+            )
+        }
+        None => (true, Value::Null),
+    };
+    let store_ok = match state.store.clone() {
+        Some(store) => tokio::task::spawn_blocking(move || {
+            store
+                .query(&Sql {
+                    text: "SELECT 1".into(),
+                    params: Vec::<Param>::new(),
+                })
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false),
+        None => true,
+    };
     let status = if queue_ok && store_ok {
         StatusCode::OK
     } else {
@@ -212,7 +233,8 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
     };
     let body = json!({
         "ready": queue_ok && store_ok,
-        "queue": { "ok": queue_ok, "pending_bytes": stats.pending_bytes, "limit_bytes": state.config.queue.max_pending_bytes },
+        "role": state.config.role,
+        "queue": { "ok": queue_ok, "pending_bytes": pending.get("bytes"), "pending": pending, "limit_bytes": state.config.queue.max_pending_bytes },
         "store": { "ok": store_ok },
     });
     (status, Json(body)).into_response()
@@ -283,6 +305,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if config.queue.backend == config::QueueBackend::Redis {
+        return serve_scale_out(config, listener, shutdown).await;
+    }
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)?;
     let store = Arc::new(
@@ -321,7 +346,163 @@ pub async fn serve(
         "queue opened"
     );
 
-    let keys = Projects::load(&data_dir)?.index();
+    let state = Arc::new(app_state(
+        &config,
+        Some(queue::Queue::Wal(wal.clone())),
+        Some(store.clone() as Arc<dyn Store>),
+    )?);
+    let upkeep = spawn_metrics_upkeep();
+
+    let dedup = warm_dedup(&store, &config).await?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(
+        writer::Writer {
+            wal: wal.clone(),
+            reader: wal
+                .reader(committed)
+                .with_linger(Duration::from_millis(config.writer.batch_max_wait_ms)),
+            store: store.clone(),
+            config: config.writer.clone(),
+            draining: draining.clone(),
+            dead_letter: data_dir.join("dead-letter.tsv"),
+            dedup,
+        }
+        .run(),
+    );
+    let reload = tokio::spawn(reload_keys(state.clone(), data_dir.clone()));
+    run_http(&config, listener, state, shutdown).await?;
+    reload.abort();
+    upkeep.abort();
+
+    tracing::info!("http stopped; flushing the queue into the store");
+    // Closing joins the WAL thread after its last fsync, and a checkpoint writes the
+    // DuckDB file: both block, so they run off the async workers.
+    let closing = wal.clone();
+    tokio::task::spawn_blocking(move || closing.close()).await?;
+    draining.store(true, Ordering::Release);
+    writer.await?;
+    let checkpointing = store.clone();
+    tokio::task::spawn_blocking(move || checkpointing.checkpoint()).await??;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Scale-out mode: this process's role (or all three) on Redis Streams and ClickHouse.
+/// Projects and keys still come from `<data_dir>/projects.json`, which every process of
+/// a deployment reads (a shared or synced folder).
+async fn serve_scale_out(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let role = config.role;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)?;
+    let streams = if role.ingests() || role.writes() {
+        let rc = &config.redis;
+        let consumer = if rc.consumer.is_empty() {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "writer".into())
+        } else {
+            rc.consumer.clone()
+        };
+        let streams = RedisStreams::connect(StreamConfig {
+            url: rc.url.clone(),
+            stream: rc.stream.clone(),
+            group: rc.group.clone(),
+            consumer,
+            max_len: rc.max_len,
+            claim_idle: Duration::from_millis(rc.claim_idle_ms),
+            timeout: Duration::from_secs(5),
+        })
+        .await
+        .with_context(|| format!("cannot use the redis stream at {}", rc.url))?;
+        Some(streams)
+    } else {
+        None
+    };
+    let store: Option<Arc<dyn Store>> = if role.writes() || role.queries() {
+        let cc = &config.clickhouse;
+        let ch = ClickHouseConfig {
+            url: cc.url.clone(),
+            database: cc.database.clone(),
+            user: (!cc.user.is_empty()).then(|| cc.user.clone()),
+            password: (!cc.password.is_empty()).then(|| cc.password.clone()),
+            timeout: Duration::from_millis(config.query.timeout_ms),
+            retries: cc.retries,
+            backoff: Duration::from_millis(cc.backoff_ms),
+        };
+        let url = cc.url.clone();
+        let store = tokio::task::spawn_blocking(move || ClickHouseStore::open(ch))
+            .await?
+            .with_context(|| format!("cannot open the clickhouse store at {url}"))?;
+        Some(Arc::new(store))
+    } else {
+        None
+    };
+    let state = Arc::new(app_state(
+        &config,
+        streams
+            .clone()
+            .filter(|_| role.ingests())
+            .map(queue::Queue::Redis),
+        store.clone(),
+    )?);
+    let upkeep = spawn_metrics_upkeep();
+    let draining = Arc::new(AtomicBool::new(false));
+    let writer = match (&streams, &store) {
+        (Some(streams), Some(store)) if role.writes() => Some(tokio::spawn(
+            writer::StreamWriter {
+                streams: streams.clone(),
+                reader: streams.reader().await?,
+                store: store.clone(),
+                config: config.writer.clone(),
+                draining: draining.clone(),
+                dead_letter: data_dir.join("dead-letter.tsv"),
+                dedup: dedup::Dedup::new(
+                    config.ingest.dedup_window_hours,
+                    config.ingest.dedup_max_ids,
+                ),
+            }
+            .run(),
+        )),
+        _ => None,
+    };
+    let reload = tokio::spawn(reload_keys(state.clone(), data_dir.clone()));
+    tracing::info!(?role, "scale-out role starting");
+    run_http(&config, listener, state, shutdown).await?;
+    reload.abort();
+    upkeep.abort();
+    draining.store(true, Ordering::Release);
+    if let Some(writer) = writer {
+        tracing::info!("http stopped; the writer finishes its batch");
+        writer.await?;
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Histogram samples are buffered until drained; without a scrape they would pile up.
+fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
+    let prometheus = metrics::handle();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            prometheus.run_upkeep();
+        }
+    })
+}
+
+fn app_state(
+    config: &Config,
+    queue: Option<queue::Queue>,
+    store: Option<Arc<dyn Store>>,
+) -> anyhow::Result<AppState> {
+    let keys = Projects::load(&config.data_dir)?.index();
     let ic = &config.ingest;
     let limits = tally_ingest::Limits {
         max_events: ic.max_events_per_request,
@@ -345,43 +526,25 @@ pub async fn serve(
         max_decompressed_bytes: ic.max_decompressed_bytes,
         ..Default::default()
     };
-    // Histogram samples are buffered until drained; without a scrape they would pile up.
-    let prometheus = metrics::handle();
-    let upkeep = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            prometheus.run_upkeep();
-        }
-    });
-    let state = Arc::new(AppState {
+    Ok(AppState {
         config: config.clone(),
         keys: RwLock::new(Arc::new(keys)),
-        wal: wal.clone(),
-        store: store.clone(),
+        queue,
+        store,
         limits,
         segment_limits,
         posthog_limits,
-    });
+    })
+}
 
-    let dedup = warm_dedup(&store, &config).await?;
-    let draining = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(
-        writer::Writer {
-            wal: wal.clone(),
-            reader: wal
-                .reader(committed)
-                .with_linger(Duration::from_millis(config.writer.batch_max_wait_ms)),
-            store: store.clone(),
-            config: config.writer.clone(),
-            draining: draining.clone(),
-            dead_letter: data_dir.join("dead-letter.tsv"),
-            dedup,
-        }
-        .run(),
-    );
-    let reload = tokio::spawn(reload_keys(state.clone(), data_dir.clone()));
-
+/// Serves HTTP until `shutdown`, then lets requests finish for the grace period.
+async fn run_http(
+    config: &Config,
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let data_dir = &config.data_dir;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "tally is listening");
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -403,19 +566,6 @@ pub async fn serve(
             server.abort();
         }
     }
-    reload.abort();
-    upkeep.abort();
-
-    tracing::info!("http stopped; flushing the queue into the store");
-    // Closing joins the WAL thread after its last fsync, and a checkpoint writes the
-    // DuckDB file: both block, so they run off the async workers.
-    let closing = wal.clone();
-    tokio::task::spawn_blocking(move || closing.close()).await?;
-    draining.store(true, Ordering::Release);
-    writer.await?;
-    let checkpointing = store.clone();
-    tokio::task::spawn_blocking(move || checkpointing.checkpoint()).await??;
-    tracing::info!("shutdown complete");
     Ok(())
 }
 

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use tally_query::QueryError;
 use tally_store::StoreError;
 
+use crate::config::StoreBackend;
+
 use crate::error::ApiError;
 use crate::meta::KeyKind;
 use crate::metrics::QUERY_SECONDS;
@@ -42,7 +44,26 @@ pub(crate) async fn query(
             .find(|known| *known == k)
             .unwrap_or("unknown"),
     };
-    let store = state.store.clone();
+    let store = match (&state.store, state.config.store.backend) {
+        (Some(store), StoreBackend::Duckdb) => store.clone(),
+        (Some(_), StoreBackend::Clickhouse) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "the query kinds compile to DuckDB SQL only; queries on the ClickHouse store are not built yet (docs/scale-out.md)",
+            ))
+        }
+        (None, _) => {
+            return Err(ApiError::unavailable(
+                "wrong_role",
+                format!(
+                    "this process runs the {:?} role and answers no queries; send them to a query process",
+                    state.config.role
+                ),
+                60,
+            ))
+        }
+    };
     let start = Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         tally_query::run(store.as_ref(), &project, &request, chrono::Utc::now())

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_model::EventBatch;
-use tally_queue::{Record, Wal, WalReader};
-use tally_store::duckdb::DuckStore;
+use tally_queue::{Entry, EntryId, Record, RedisStreams, StreamReader, Wal, WalReader};
 use tally_store::Store;
 
 use crate::config::WriterConfig;
@@ -23,7 +22,7 @@ use crate::metrics::{WRITER_BATCH_EVENTS, WRITER_ERRORS, WRITER_FLUSH_SECONDS};
 pub(crate) struct Writer {
     pub wal: Wal,
     pub reader: WalReader,
-    pub store: Arc<DuckStore>,
+    pub store: Arc<dyn Store>,
     pub config: WriterConfig,
     /// Set once the WAL is closed: an empty read then means everything is written.
     pub draining: Arc<AtomicBool>,
@@ -70,73 +69,161 @@ impl Writer {
     async fn write(&mut self, records: Vec<Record>) {
         let upto = records.last().expect("non-empty").lsn;
         let mut batches = self.decode(records);
-        let mut duplicates = 0u64;
-        for batch in &mut batches {
-            batch.events.retain(|e| {
-                let dup = self.dedup.is_duplicate(&e.uuid, e.received_at);
-                duplicates += u64::from(dup);
-                !dup
-            });
-        }
-        if duplicates > 0 {
-            metrics::counter!("tally_events_deduplicated_total").increment(duplicates);
-        }
-        let now = chrono::Utc::now().timestamp_micros();
-        metrics::gauge!("tally_dedup_ids").set(self.dedup.len() as f64);
-        metrics::gauge!("tally_dedup_window_seconds").set(self.dedup.window_secs(now) as f64);
-        let events: usize = batches.iter().map(|b| b.events.len()).sum();
-        let batches = Arc::new(batches);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let store = self.store.clone();
-            let b = batches.clone();
-            let start = Instant::now();
-            let result = tokio::task::spawn_blocking(move || store.insert(&b, upto)).await;
-            match result {
-                Ok(Ok(_stats)) => {
-                    metrics::histogram!(WRITER_FLUSH_SECONDS).record(start.elapsed().as_secs_f64());
-                    metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
-                    metrics::counter!("tally_writer_events_total").increment(events as u64);
-                    break;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, upto, retry_in_ms = backoff.as_millis() as u64, "store insert failed");
-                }
-                Err(e) => tracing::error!(error = %e, upto, "store insert panicked"),
-            }
-            metrics::counter!(WRITER_ERRORS, "stage" => "insert").increment(1);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        drop_duplicates(&mut self.dedup, &mut batches);
+        insert_until_done(&self.store, batches, upto).await;
         if let Err(e) = self.wal.commit(upto) {
             tracing::error!(error = %e, upto, "wal commit failed; records will be replayed");
         }
     }
 
     fn decode(&self, records: Vec<Record>) -> Vec<EventBatch> {
-        let mut out = Vec::with_capacity(records.len());
-        for r in records {
-            match EventBatch::decode(&r.payload) {
-                Ok(b) => out.push(b),
-                Err(e) => {
-                    // Only a bug or a foreign file could do this (records are checksummed):
-                    // keep the bytes, say so loudly, and move on so the queue is not stuck.
-                    tracing::error!(lsn = r.lsn, error = %e, path = %self.dead_letter.display(), "undecodable queue record moved to dead letter file");
-                    metrics::counter!(WRITER_ERRORS, "stage" => "decode").increment(1);
-                    let _ = append_dead_letter(&self.dead_letter, r.lsn, &r.payload);
-                }
-            }
-        }
-        out
+        decode_all(
+            records.into_iter().map(|r| (r.lsn.to_string(), r.payload)),
+            &self.dead_letter,
+        )
     }
 }
 
-fn append_dead_letter(path: &PathBuf, lsn: u64, payload: &[u8]) -> std::io::Result<()> {
+/// Drops the events already stored within the dedup window.
+fn drop_duplicates(dedup: &mut Dedup, batches: &mut [EventBatch]) {
+    let mut duplicates = 0u64;
+    for batch in batches.iter_mut() {
+        batch.events.retain(|e| {
+            let dup = dedup.is_duplicate(&e.uuid, e.received_at);
+            duplicates += u64::from(dup);
+            !dup
+        });
+    }
+    if duplicates > 0 {
+        metrics::counter!("tally_events_deduplicated_total").increment(duplicates);
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    metrics::gauge!("tally_dedup_ids").set(dedup.len() as f64);
+    metrics::gauge!("tally_dedup_window_seconds").set(dedup.window_secs(now) as f64);
+}
+
+/// Inserts `batches`, retrying with backoff (up to 5 s apart) for as long as it takes:
+/// meanwhile the queue fills and ingest eventually answers 503.
+async fn insert_until_done(store: &Arc<dyn Store>, batches: Vec<EventBatch>, upto: u64) {
+    let events: usize = batches.iter().map(|b| b.events.len()).sum();
+    let batches = Arc::new(batches);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let store = store.clone();
+        let b = batches.clone();
+        let start = Instant::now();
+        let result = tokio::task::spawn_blocking(move || store.insert(&b, upto)).await;
+        match result {
+            Ok(Ok(_stats)) => {
+                metrics::histogram!(WRITER_FLUSH_SECONDS).record(start.elapsed().as_secs_f64());
+                metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
+                metrics::counter!("tally_writer_events_total").increment(events as u64);
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, upto, retry_in_ms = backoff.as_millis() as u64, "store insert failed");
+            }
+            Err(e) => tracing::error!(error = %e, upto, "store insert panicked"),
+        }
+        metrics::counter!(WRITER_ERRORS, "stage" => "insert").increment(1);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The writer of the scale-out mode: reads the Redis stream through the writers'
+/// consumer group, inserts into the store, and acknowledges only after the insert
+/// returned. A writer killed in between leaves its entries pending: they are read again
+/// by it after a restart, or taken over by another writer after `redis.claim_idle_ms`.
+/// The store (ClickHouse) removes the copies such a replay makes, by event uuid.
+pub(crate) struct StreamWriter {
+    pub streams: RedisStreams,
+    pub reader: StreamReader,
+    pub store: Arc<dyn Store>,
+    pub config: WriterConfig,
+    /// Set on shutdown: the writer finishes the batch in hand and stops.
+    pub draining: Arc<AtomicBool>,
+    pub dead_letter: PathBuf,
+    pub dedup: Dedup,
+}
+
+impl StreamWriter {
+    pub(crate) async fn run(mut self) {
+        let mut last_trim = Instant::now();
+        while !self.draining.load(Ordering::Acquire) {
+            let block = Duration::from_millis(self.config.batch_max_wait_ms.max(100));
+            let entries = match self.reader.read(self.config.batch_max_records, block).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "writer cannot read the redis stream");
+                    metrics::counter!(WRITER_ERRORS, "stage" => "read").increment(1);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if !entries.is_empty() {
+                let ids: Vec<EntryId> = entries.iter().map(|e: &Entry| e.id).collect();
+                let mut batches = decode_all(
+                    entries.into_iter().map(|e| (e.id.to_string(), e.payload)),
+                    &self.dead_letter,
+                );
+                drop_duplicates(&mut self.dedup, &mut batches);
+                // 0: not a WAL position (the stream's ids are acknowledged instead).
+                insert_until_done(&self.store, batches, 0).await;
+                let mut backoff = Duration::from_millis(100);
+                while let Err(e) = self.streams.ack(&ids).await {
+                    // Unacknowledged entries are delivered again (and deduplicated by
+                    // the store), so retrying is safe; giving up would only cost time.
+                    tracing::error!(error = %e, "cannot acknowledge stream entries; retrying");
+                    metrics::counter!(WRITER_ERRORS, "stage" => "ack").increment(1);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if self.draining.load(Ordering::Acquire) {
+                        break;
+                    }
+                }
+            }
+            if last_trim.elapsed() > Duration::from_secs(5) {
+                last_trim = Instant::now();
+                match self.streams.trim().await {
+                    Ok(n) if n > 0 => tracing::debug!(entries = n, "trimmed the redis stream"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot trim the redis stream"),
+                }
+            }
+        }
+        tracing::info!("stream writer stopped");
+    }
+}
+
+/// Decodes queue payloads (`(position, bytes)`); one that does not decode goes to the
+/// dead letter file.
+fn decode_all(
+    payloads: impl Iterator<Item = (String, bytes::Bytes)>,
+    dead_letter: &PathBuf,
+) -> Vec<EventBatch> {
+    let mut out = Vec::new();
+    for (at, payload) in payloads {
+        match EventBatch::decode(&payload) {
+            Ok(b) => out.push(b),
+            Err(e) => {
+                // Only a bug or a foreign writer could do this: keep the bytes, say so
+                // loudly, and move on so the queue is not stuck.
+                tracing::error!(position = %at, error = %e, path = %dead_letter.display(), "undecodable queue record moved to dead letter file");
+                metrics::counter!(WRITER_ERRORS, "stage" => "decode").increment(1);
+                let _ = append_dead_letter(dead_letter, &at, &payload);
+            }
+        }
+    }
+    out
+}
+
+fn append_dead_letter(path: &PathBuf, at: &str, payload: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
-    writeln!(f, "{lsn}\t{}", String::from_utf8_lossy(payload))?;
+    writeln!(f, "{at}\t{}", String::from_utf8_lossy(payload))?;
     f.sync_all()
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tally_server::config::Role;
 use tally_server::meta::{KeyKind, Projects};
 use tally_server::Config;
 
@@ -32,11 +33,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the server (ingest, writer and query API in one process).
+    /// Run the server (ingest, writer and query API in one process, or one scale-out
+    /// role).
     Serve {
         /// Address to listen on, e.g. 127.0.0.1:8080; overrides config and TALLY_LISTEN.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// all (default), or a scale-out role: ingest, writer or query (needs the Redis
+        /// queue and the ClickHouse store; see docs/scale-out.md); overrides config and
+        /// TALLY_ROLE.
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
     },
     /// Manage projects.
     Project {
@@ -50,6 +57,14 @@ enum Command {
     },
     /// Print the effective configuration (defaults, file and environment merged).
     Config,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RoleArg {
+    All,
+    Ingest,
+    Writer,
+    Query,
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,9 +115,18 @@ fn main() -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve { listen, role } => {
             if let Some(addr) = listen {
                 config.listen = addr;
+            }
+            if let Some(role) = role {
+                config.role = match role {
+                    RoleArg::All => Role::All,
+                    RoleArg::Ingest => Role::Ingest,
+                    RoleArg::Writer => Role::Writer,
+                    RoleArg::Query => Role::Query,
+                };
+                config.validate()?;
             }
             serve(config)
         }
@@ -167,7 +191,10 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     tally_server::init_logging(&config);
-    if let Some(made) = tally_server::bootstrap(&config)? {
+    if config.role != Role::All {
+        // Scale-out processes share projects.json (a mounted folder); only the
+        // single-node server makes the default project on first start.
+    } else if let Some(made) = tally_server::bootstrap(&config)? {
         println!("created the default project; point your SDKs at this server with:");
         println!("  write key: {}", made.write_key);
         println!("  read key:  {}  (shown only now: keep it)", made.read_key);

@@ -1,0 +1,353 @@
+//! Scale-out mode end to end: the built binary as 2 ingest processes, 2 writers and 1
+//! query process on a real Redis and a real ClickHouse (Debian's packages, started here on
+//! loopback). A known set of events goes in through both ingest processes; ClickHouse
+//! must then hold exactly that set, also after a writer is killed with SIGKILL in the
+//! middle of the stream.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tally");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis(dir: &Path, port: u16) -> Proc {
+    Proc(
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)"),
+    )
+}
+
+fn clickhouse(dir: &Path, http: u16, tcp: u16) -> Proc {
+    let root = dir.display();
+    let config = format!(
+        "<yandex>
+  <logger><level>warning</level><log>{root}/server.log</log><errorlog>{root}/error.log</errorlog></logger>
+  <http_port>{http}</http_port><tcp_port>{tcp}</tcp_port><listen_host>127.0.0.1</listen_host>
+  <path>{root}/data/</path><tmp_path>{root}/tmp/</tmp_path>
+  <users_config>/etc/clickhouse-server/users.xml</users_config>
+  <default_profile>default</default_profile><default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>"
+    );
+    std::fs::write(dir.join("config.xml"), config).unwrap();
+    Proc(
+        Command::new("clickhouse-server")
+            .arg(format!("--config-file={root}/config.xml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clickhouse-server (scripts/test.sh installs it)"),
+    )
+}
+
+struct Tally {
+    data: String,
+    redis: String,
+    clickhouse: String,
+}
+
+impl Tally {
+    fn start(&self, role: &str, port: u16, consumer: &str) -> Proc {
+        Proc(
+            Command::new(BIN)
+                .args(["--data-dir", &self.data, "serve", "--role", role])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .env("TALLY_QUEUE_BACKEND", "redis")
+                .env("TALLY_STORE_BACKEND", "clickhouse")
+                .env("TALLY_REDIS_URL", &self.redis)
+                .env("TALLY_REDIS_CONSUMER", consumer)
+                .env("TALLY_REDIS_CLAIM_IDLE_MS", "1000")
+                .env("TALLY_CLICKHOUSE_URL", &self.clickhouse)
+                .env("TALLY_CLICKHOUSE_DATABASE", "e2e")
+                .env("TALLY_WRITER_BATCH_MAX_RECORDS", "50")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+async fn wait_for(client: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never answered");
+}
+
+async fn clickhouse_query(client: &reqwest::Client, url: &str, sql: &str) -> String {
+    let r = client.post(url).body(sql.to_owned()).send().await.unwrap();
+    let ok = r.status().is_success();
+    let text = r.text().await.unwrap();
+    assert!(ok, "{sql}: {text}");
+    text
+}
+
+/// Sends events `from..to`, one request of 5 events each, alternating the ingest ports,
+/// 8 requests at a time; panics on any answer but 200.
+async fn send(client: &reqwest::Client, ports: &[u16], key: &str, from: usize, to: usize) {
+    let mut pending = Vec::new();
+    for (n, start) in (from..to).step_by(5).enumerate() {
+        let port = ports[n % ports.len()];
+        let body: Vec<Value> = (start..(start + 5).min(to))
+            .map(|i| json!({"event_name": format!("e-{i}"), "user_id": format!("u{}", i % 37)}))
+            .collect();
+        let request = client
+            .post(format!("http://127.0.0.1:{port}/api/track"))
+            .header("x-api-key", key)
+            .json(&body)
+            .send();
+        pending.push(tokio::spawn(async move {
+            let r = request.await.unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }));
+        if pending.len() == 8 {
+            for p in pending.drain(..) {
+                p.await.unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+}
+
+/// Waits until ClickHouse holds `n` distinct events and returns their names.
+async fn stored(client: &reqwest::Client, url: &str, n: usize) -> (usize, BTreeSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count: usize = clickhouse_query(client, url, "SELECT count() FROM e2e.events FINAL")
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+        if count >= n || Instant::now() > deadline {
+            let names = clickhouse_query(client, url, "SELECT event FROM e2e.events FINAL")
+                .await
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            return (count, names);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Entries delivered to the writers and not yet acknowledged (`XPENDING` summary).
+fn pending(redis_port: u16) -> u64 {
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis_port.to_string(),
+            "XPENDING",
+            "tally:events",
+            "tally-writers",
+        ])
+        .output()
+        .expect("redis-cli (Debian's redis-tools, installed with redis-server)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn names(from: usize, to: usize) -> BTreeSet<String> {
+    (from..to).map(|i| format!("e-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_ingest_two_writers_one_query_store_exactly_what_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (redis_dir, ch_dir, data) = (
+        dir.path().join("redis"),
+        dir.path().join("ch"),
+        dir.path().join("data"),
+    );
+    for d in [&redis_dir, &ch_dir, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let (redis_port, ch_http, ch_tcp) = (free_port(), free_port(), free_port());
+    let _redis = redis(&redis_dir, redis_port);
+    let _clickhouse = clickhouse(&ch_dir, ch_http, ch_tcp);
+    let ch_url = format!("http://127.0.0.1:{ch_http}");
+    let client = reqwest::Client::new();
+    wait_for(&client, &format!("{ch_url}/ping")).await;
+
+    let made = Command::new(BIN)
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "project",
+            "create",
+            "e2e",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let made: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let (write_key, read_key) = (
+        made["write_key"].as_str().unwrap(),
+        made["read_key"].as_str().unwrap(),
+    );
+
+    let tally = Tally {
+        data: data.to_str().unwrap().to_owned(),
+        redis: format!("redis://127.0.0.1:{redis_port}/"),
+        clickhouse: ch_url.clone(),
+    };
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let _ingest = [
+        tally.start("ingest", ports[0], "i1"),
+        tally.start("ingest", ports[1], "i2"),
+    ];
+    let writer2 = tally.start("writer", ports[3], "w2");
+    let mut writer1 = Some(tally.start("writer", ports[2], "w1"));
+    let _query = tally.start("query", ports[4], "q");
+    for port in &ports {
+        wait_for(&client, &format!("http://127.0.0.1:{port}/healthz")).await;
+    }
+
+    // 1,000 events through both ingest processes.
+    send(&client, &ports[..2], write_key, 0, 1_000).await;
+    let (count, got) = stored(&client, &ch_url, 1_000).await;
+    assert_eq!(count, 1_000);
+    assert_eq!(got, names(0, 1_000), "exactly the events sent");
+
+    // Each process refuses what its role does not do, with a 503 that says so.
+    let r = client
+        .post(format!("http://127.0.0.1:{}/api/v1/query", ports[0]))
+        .header("x-api-key", read_key)
+        .body(r#"{"metrics":["events"],"date_range":"all"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "wrong_role");
+    let r = client
+        .post(format!("http://127.0.0.1:{}/api/track", ports[4]))
+        .header("x-api-key", write_key)
+        .json(&json!([{"event_name": "x", "user_id": "u"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The query process does not answer reports from ClickHouse yet, and says so.
+    let r = client
+        .post(format!("http://127.0.0.1:{}/api/v1/query", ports[4]))
+        .header("x-api-key", read_key)
+        .body(r#"{"metrics":["events"],"date_range":"all"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 501);
+
+    // A writer killed with SIGKILL in the middle of a batch: writer 2 is paused, events
+    // stream in, writer 1 is frozen (SIGSTOP) once it holds entries it has read but not
+    // acknowledged, then killed. Writer 2 resumes and takes them over after
+    // claim_idle_ms (1 s): nothing is lost, nothing doubled.
+    let signal = |sig: &str, p: &Proc| {
+        let ok = Command::new("kill")
+            .args([sig, &p.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP", &writer2);
+    let sending = {
+        let client = client.clone();
+        let ingest = ports[..2].to_vec();
+        let key = write_key.to_owned();
+        tokio::spawn(async move { send(&client, &ingest, &key, 1_000, 3_000).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let w1 = writer1.as_ref().unwrap();
+        if pending(redis_port) > 0 {
+            signal("-STOP", w1);
+            // Frozen: what is pending now stays pending until someone else claims it.
+            let held = pending(redis_port);
+            if held > 0 {
+                break held;
+            }
+            signal("-CONT", w1);
+        }
+        assert!(Instant::now() < deadline, "writer 1 never held an entry");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    drop(writer1.take()); // SIGKILL, with `held` entries read and not acknowledged
+    signal("-CONT", &writer2);
+    sending.await.unwrap();
+    // Writer 2 takes the held entries over once they are 1 s idle, stores them (again,
+    // if writer 1 had stored them before it died) and acknowledges them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pending(redis_port) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead writer's entries were never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (count, got) = stored(&client, &ch_url, 3_000).await;
+    assert_eq!(count, 3_000, "writer 1 died holding {held} entries");
+    assert_eq!(got, names(0, 3_000), "no event lost, none doubled");
+    let metrics = client
+        .get(format!("http://127.0.0.1:{}/metrics", ports[3]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tally_writer_events_total"),
+        "the surviving writer wrote"
+    );
+}
