@@ -155,9 +155,16 @@ impl StreamWriter {
             let entries = match self.reader.read(self.config.batch_max_records, block).await {
                 Ok(e) => e,
                 Err(e) => {
-                    tracing::error!(error = %e, "writer cannot read the redis stream");
+                    tracing::error!(error = %e, "writer cannot read the redis stream; reconnecting");
                     metrics::counter!(WRITER_ERRORS, "stage" => "read").increment(1);
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    // The blocking reader has its own connection, which does not come
+                    // back by itself after Redis restarts: open a new one. It first
+                    // re-reads this writer's unacknowledged entries, which is safe.
+                    match self.streams.reader().await {
+                        Ok(reader) => self.reader = reader,
+                        Err(e) => tracing::warn!(error = %e, "redis still unreachable"),
+                    }
                     continue;
                 }
             };
