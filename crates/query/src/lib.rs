@@ -6,6 +6,7 @@
 //! in; the normalized query is echoed in the response (and is what a cache would key on).
 
 mod accounts;
+mod clickhouse;
 mod cohorts;
 mod common;
 mod dims;
@@ -24,7 +25,7 @@ pub use stats::{StatsQuery, STATS_METRICS};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tally_store::{Param, Sql, Store};
+use tally_store::{Dialect, Param, Sql, Store};
 
 /// The query kinds `run` answers.
 pub const KINDS: &[&str] = &[
@@ -72,6 +73,11 @@ pub fn run(
         }
     };
     let first_event = || first_event_time(store, project);
+    if store.dialect() == Dialect::ClickHouse && kind != "stats" && KINDS.contains(&kind) {
+        return Err(QueryError::Unsupported(format!(
+            "the {kind} kind is not available on the ClickHouse store yet; only stats (events, visitors, pageviews by event name, page and time) is"
+        )));
+    }
     let query: Box<dyn Report> = match kind {
         "stats" => Box::new(StatsQuery::parse(
             obj,
@@ -162,8 +168,13 @@ impl Binder {
 
 /// When the project's first event happened (for the "all" date range).
 fn first_event_time(store: &dyn Store, project: &str) -> Result<Option<i64>, QueryError> {
+    let text = match store.dialect() {
+        Dialect::DuckDb => "SELECT epoch_us(min(ts)) FROM events WHERE project_id = ?",
+        // `ts` is microseconds there already; an empty table answers 0, not NULL.
+        Dialect::ClickHouse => "SELECT min(ts) FROM events WHERE project_id = ? HAVING count() > 0",
+    };
     let sql = tally_store::Sql {
-        text: "SELECT epoch_us(min(ts)) FROM events WHERE project_id = ?".into(),
+        text: text.into(),
         params: vec![tally_store::Param::Text(project.into())],
     };
     let rows = store.query(&sql)?;

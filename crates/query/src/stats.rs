@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, Duration, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
 use tally_store::sql::json_key_path;
-use tally_store::{Rows, Store};
+use tally_store::{Dialect, Rows, Store};
 
 pub(crate) use crate::dims::{dimension_expr, parse_filters_for, Dimension, Filter, TimeGrain};
 
@@ -499,9 +499,57 @@ impl StatsQuery {
         self.compile_range(project, self.start, self.end)
     }
 
+    /// Runs the query: its SQL in the store's dialect, then the labels, comparison and
+    /// paging every store shares.
+    fn fetch(
+        &self,
+        store: &dyn Store,
+        project: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<(Vec<Value>, u64), QueryError> {
+        match store.dialect() {
+            Dialect::DuckDb => {
+                Ok(self.shape(store.query(&self.compile_range(project, start, end))?))
+            }
+            Dialect::ClickHouse => {
+                let sql = crate::clickhouse::stats_sql(
+                    crate::clickhouse::StatsParts {
+                        metrics: &self.metrics.iter().map(Metric::name).collect::<Vec<_>>(),
+                        dimensions: &self.dimensions,
+                        filters: &self.filters,
+                        order: &self
+                            .order_by
+                            .iter()
+                            .map(|(key, desc)| (self.column_of(key), *desc))
+                            .collect::<Vec<_>>(),
+                        tz: self.tz,
+                    },
+                    project,
+                    start,
+                    end,
+                )?;
+                // Every group comes back, in order; the page is cut here (18.16 has no
+                // window function for the total).
+                let rows = store.query(&sql)?;
+                let total = rows.len() as u64;
+                let mut rows: Vec<_> = rows
+                    .into_iter()
+                    .skip(self.offset as usize)
+                    .take(self.limit as usize)
+                    .collect();
+                if !self.dimensions.is_empty() {
+                    for row in &mut rows {
+                        row.push(json!(total));
+                    }
+                }
+                Ok(self.shape(rows))
+            }
+        }
+    }
+
     pub fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
-        let rows = store.query(&self.compile(project))?;
-        let (mut results, total_rows) = self.shape(rows);
+        let (mut results, total_rows) = self.fetch(store, project, self.start, self.end)?;
         let labels = self.time_labels();
         if let (Some(labels), [Dimension::Time(_)]) = (&labels, self.dimensions.as_slice()) {
             if self.include.time_labels && self.offset == 0 {
@@ -510,8 +558,7 @@ impl StatsQuery {
         }
         if self.compare {
             let span = self.end - self.start;
-            let sql = self.compile_range(project, self.start - span, self.start);
-            let (previous, _) = self.shape(store.query(&sql)?);
+            let (previous, _) = self.fetch(store, project, self.start - span, self.start)?;
             attach_comparison(&mut results, &previous, &self.dimensions);
         }
         let mut meta = Map::new();

@@ -2,38 +2,17 @@
 //! a temporary directory (scripts/test.sh installs Debian's redis-server).
 
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tally_queue::{EntryId, RedisStreams, StreamConfig, StreamError};
+use tally_testkit::Redis;
 
-struct Redis {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+trait TestConfig {
+    fn config(&self, group: &str, consumer: &str) -> StreamConfig;
 }
 
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = spawn(port, dir.path());
-        let redis = Redis { child, port, dir };
-        redis.wait_up();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
+impl TestConfig for Redis {
     fn config(&self, group: &str, consumer: &str) -> StreamConfig {
         StreamConfig {
             url: self.url(),
@@ -45,52 +24,6 @@ impl Redis {
             timeout: Duration::from_secs(2),
         }
     }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.child = spawn(self.port, self.dir.path());
-        self.wait_up();
-    }
-
-    fn wait_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn spawn(port: u16, dir: &Path) -> Child {
-    Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "yes", "--appendfsync", "always"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "redis-server not found: scripts/test.sh installs it (apt-get install redis-server)",
-        )
 }
 
 fn record(s: &str) -> (Bytes, u32) {

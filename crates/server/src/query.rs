@@ -12,8 +12,6 @@ use serde_json::{json, Value};
 use tally_query::QueryError;
 use tally_store::StoreError;
 
-use crate::config::StoreBackend;
-
 use crate::error::ApiError;
 use crate::meta::KeyKind;
 use crate::metrics::QUERY_SECONDS;
@@ -44,16 +42,9 @@ pub(crate) async fn query(
             .find(|known| *known == k)
             .unwrap_or("unknown"),
     };
-    let store = match (&state.store, state.config.store.backend) {
-        (Some(store), StoreBackend::Duckdb) => store.clone(),
-        (Some(_), StoreBackend::Clickhouse) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_implemented",
-                "the query kinds compile to DuckDB SQL only; queries on the ClickHouse store are not built yet (docs/scale-out.md)",
-            ))
-        }
-        (None, _) => {
+    let store = match &state.store {
+        Some(store) => store.clone(),
+        None => {
             return Err(ApiError::unavailable(
                 "wrong_role",
                 format!(
@@ -85,6 +76,11 @@ pub(crate) async fn query(
                 t.as_millis()
             ),
             1,
+        )),
+        Err(QueryError::Unsupported(message)) => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            message,
         )),
         Err(QueryError::Store(e)) => Err(ApiError::internal(e)),
     }

@@ -50,8 +50,20 @@ pub struct InsertStats {
     pub groups: usize,
 }
 
+/// The SQL a store speaks, for the query engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    DuckDb,
+    ClickHouse,
+}
+
 /// An event store. Calls block: run them on a blocking thread.
 pub trait Store: Send + Sync + 'static {
+    /// The SQL [`Store::query`] takes.
+    fn dialect(&self) -> Dialect {
+        Dialect::DuckDb
+    }
+
     /// The highest queue position whose events are committed (0 when empty).
     fn committed_lsn(&self) -> Result<Lsn, StoreError>;
 

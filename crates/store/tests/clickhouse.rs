@@ -2,80 +2,19 @@
 //! loopback, started once for this test binary in a temporary directory, and a current
 //! release through chDB (PyPI's `chdb`) for the schema. scripts/test.sh installs both.
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use tally_model::{Event, EventBatch, EventType};
 use tally_store::clickhouse::{schema_sql, ClickHouseConfig, ClickHouseStore, Version};
 use tally_store::{Param, Sql, Store, StoreError};
+use tally_testkit::{free_port, ClickHouse};
 use uuid::Uuid;
-
-struct Server {
-    url: String,
-    _dir: tempfile::TempDir,
-    /// The shell that owns the server; it exits with this process.
-    _watchdog: std::process::Child,
-}
-
-/// One server for the whole test binary. It is started under a shell that kills it when
-/// this process is gone, so no server outlives the tests.
-fn server() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let (http, tcp) = (free(), free());
-        let root = dir.path().display().to_string();
-        let config = format!(
-            "<yandex>
-  <logger><level>warning</level><log>{root}/server.log</log><errorlog>{root}/error.log</errorlog></logger>
-  <http_port>{http}</http_port>
-  <tcp_port>{tcp}</tcp_port>
-  <listen_host>127.0.0.1</listen_host>
-  <path>{root}/data/</path>
-  <tmp_path>{root}/tmp/</tmp_path>
-  <users_config>/etc/clickhouse-server/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>268435456</mark_cache_size>
-</yandex>"
-        );
-        std::fs::write(dir.path().join("config.xml"), config).unwrap();
-        let script = format!(
-            "clickhouse-server --config-file={root}/config.xml >/dev/null 2>&1 & ch=$!; \
-             trap 'kill $ch' EXIT; while kill -0 {pid} 2>/dev/null && kill -0 $ch 2>/dev/null; do sleep 0.5; done",
-            pid = std::process::id()
-        );
-        assert!(
-            Command::new("sh").args(["-c", "command -v clickhouse-server"]).stdout(Stdio::null()).status().unwrap().success(),
-            "clickhouse-server not found: scripts/test.sh installs it (apt-get install clickhouse-server)"
-        );
-        let watchdog = Command::new("sh")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{http}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !reqwest::blocking::get(format!("{url}/ping")).is_ok_and(|r| r.status().is_success()) {
-            assert!(Instant::now() < deadline, "clickhouse-server did not start; see {root}/error.log");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Server {
-            url,
-            _dir: dir,
-            _watchdog: watchdog,
-        }
-    })
-}
 
 fn open(database: &str) -> ClickHouseStore {
     ClickHouseStore::open(ClickHouseConfig {
-        url: server().url.clone(),
+        url: ClickHouse::shared().url(),
         database: database.into(),
         retries: 1,
         backoff: Duration::from_millis(50),
@@ -337,11 +276,7 @@ fn a_bad_statement_fails_at_once_as_permanent() {
 
 #[test]
 fn an_unreachable_server_is_retried_with_backoff_then_reported() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let started = Instant::now();
     let result = ClickHouseStore::open(ClickHouseConfig {
         url: format!("http://127.0.0.1:{port}"),

@@ -5,21 +5,13 @@
 //! middle of the stream.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tally_testkit::{free_port, ClickHouse, Redis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tally");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A child process killed when the test ends, however it ends.
 struct Proc(Child);
@@ -29,50 +21,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn redis(dir: &Path, port: u16) -> Proc {
-    Proc(
-        Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test.sh installs it)"),
-    )
-}
-
-fn clickhouse(dir: &Path, http: u16, tcp: u16) -> Proc {
-    let root = dir.display();
-    let config = format!(
-        "<yandex>
-  <logger><level>warning</level><log>{root}/server.log</log><errorlog>{root}/error.log</errorlog></logger>
-  <http_port>{http}</http_port><tcp_port>{tcp}</tcp_port><listen_host>127.0.0.1</listen_host>
-  <path>{root}/data/</path><tmp_path>{root}/tmp/</tmp_path>
-  <users_config>/etc/clickhouse-server/users.xml</users_config>
-  <default_profile>default</default_profile><default_database>default</default_database>
-  <mark_cache_size>268435456</mark_cache_size>
-</yandex>"
-    );
-    std::fs::write(dir.join("config.xml"), config).unwrap();
-    Proc(
-        Command::new("clickhouse-server")
-            .arg(format!("--config-file={root}/config.xml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("clickhouse-server (scripts/test.sh installs it)"),
-    )
 }
 
 struct Tally {
@@ -201,12 +149,11 @@ fn names(from: usize, to: usize) -> BTreeSet<String> {
 
 /// Redis, ClickHouse and a project, on loopback in a temporary folder.
 struct Cluster {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     client: reqwest::Client,
-    redis: Option<Proc>,
+    redis: Redis,
     redis_port: u16,
-    clickhouse: Option<Proc>,
-    ch_ports: (u16, u16),
+    clickhouse: ClickHouse,
     ch_url: String,
     tally: Tally,
     write_key: String,
@@ -216,11 +163,10 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        for d in ["redis", "ch", "data"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        let (redis_port, ch_http, ch_tcp) = (free_port(), free_port(), free_port());
-        let ch_url = format!("http://127.0.0.1:{ch_http}");
+        let (redis, clickhouse) =
+            tokio::task::spawn_blocking(|| (Redis::start(), ClickHouse::start()))
+                .await
+                .unwrap();
         let data = dir.path().join("data");
         let made = Command::new(BIN)
             .args([
@@ -239,40 +185,21 @@ impl Cluster {
             String::from_utf8_lossy(&made.stderr)
         );
         let made: Value = serde_json::from_slice(&made.stdout).unwrap();
-        let mut c = Cluster {
+        Cluster {
             client: reqwest::Client::new(),
-            redis: None,
-            redis_port,
-            clickhouse: None,
-            ch_ports: (ch_http, ch_tcp),
-            ch_url: ch_url.clone(),
+            redis_port: redis.port,
+            ch_url: clickhouse.url(),
             tally: Tally {
                 data: data.to_str().unwrap().to_owned(),
-                redis: format!("redis://127.0.0.1:{redis_port}/"),
-                clickhouse: ch_url,
+                redis: redis.url(),
+                clickhouse: clickhouse.url(),
             },
             write_key: made["write_key"].as_str().unwrap().to_owned(),
             read_key: made["read_key"].as_str().unwrap().to_owned(),
-            dir,
-        };
-        c.start_redis().await;
-        c.start_clickhouse().await;
-        c
-    }
-
-    async fn start_redis(&mut self) {
-        self.redis = Some(redis(&self.dir.path().join("redis"), self.redis_port));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.redis_port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            redis,
+            clickhouse,
+            _dir: dir,
         }
-    }
-
-    async fn start_clickhouse(&mut self) {
-        let (http, tcp) = self.ch_ports;
-        self.clickhouse = Some(clickhouse(&self.dir.path().join("ch"), http, tcp));
-        wait_for(&self.client, &format!("{}/ping", self.ch_url)).await;
     }
 }
 
@@ -318,12 +245,39 @@ async fn two_ingest_two_writers_one_query_store_exactly_what_was_sent() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
-    // The query process does not answer reports from ClickHouse yet, and says so.
-    let r = client
-        .post(format!("http://127.0.0.1:{}/api/v1/query", ports[4]))
-        .header("x-api-key", read_key)
-        .body(r#"{"metrics":["events"],"date_range":"all"}"#)
-        .send()
+    // The query process reports exactly that set from ClickHouse.
+    let query = |body: Value| {
+        client
+            .post(format!("http://127.0.0.1:{}/api/v1/query", ports[4]))
+            .header("x-api-key", read_key)
+            .json(&body)
+            .send()
+    };
+    let r = query(json!({"metrics": ["events", "visitors"], "date_range": "all"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["results"][0]["metrics"], json!([1_000, 37]));
+    let r = query(
+        json!({"metrics": ["events"], "date_range": "all", "dimensions": ["event:name"],
+                         "pagination": {"limit": 10_000}}),
+    )
+    .await
+    .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let reported: BTreeSet<String> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            assert_eq!(row["metrics"][0], 1, "each event once");
+            row["dimensions"][0].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(reported, names(0, 1_000));
+    // Kinds not yet compiled for ClickHouse are refused with 501, not answered wrong.
+    let r = query(json!({"kind": "trends", "date_range": "all", "series": [{"event": "e-1"}]}))
         .await
         .unwrap();
     assert_eq!(r.status(), 501);
@@ -434,7 +388,7 @@ async fn clickhouse_away_under_load_loses_nothing() {
     send(&c.client, &ports[..1], &c.write_key, 0, 500).await;
     assert_eq!(stored(&c.client, &c.ch_url, 500).await.0, 500);
 
-    drop(c.clickhouse.take()); // SIGKILL; its data stays on disk
+    c.clickhouse.stop(); // SIGKILL; its data stays on disk
     send(&c.client, &ports[..1], &c.write_key, 500, 2_500).await; // every request: 200
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
@@ -446,7 +400,7 @@ async fn clickhouse_away_under_load_loses_nothing() {
         "the writer failed, and retries"
     );
 
-    c.start_clickhouse().await;
+    tokio::task::block_in_place(|| c.clickhouse.restart());
     let (count, got) = stored(&c.client, &c.ch_url, 2_500).await;
     assert_eq!(count, 2_500);
     assert_eq!(got, names(0, 2_500), "every event once");
@@ -469,7 +423,7 @@ async fn redis_away_is_a_503_and_acknowledged_events_survive_its_restart() {
         .status()
         .unwrap();
     send(&c.client, &ports[..1], &c.write_key, 0, 300).await;
-    drop(c.redis.take()); // SIGKILL
+    c.redis.stop(); // SIGKILL
     Command::new("kill")
         .args(["-CONT", &writer.0.id().to_string()])
         .status()
@@ -492,7 +446,7 @@ async fn redis_away_is_a_503_and_acknowledged_events_survive_its_restart() {
         "answered, not hung"
     );
 
-    c.start_redis().await;
+    tokio::task::block_in_place(|| c.redis.restart());
     // The first requests after the restart may still find the old connection broken.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

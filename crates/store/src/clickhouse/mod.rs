@@ -22,7 +22,7 @@
 //!
 //! Reads ([`Store::query`]) run SQL written for ClickHouse, with the parameters inlined
 //! as literals (18.16 has no server-side parameters). The query engine (`tally-query`)
-//! compiles DuckDB SQL only, so its reports do not run here yet.
+//! compiles ClickHouse SQL for part of the `stats` kind so far (see docs/scale-out.md).
 
 mod migrations;
 
@@ -479,6 +479,10 @@ fn micros_u64(t: i64) -> u64 {
 }
 
 impl Store for ClickHouseStore {
+    fn dialect(&self) -> crate::Dialect {
+        crate::Dialect::ClickHouse
+    }
+
     fn committed_lsn(&self) -> Result<Lsn, StoreError> {
         let text = self.send(
             &format!(

@@ -1,0 +1,210 @@
+//! The part of the engine that compiles to ClickHouse SQL (the scale-out store).
+//!
+//! So far: `stats` with the metrics `events`, `visitors` and `pageviews`, the dimensions
+//! `event:name`, `event:page` and `time:minute|hour|day|week|month`, and filter trees of
+//! is / is_not / contains / contains_not on `event:name` and `event:page`. Anything else
+//! is refused with [`QueryError::Unsupported`] (HTTP 501), never answered differently
+//! from DuckDB: `tests/conformance` runs the same queries on both stores.
+//!
+//! The SQL runs on Debian's ClickHouse 18.16 and on current releases: no window
+//! functions, no `GROUP BY ALL`, no `formatDateTime`, no server-side parameters (the store
+//! inlines them). Times are `Int64` microseconds (see the store's schema); local time is
+//! the same integer shift as on DuckDB, with `multiIf` over the zone's offset changes.
+
+use chrono_tz::Tz;
+
+use crate::dims::{Dimension, Filter, Op, TimeGrain};
+use crate::time::{self, MICROS_PER_SEC};
+use crate::{Binder, QueryError};
+
+/// What a `stats` query asks, as the ClickHouse compiler needs it.
+pub(crate) struct StatsParts<'a> {
+    pub metrics: &'a [String],
+    pub dimensions: &'a [Dimension],
+    pub filters: &'a [Filter],
+    /// `(column, descending)`, columns being `d<i>` / `m<i>`.
+    pub order: &'a [(String, bool)],
+    pub tz: Tz,
+}
+
+fn unsupported(what: impl std::fmt::Display) -> QueryError {
+    QueryError::Unsupported(format!(
+        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page and time:*, and is / is_not / contains / contains_not filters on event:name and event:page"
+    ))
+}
+
+/// `ts` shifted to local wall-clock time in `tz`, in microseconds, exact over `[start, end)`.
+fn local_us(tz: Tz, start: i64, end: i64) -> String {
+    let segs = time::offset_segments(tz, start / MICROS_PER_SEC, end / MICROS_PER_SEC);
+    let us = |off: i32| i64::from(off) * MICROS_PER_SEC;
+    if segs.len() == 1 {
+        return format!("(ts + {})", us(segs[0].1));
+    }
+    let mut arms = Vec::new();
+    for pair in segs.windows(2) {
+        arms.push(format!(
+            "ts < {}, {}",
+            pair[1].0 * MICROS_PER_SEC,
+            us(pair[0].1)
+        ));
+    }
+    let last = us(segs.last().expect("non-empty").1);
+    format!("(ts + multiIf({}, {last}))", arms.join(", "))
+}
+
+/// A dimension's value (a label string for time), over the scan's columns.
+fn dimension(d: &Dimension) -> Result<String, QueryError> {
+    let secs = "intDiv(lts, 1000000)";
+    let day = "intDiv(lts, 86400000000)";
+    Ok(match d {
+        Dimension::Name => "event".into(),
+        Dimension::Page => "page".into(),
+        Dimension::Time(TimeGrain::Minute) => {
+            format!("toString(toDateTime({secs} - {secs} % 60, 'UTC'))")
+        }
+        Dimension::Time(TimeGrain::Hour) => {
+            format!("toString(toDateTime({secs} - {secs} % 3600, 'UTC'))")
+        }
+        Dimension::Time(TimeGrain::Day) => format!("toString(toDate({day}))"),
+        // 1970-01-01 was a Thursday: Monday-based weeks start 3 days before it.
+        Dimension::Time(TimeGrain::Week) => {
+            format!("toString(toDate({day} - ({day} + 3) % 7))")
+        }
+        Dimension::Time(TimeGrain::Month) => format!("toString(toStartOfMonth(toDate({day})))"),
+        other => return Err(unsupported(format!("the dimension {}", other.name()))),
+    })
+}
+
+fn filter(f: &Filter, b: &mut Binder) -> Result<String, QueryError> {
+    Ok(match f {
+        Filter::And(items) => join(items, " AND ", b)?,
+        Filter::Or(items) => join(items, " OR ", b)?,
+        Filter::Not(inner) => format!("(NOT {})", filter(inner, b)?),
+        Filter::Cmp {
+            op,
+            dimension: d,
+            values,
+            ..
+        } => {
+            let expr = match d {
+                Dimension::Name | Dimension::Page => dimension(d)?,
+                other => return Err(unsupported(format!("a filter on {}", other.name()))),
+            };
+            // The NULL rules of the DuckDB compiler: a row without the value matches
+            // is_not and contains_not, and not is or contains.
+            let mut list = || {
+                values
+                    .iter()
+                    .map(|v| b.text(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            match op {
+                Op::Is => format!("ifNull({expr} IN ({}), 0)", list()),
+                Op::IsNot => format!("ifNull({expr} NOT IN ({}), 1)", list()),
+                Op::Contains | Op::ContainsNot => {
+                    let any: Vec<String> = values
+                        .iter()
+                        .map(|v| {
+                            format!(
+                                "ifNull(positionCaseInsensitiveUTF8({expr}, {}) > 0, 0)",
+                                b.text(v)
+                            )
+                        })
+                        .collect();
+                    let any = format!("({})", any.join(" OR "));
+                    if *op == Op::Contains {
+                        any
+                    } else {
+                        format!("(NOT {any})")
+                    }
+                }
+                _ => return Err(unsupported("that filter operator")),
+            }
+        }
+    })
+}
+
+fn join(items: &[Filter], sep: &str, b: &mut Binder) -> Result<String, QueryError> {
+    let parts = items
+        .iter()
+        .map(|f| filter(f, b))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(format!("({})", parts.join(sep)))
+}
+
+/// A `stats` query over `[start, end)` as ClickHouse SQL: columns `d<i>...`, `m<i>...`,
+/// one row per group, every group, in the requested order.
+pub(crate) fn stats_sql(
+    q: StatsParts<'_>,
+    project: &str,
+    start: i64,
+    end: i64,
+) -> Result<tally_store::Sql, QueryError> {
+    let mut b = Binder::numbered();
+    let metrics = q
+        .metrics
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let sql = match m.as_str() {
+                "events" => "count()",
+                "visitors" => "uniqExact(person_id)",
+                "pageviews" => "countIf(type = 'page' OR event = 'page_visit')",
+                other => return Err(unsupported(format!("the metric {other}"))),
+            };
+            Ok(format!("{sql} AS m{i}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dims = q
+        .dimensions
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Ok(format!("{} AS d{i}", dimension(d)?)))
+        .collect::<Result<Vec<_>, QueryError>>()?;
+    let wheres = q
+        .filters
+        .iter()
+        .map(|f| filter(f, &mut b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let lts = local_us(q.tz, start, end);
+    let project = b.text(project);
+    let (start, end) = (b.ts(start), b.ts(end));
+    // Each event's person: its user, else the user its device was first linked to, else
+    // its visitor id (the DuckDB store's rule). FINAL reads each event once even before
+    // ReplacingMergeTree has merged away a replayed copy.
+    let scan = format!(
+        "SELECT event, type, page, {lts} AS lts, \
+                if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id \
+         FROM (SELECT event, type, page, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
+               FROM events FINAL \
+               WHERE project_id = {project} AND ts >= {start} AND ts < {end} \
+                 AND type NOT IN ('identify', 'group', 'alias')) \
+         ANY LEFT JOIN (SELECT device_id AS dev, argMin(user_id, linked_at) AS linked \
+                        FROM identities WHERE project_id = {project} GROUP BY device_id) \
+         USING dev"
+    );
+    let where_ = if wheres.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", wheres.join(" AND "))
+    };
+    let select: Vec<String> = dims.iter().chain(&metrics).cloned().collect();
+    let mut text = format!("SELECT {} FROM ({scan}){where_}", select.join(", "));
+    if !q.dimensions.is_empty() {
+        let group: Vec<String> = (0..q.dimensions.len()).map(|i| format!("d{i}")).collect();
+        let mut order: Vec<String> = q
+            .order
+            .iter()
+            .map(|(col, desc)| format!("{col} {}", if *desc { "DESC" } else { "ASC" }))
+            .collect();
+        // Ties break on the dimensions, NULLs last: the DuckDB compiler's order.
+        order.extend(group.iter().map(|g| format!("isNull({g}) ASC, {g} ASC")));
+        text.push_str(&format!(
+            " GROUP BY {} ORDER BY {}",
+            group.join(", "),
+            order.join(", ")
+        ));
+    }
+    Ok(b.finish(text))
+}

@@ -1,0 +1,243 @@
+//! Real servers for integration tests: `redis-server` and `clickhouse-server` (Debian's
+//! packages; scripts/test.sh installs them), each on free loopback ports in its own
+//! temporary directory, stopped when dropped. [`ClickHouse::shared`] is one server for a
+//! whole test binary, watched by a shell that stops it when the test process is gone.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A `redis-server` with `appendonly yes` and `appendfsync always`: what it acknowledged
+/// survives [`Redis::restart`].
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: scripts/test.sh installs it (apt-get install redis-server)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("redis-server", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// Kills the server (SIGKILL); its data directory stays.
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `clickhouse-server` with its HTTP and native ports.
+pub struct ClickHouse {
+    pub http_port: u16,
+    pub tcp_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ClickHouse {
+    /// A server of this test's own, stopped when dropped.
+    pub fn start() -> ClickHouse {
+        let mut c = ClickHouse {
+            http_port: free_port(),
+            tcp_port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        c.write_config();
+        c.spawn();
+        c
+    }
+
+    /// One server for the whole test binary (tests use their own databases). A shell
+    /// stops it once this process is gone, since statics are never dropped.
+    pub fn shared() -> &'static ClickHouse {
+        static SHARED: OnceLock<ClickHouse> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let c = ClickHouse {
+                http_port: free_port(),
+                tcp_port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                child: None,
+            };
+            c.write_config();
+            let script = format!(
+                "{} >/dev/null 2>&1 & ch=$!; trap 'kill $ch' EXIT; \
+                 while kill -0 {pid} 2>/dev/null && kill -0 $ch 2>/dev/null; do sleep 0.5; done",
+                c.command_line(),
+                pid = std::process::id()
+            );
+            let mut watchdog = Command::new("sh")
+                .args(["-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sh");
+            c.wait_up();
+            // Reaped when the process ends; it exits by itself then.
+            std::thread::spawn(move || watchdog.wait());
+            c
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn command_line(&self) -> String {
+        assert!(
+            Command::new("sh")
+                .args(["-c", "command -v clickhouse-server"])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false),
+            "clickhouse-server not found: scripts/test.sh installs it (apt-get install clickhouse-server)"
+        );
+        format!(
+            "clickhouse-server --config-file={}/config.xml",
+            self.dir.path().display()
+        )
+    }
+
+    fn write_config(&self) {
+        let root = self.dir.path().display();
+        let config = format!(
+            "<yandex>
+  <logger><level>warning</level><log>{root}/server.log</log><errorlog>{root}/error.log</errorlog></logger>
+  <http_port>{http}</http_port><tcp_port>{tcp}</tcp_port><listen_host>127.0.0.1</listen_host>
+  <path>{root}/data/</path><tmp_path>{root}/tmp/</tmp_path>
+  <users_config>/etc/clickhouse-server/users.xml</users_config>
+  <default_profile>default</default_profile><default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>",
+            http = self.http_port,
+            tcp = self.tcp_port
+        );
+        std::fs::write(self.dir.path().join("config.xml"), config).expect("write config");
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("sh")
+            .args(["-c", &format!("exec {}", self.command_line())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clickhouse-server");
+        self.child = Some(child);
+        self.wait_up();
+    }
+
+    fn wait_up(&self) {
+        let port = self.http_port;
+        let dir = self.dir.path().to_owned();
+        wait_until(
+            &format!(
+                "clickhouse-server (see {})",
+                dir.join("error.log").display()
+            ),
+            Duration::from_secs(60),
+            || ping(port),
+        );
+    }
+
+    /// Kills the server (SIGKILL); its data directory stays.
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `GET /ping` answers `Ok.` once the server takes queries.
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /ping HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.ends_with("Ok.\n")
+}
