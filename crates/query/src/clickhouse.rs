@@ -6,9 +6,10 @@
 //! is refused with [`QueryError::Unsupported`] (HTTP 501), never answered differently
 //! from DuckDB: `tests/conformance` runs the same queries on both stores.
 //!
-//! The SQL runs on Debian's ClickHouse 18.16 and on current releases: no window
-//! functions, no `GROUP BY ALL`, no `formatDateTime`, no server-side parameters (the store
-//! inlines them). Times are `Int64` microseconds (see the store's schema); local time is
+//! The SQL runs on Debian's ClickHouse 18.16 and on current releases (checked in chDB):
+//! no window functions, no `GROUP BY ALL`, no `formatDateTime`, no server-side parameters
+//! (the store inlines them), and every joined subquery has an alias (current releases
+//! require one). Times are `Int64` microseconds (see the store's schema); local time is
 //! the same integer shift as on DuckDB, with `multiIf` over the zone's offset changes.
 
 use chrono_tz::Tz;
@@ -179,9 +180,9 @@ pub(crate) fn stats_sql(
          FROM (SELECT event, type, page, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
                FROM events FINAL \
                WHERE project_id = {project} AND ts >= {start} AND ts < {end} \
-                 AND type NOT IN ('identify', 'group', 'alias')) \
+                 AND type NOT IN ('identify', 'group', 'alias')) AS e \
          ANY LEFT JOIN (SELECT device_id AS dev, argMin(user_id, linked_at) AS linked \
-                        FROM identities WHERE project_id = {project} GROUP BY device_id) \
+                        FROM identities WHERE project_id = {project} GROUP BY device_id) AS l \
          USING dev"
     );
     let where_ = if wheres.is_empty() {
@@ -190,7 +191,7 @@ pub(crate) fn stats_sql(
         format!(" WHERE {}", wheres.join(" AND "))
     };
     let select: Vec<String> = dims.iter().chain(&metrics).cloned().collect();
-    let mut text = format!("SELECT {} FROM ({scan}){where_}", select.join(", "));
+    let mut text = format!("SELECT {} FROM ({scan}) AS s{where_}", select.join(", "));
     if !q.dimensions.is_empty() {
         let group: Vec<String> = (0..q.dimensions.len()).map(|i| format!("d{i}")).collect();
         let mut order: Vec<String> = q

@@ -5,11 +5,14 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+use std::process::Command;
+use std::sync::Mutex;
 use tally_model::{Event, EventBatch, EventType};
 use tally_query::{run, QueryError};
+use tally_store::clickhouse::{inline_params, schema_sql, Version};
 use tally_store::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use tally_store::duckdb::{DuckConfig, DuckStore};
-use tally_store::Store;
+use tally_store::{Dialect, Rows, Sql, Store, StoreError};
 use tally_testkit::ClickHouse;
 
 fn at(s: &str) -> i64 {
@@ -277,4 +280,75 @@ fn what_clickhouse_cannot_answer_yet_is_refused_not_answered_differently() {
             other => panic!("expected unsupported for {query}, got {other:?}"),
         }
     }
+}
+
+/// A "ClickHouse" that only records the SQL it is sent (and answers with no rows).
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Store for Recorder {
+    fn dialect(&self) -> Dialect {
+        Dialect::ClickHouse
+    }
+    fn committed_lsn(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    fn insert(&self, _: &[EventBatch], _: u64) -> Result<tally_store::InsertStats, StoreError> {
+        unreachable!("reads only")
+    }
+    fn query(&self, sql: &Sql) -> Result<Rows, StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(inline_params(&sql.text, &sql.params)?);
+        Ok(Vec::new())
+    }
+}
+
+/// Every statement the conformance queries compile to also runs on a current
+/// ClickHouse (chDB, from PyPI), on the schema the store creates for that version.
+#[test]
+fn the_generated_sql_runs_on_a_current_release_in_chdb() {
+    let recorder = Recorder::default();
+    for query in queries() {
+        run(&recorder, "p", &query, now()).unwrap();
+    }
+    let statements = recorder.0.into_inner().unwrap();
+    assert!(statements.len() >= queries().len());
+    let version = Command::new("python3")
+        .args([
+            "-c",
+            "import chdb; print(chdb.query('SELECT version()', 'CSV').data().strip().strip('\"'))",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        version.status.success(),
+        "chdb is not installed: scripts/test.sh installs it (pip install chdb)"
+    );
+    let version = Version::parse(String::from_utf8_lossy(&version.stdout).trim()).unwrap();
+    let mut setup = vec!["CREATE DATABASE IF NOT EXISTS `tally`".to_owned()];
+    setup.extend(schema_sql(version, "tally"));
+    let script = "import chdb, json, sys\nfrom chdb import session\ns = session.Session()\n\
+                  setup, queries = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n\
+                  for q in setup: s.query(q)\ns.query('USE tally')\n\
+                  for q in queries: s.query(q + ' FORMAT JSONCompact')\nprint(len(queries))\n";
+    let run = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &serde_json::to_string(&setup).unwrap(),
+            &serde_json::to_string(&statements).unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "chdb {version} refused a statement: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        statements.len().to_string()
+    );
 }

@@ -690,8 +690,8 @@ fn transient_code(code: u32) -> bool {
 }
 
 /// Replaces the `?` and `$n` placeholders outside string literals and quoted names with
-/// the parameters as ClickHouse literals.
-fn inline_params(sql: &str, params: &[Param]) -> Result<String, StoreError> {
+/// the parameters as ClickHouse literals: the text [`ClickHouseStore::query`] sends.
+pub fn inline_params(sql: &str, params: &[Param]) -> Result<String, StoreError> {
     let literal = |p: &Param| match p {
         Param::Text(s) => quote_str(s),
         Param::Int(i) => i.to_string(),
