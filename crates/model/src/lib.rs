@@ -77,6 +77,36 @@ pub struct Event {
 }
 
 impl Event {
+    /// Who "a visitor" is in unique counts: the user id, else the device id, else the
+    /// session id; empty when the event has none of them.
+    pub fn visitor_id(&self) -> &str {
+        self.user_id
+            .as_deref()
+            .or(self.device_id.as_deref())
+            .or(self.session_id.as_deref())
+            .unwrap_or("")
+    }
+
+    /// The page stored with the event: [`Event::page_path`], except for identify, group
+    /// and alias calls, which are not on a page.
+    pub fn stored_page(&self) -> Option<String> {
+        match self.kind {
+            EventType::Identify | EventType::Group | EventType::Alias => None,
+            _ => self.page_path(),
+        }
+    }
+
+    /// The `(user, anonymous id)` this event links, if any: a device id sent together
+    /// with a user id, or an alias call's previous id.
+    pub fn identity_link(&self) -> Option<(&str, &str)> {
+        let anonymous = match self.kind {
+            EventType::Alias => self.previous_id.as_deref(),
+            _ => self.device_id.as_deref(),
+        }?;
+        let user = self.user_id.as_deref()?;
+        (user != anonymous).then_some((user, anonymous))
+    }
+
     /// The page path of a page view or of an event sent from a page: the `page_path`
     /// (or `path`) property, else the path part of `page_url` (or `url`); failing those,
     /// the same keys in `context.page`, where Segment's browser library puts the page of

@@ -5,7 +5,6 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use std::process::Command;
 use std::sync::Mutex;
 use tally_model::{Event, EventBatch, EventType};
 use tally_query::{run, QueryError};
@@ -13,7 +12,7 @@ use tally_store::clickhouse::{inline_params, schema_sql, Version};
 use tally_store::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use tally_store::duckdb::{DuckConfig, DuckStore};
 use tally_store::{Dialect, Rows, Sql, Store, StoreError};
-use tally_testkit::ClickHouse;
+use tally_testkit::{chdb, ClickHouse};
 
 fn at(s: &str) -> i64 {
     DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
@@ -315,40 +314,13 @@ fn the_generated_sql_runs_on_a_current_release_in_chdb() {
     }
     let statements = recorder.0.into_inner().unwrap();
     assert!(statements.len() >= queries().len());
-    let version = Command::new("python3")
-        .args([
-            "-c",
-            "import chdb; print(chdb.query('SELECT version()', 'CSV').data().strip().strip('\"'))",
-        ])
-        .output()
-        .expect("python3");
-    assert!(
-        version.status.success(),
-        "chdb is not installed: scripts/test.sh installs it (pip install chdb)"
-    );
-    let version = Version::parse(String::from_utf8_lossy(&version.stdout).trim()).unwrap();
+    let version = Version::parse(&chdb::version()).unwrap();
     let mut setup = vec!["CREATE DATABASE IF NOT EXISTS `tally`".to_owned()];
     setup.extend(schema_sql(version, "tally"));
-    let script = "import chdb, json, sys\nfrom chdb import session\ns = session.Session()\n\
-                  setup, queries = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n\
-                  for q in setup: s.query(q)\ns.query('USE tally')\n\
-                  for q in queries: s.query(q + ' FORMAT JSONCompact')\nprint(len(queries))\n";
-    let run = Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &serde_json::to_string(&setup).unwrap(),
-            &serde_json::to_string(&statements).unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "chdb {version} refused a statement: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
-        statements.len().to_string()
-    );
+    let mut all = setup;
+    all.push("USE tally".to_owned());
+    all.extend(statements.iter().cloned());
+    if let Err(e) = chdb::run(&all) {
+        panic!("chdb {version} refused a statement: {e}");
+    }
 }

@@ -324,15 +324,20 @@ impl RedisStreams {
         Ok(removed)
     }
 
-    /// The first id that some group still needs (pending, or after its last delivered
-    /// entry); `None` when the stream has no group.
-    async fn oldest_unacked_all_groups(&self) -> Result<Option<EntryId>, StreamError> {
+    /// Every consumer group of the stream (`XINFO GROUPS`).
+    async fn groups(&self) -> Result<StreamInfoGroupsReply, StreamError> {
         let mut conn = self.conn.clone();
-        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
+        Ok(redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.config.stream)
             .query_async(&mut conn)
-            .await?;
+            .await?)
+    }
+
+    /// The first id that some group still needs (pending, or after its last delivered
+    /// entry); `None` when the stream has no group.
+    async fn oldest_unacked_all_groups(&self) -> Result<Option<EntryId>, StreamError> {
+        let groups = self.groups().await?;
         let mut keep: Option<EntryId> = None;
         for group in &groups.groups {
             let needed = self
@@ -373,12 +378,7 @@ impl RedisStreams {
     /// Length, pending, lag and the oldest unacknowledged entry's age, for this group.
     pub async fn stats(&self) -> Result<StreamStats, StreamError> {
         let length = self.length().await?;
-        let mut conn = self.conn.clone();
-        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.config.stream)
-            .query_async(&mut conn)
-            .await?;
+        let groups = self.groups().await?;
         let Some(group) = groups.groups.iter().find(|g| g.name == self.config.group) else {
             return Ok(StreamStats {
                 length,
@@ -389,6 +389,7 @@ impl RedisStreams {
             .group_needs_from(&group.name, group.pending, &group.last_delivered_id)
             .await?;
         // The oldest entry at or after `needed` that still exists.
+        let mut conn = self.conn.clone();
         let first: Value = redis::cmd("XRANGE")
             .arg(&self.config.stream)
             .arg(needed.to_string())
@@ -444,15 +445,7 @@ impl StreamReader {
             return Ok(Vec::new());
         }
         if !self.own_pending_done {
-            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(&config.group)
-                .arg(&config.consumer)
-                .arg("COUNT")
-                .arg(max)
-                .arg("STREAMS")
-                .arg(&config.stream)
-                .arg("0")
+            let reply: Option<StreamReadReply> = xreadgroup(&config, max, None, "0")
                 .query_async(&mut self.conn)
                 .await?;
             let entries = entries_of(reply)?;
@@ -479,21 +472,27 @@ impl StreamReader {
             );
             return claimed.claimed.into_iter().map(entry_of).collect();
         }
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&config.group)
-            .arg(&config.consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(block.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(&config.stream)
-            .arg(">")
+        let reply: Option<StreamReadReply> = xreadgroup(&config, max, Some(block), ">")
             .query_async(&mut self.conn)
             .await?;
         entries_of(reply)
     }
+}
+
+/// `XREADGROUP` for this consumer: from `id` ("0": its own pending entries; ">": new
+/// ones), waiting up to `block` when given.
+fn xreadgroup(config: &StreamConfig, max: usize, block: Option<Duration>, id: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(&config.group)
+        .arg(&config.consumer)
+        .arg("COUNT")
+        .arg(max);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+    }
+    cmd.arg("STREAMS").arg(&config.stream).arg(id);
+    cmd
 }
 
 fn entries_of(reply: Option<StreamReadReply>) -> Result<Vec<Entry>, StreamError> {

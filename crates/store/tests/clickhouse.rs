@@ -2,14 +2,13 @@
 //! loopback, started once for this test binary in a temporary directory, and a current
 //! release through chDB (PyPI's `chdb`) for the schema. scripts/test.sh installs both.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use tally_model::{Event, EventBatch, EventType};
 use tally_store::clickhouse::{schema_sql, ClickHouseConfig, ClickHouseStore, Version};
 use tally_store::{Param, Sql, Store, StoreError};
-use tally_testkit::{free_port, ClickHouse};
+use tally_testkit::{chdb, free_port, ClickHouse};
 use uuid::Uuid;
 
 fn open(database: &str) -> ClickHouseStore {
@@ -297,19 +296,7 @@ fn an_unreachable_server_is_retried_with_backoff_then_reported() {
 /// row inserted twice under one dedup token.
 #[test]
 fn the_schema_for_current_releases_runs_in_chdb() {
-    let version = Command::new("python3")
-        .args([
-            "-c",
-            "import chdb; print(chdb.query('SELECT version()', 'CSV').data().strip().strip('\"'))",
-        ])
-        .output()
-        .expect("python3");
-    assert!(
-        version.status.success(),
-        "chdb is not installed: scripts/test.sh installs it (pip install chdb): {}",
-        String::from_utf8_lossy(&version.stderr)
-    );
-    let version = Version::parse(String::from_utf8_lossy(&version.stdout).trim()).unwrap();
+    let version = Version::parse(&chdb::version()).unwrap();
     assert!(
         version >= Version(22, 2, 0),
         "chDB runs a current release, got {version}"
@@ -323,20 +310,9 @@ fn the_schema_for_current_releases_runs_in_chdb() {
         ));
     }
     statements.push("SELECT count() FROM tally.events".to_owned());
-    let script = "import chdb, json, sys\nfrom chdb import session\ns = session.Session()\nout = None\n\
-         for q in json.loads(sys.argv[1]):\n    out = s.query(q, 'CSV')\nprint(out.data().strip())\n";
-    let run = Command::new("python3")
-        .args(["-c", script, &serde_json::to_string(&statements).unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "chdb refused the schema: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let counted = chdb::run(&statements).unwrap_or_else(|e| panic!("chdb refused the schema: {e}"));
     assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
-        "1",
+        counted, "1",
         "the second insert with the same token is dropped at insert time"
     );
 }

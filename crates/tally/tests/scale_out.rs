@@ -161,6 +161,17 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// One ingest and one writer process, up; their ports.
+    async fn ingest_and_writer(&self) -> (Vec<u16>, Proc, Proc) {
+        let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+        let ingest = self.tally.start("ingest", ports[0], "i1");
+        let writer = self.tally.start("writer", ports[1], "w1");
+        for port in &ports {
+            wait_for(&self.client, &format!("http://127.0.0.1:{port}/healthz")).await;
+        }
+        (ports, ingest, writer)
+    }
+
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let (redis, clickhouse) =
@@ -379,12 +390,7 @@ fn stream_len(redis_port: u16) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clickhouse_away_under_load_loses_nothing() {
     let mut c = Cluster::start().await;
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let _ingest = c.tally.start("ingest", ports[0], "i1");
-    let _writer = c.tally.start("writer", ports[1], "w1");
-    for port in &ports {
-        wait_for(&c.client, &format!("http://127.0.0.1:{port}/healthz")).await;
-    }
+    let (ports, _ingest, _writer) = c.ingest_and_writer().await;
     send(&c.client, &ports[..1], &c.write_key, 0, 500).await;
     assert_eq!(stored(&c.client, &c.ch_url, 500).await.0, 500);
 
@@ -411,12 +417,7 @@ async fn clickhouse_away_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_away_is_a_503_and_acknowledged_events_survive_its_restart() {
     let mut c = Cluster::start().await;
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let _ingest = c.tally.start("ingest", ports[0], "i1");
-    let writer = c.tally.start("writer", ports[1], "w1");
-    for port in &ports {
-        wait_for(&c.client, &format!("http://127.0.0.1:{port}/healthz")).await;
-    }
+    let (ports, _ingest, writer) = c.ingest_and_writer().await;
     // Acknowledged while the writer is paused, so they are only in Redis.
     Command::new("kill")
         .args(["-STOP", &writer.0.id().to_string()])

@@ -241,3 +241,44 @@ fn ping(port: u16) -> bool {
     let _ = s.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.ends_with("Ok.\n")
 }
+
+/// chDB (PyPI's `chdb`): a current ClickHouse release embedded in Python, for checking
+/// SQL against today's dialect without a second server.
+pub mod chdb {
+    use std::process::Command;
+
+    fn python(script: &str, args: &[String]) -> Result<String, String> {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .output()
+            .map_err(|e| format!("python3: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The ClickHouse version inside chDB, such as `26.9.2.1`.
+    pub fn version() -> String {
+        python(
+            "import chdb; print(chdb.query('SELECT version()', 'CSV').data().strip().strip('\"'))",
+            &[],
+        )
+        .unwrap_or_else(|e| {
+            panic!("chdb is not installed: scripts/test.sh installs it (pip install chdb): {e}")
+        })
+    }
+
+    /// Runs `statements` in order in one chDB session; the last one's CSV output.
+    pub fn run(statements: &[String]) -> Result<String, String> {
+        let script =
+            "import chdb, json, sys\nfrom chdb import session\ns = session.Session()\nout = None\n\
+                      for q in json.loads(sys.argv[1]):\n    out = s.query(q, 'CSV')\n\
+                      print(out.data().strip() if out is not None else '')\n";
+        let list = serde_json::to_string(statements).expect("strings serialize");
+        python(script, &[list])
+    }
+}

@@ -55,29 +55,8 @@ pub(super) fn migrations(server: Version) -> Vec<(u32, Vec<String>)> {
 PARTITION BY toYYYYMM(toDateTime(intDiv(ts, 1000000)))
 ORDER BY (project_id, ts, event, uuid){events_settings}"
             ),
-            // People and accounts: one row per write with the traits merged so far; the
-            // row written last (`written_at`, the writer's clock, strictly increasing per
-            // key) is the current one. `updated_at` is the time of the latest call.
-            "CREATE TABLE IF NOT EXISTS {db}.persons (
-    project_id String,
-    user_id    String,
-    traits     String,
-    created_at UInt64,
-    updated_at UInt64,
-    written_at UInt64
-) ENGINE = ReplacingMergeTree(written_at)
-ORDER BY (project_id, user_id)"
-                .to_owned(),
-            "CREATE TABLE IF NOT EXISTS {db}.groups (
-    project_id String,
-    group_id   String,
-    traits     String,
-    created_at UInt64,
-    updated_at UInt64,
-    written_at UInt64
-) ENGINE = ReplacingMergeTree(written_at)
-ORDER BY (project_id, group_id)"
-                .to_owned(),
+            traits_table("persons", "user_id"),
+            traits_table("groups", "group_id"),
             // Memberships and identity links: every sighting is a row; reads aggregate
             // (min first_seen, max last_seen; the earliest link of a device wins).
             "CREATE TABLE IF NOT EXISTS {db}.group_members (
@@ -106,4 +85,21 @@ ORDER BY queue"
                 .to_owned(),
         ],
     )]
+}
+
+/// People or accounts: one row per write with the traits merged so far; the row written
+/// last (`written_at`, the writer's clock, strictly increasing per key) is the current
+/// one. `updated_at` is the time of the latest call.
+fn traits_table(table: &str, key: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {{db}}.{table} (
+    project_id String,
+    {key} String,
+    traits     String,
+    created_at UInt64,
+    updated_at UInt64,
+    written_at UInt64
+) ENGINE = ReplacingMergeTree(written_at)
+ORDER BY (project_id, {key})"
+    )
 }

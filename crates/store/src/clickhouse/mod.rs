@@ -508,16 +508,6 @@ impl Store for ClickHouseStore {
         for batch in batches {
             let project = &batch.project_id;
             for e in &batch.events {
-                let visitor = e
-                    .user_id
-                    .as_deref()
-                    .or(e.device_id.as_deref())
-                    .or(e.session_id.as_deref())
-                    .unwrap_or("");
-                let page = match e.kind {
-                    EventType::Identify | EventType::Group | EventType::Alias => None,
-                    _ => e.page_path(),
-                };
                 token.update(e.uuid.as_bytes());
                 let row = EventRow {
                     project_id: project,
@@ -528,10 +518,10 @@ impl Store for ClickHouseStore {
                     device_id: e.device_id.as_deref(),
                     session_id: e.session_id.as_deref(),
                     group_id: e.group_id.as_deref(),
-                    visitor_id: visitor,
+                    visitor_id: e.visitor_id(),
                     ts: e.timestamp,
                     received_at: e.received_at,
-                    page,
+                    page: e.stored_page(),
                     properties: json_text(&e.properties),
                     traits: json_text(&e.traits),
                     context: json_text(&e.context),
@@ -540,18 +530,12 @@ impl Store for ClickHouseStore {
                 serde_json::to_writer(&mut events, &row).map_err(encode_error)?;
                 events.push(b'\n');
                 stats.events += 1;
-                let anonymous = match e.kind {
-                    EventType::Alias => e.previous_id.as_deref(),
-                    _ => e.device_id.as_deref(),
-                };
-                if let (Some(user), Some(device)) = (e.user_id.as_deref(), anonymous) {
-                    if user != device {
-                        let link = links
-                            .entry((project.as_str(), device))
-                            .or_insert((user, e.timestamp));
-                        if e.timestamp < link.1 {
-                            *link = (user, e.timestamp);
-                        }
+                if let Some((user, device)) = e.identity_link() {
+                    let link = links
+                        .entry((project.as_str(), device))
+                        .or_insert((user, e.timestamp));
+                    if e.timestamp < link.1 {
+                        *link = (user, e.timestamp);
                     }
                 }
                 let merge = |into: &mut HashMap<(String, String), Traits>, key: &String| {

@@ -78,16 +78,6 @@ pub(super) fn insert(
         for batch in batches {
             let project = &batch.project_id;
             for e in &batch.events {
-                let visitor = e
-                    .user_id
-                    .as_deref()
-                    .or(e.device_id.as_deref())
-                    .or(e.session_id.as_deref())
-                    .unwrap_or("");
-                let page = match e.kind {
-                    EventType::Identify | EventType::Group | EventType::Alias => None,
-                    _ => e.page_path(),
-                };
                 app.append_row(params![
                     project,
                     e.uuid.to_string(),
@@ -97,27 +87,23 @@ pub(super) fn insert(
                     e.device_id,
                     e.session_id,
                     e.group_id,
-                    visitor,
+                    e.visitor_id(),
                     DuckValue::Timestamp(TimeUnit::Microsecond, e.timestamp),
                     DuckValue::Timestamp(TimeUnit::Microsecond, e.received_at),
-                    page,
+                    e.stored_page(),
                     json_text(&e.properties),
                     json_text(&e.traits),
                     json_text(&e.context),
                     upto,
                 ])?;
                 stats.events += 1;
-                let anonymous = match e.kind {
-                    EventType::Alias => e.previous_id.as_ref(),
-                    _ => e.device_id.as_ref(),
-                };
-                if let (Some(user), Some(device)) = (&e.user_id, anonymous) {
-                    if user != device && !linked.contains(project, device) {
+                if let Some((user, device)) = e.identity_link() {
+                    if !linked.contains(project, device) {
                         let link = links
-                            .entry((project.clone(), device.clone()))
-                            .or_insert_with(|| (user.clone(), e.timestamp));
+                            .entry((project.clone(), device.to_owned()))
+                            .or_insert_with(|| (user.to_owned(), e.timestamp));
                         if e.timestamp < link.1 {
-                            *link = (user.clone(), e.timestamp);
+                            *link = (user.to_owned(), e.timestamp);
                         }
                     }
                 }
