@@ -26,6 +26,28 @@ impl TestConfig for Redis {
     }
 }
 
+async fn connect(redis: &Redis, group: &str, consumer: &str) -> RedisStreams {
+    RedisStreams::connect(redis.config(group, consumer))
+        .await
+        .unwrap()
+}
+
+/// Appends records `e0`, `e1`... in one call; their ids.
+async fn append_n(q: &RedisStreams, n: usize) -> Vec<EntryId> {
+    let records: Vec<_> = (0..n).map(|i| record(&format!("e{i}"))).collect();
+    q.append(&records).await.unwrap()
+}
+
+/// Up to `max` entries through a new reader (as after a restart).
+async fn read_fresh(q: &RedisStreams, max: usize) -> Vec<tally_queue::Entry> {
+    q.reader()
+        .await
+        .unwrap()
+        .read(max, Duration::from_millis(50))
+        .await
+        .unwrap()
+}
+
 fn record(s: &str) -> (Bytes, u32) {
     (Bytes::from(s.to_owned()), 1)
 }
@@ -33,9 +55,7 @@ fn record(s: &str) -> (Bytes, u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_from_many_clients_reach_two_writers_exactly_once() {
     let redis = Redis::start();
-    let queue = RedisStreams::connect(redis.config("writers", "w1"))
-        .await
-        .unwrap();
+    let queue = connect(&redis, "writers", "w1").await;
     let mut sent = HashSet::new();
     let mut tasks = Vec::new();
     for client in 0..8 {
@@ -108,19 +128,14 @@ async fn appends_from_many_clients_reach_two_writers_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_writers_entries_are_taken_over_once_idle() {
     let redis = Redis::start();
-    let w1 = RedisStreams::connect(redis.config("writers", "w1"))
-        .await
-        .unwrap();
-    let records: Vec<_> = (0..10).map(|i| record(&format!("e{i}"))).collect();
-    let ids = w1.append(&records).await.unwrap();
+    let w1 = connect(&redis, "writers", "w1").await;
+    let ids = append_n(&w1, 10).await;
     let mut r1 = w1.reader().await.unwrap();
     let held = r1.read(100, Duration::from_millis(100)).await.unwrap();
     assert_eq!(held.len(), 10);
     drop(r1); // w1 dies without acknowledging
 
-    let w2 = RedisStreams::connect(redis.config("writers", "w2"))
-        .await
-        .unwrap();
+    let w2 = connect(&redis, "writers", "w2").await;
     let mut r2 = w2.reader().await.unwrap();
     // Not idle long enough yet: nothing to take over, nothing new.
     assert!(r2
@@ -148,18 +163,9 @@ async fn a_dead_writers_entries_are_taken_over_once_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_writer_reads_its_unacknowledged_entries_again() {
     let redis = Redis::start();
-    let q = RedisStreams::connect(redis.config("writers", "w1"))
-        .await
-        .unwrap();
-    let records: Vec<_> = (0..5).map(|i| record(&format!("e{i}"))).collect();
-    q.append(&records).await.unwrap();
-    let first = q
-        .reader()
-        .await
-        .unwrap()
-        .read(3, Duration::from_millis(50))
-        .await
-        .unwrap();
+    let q = connect(&redis, "writers", "w1").await;
+    append_n(&q, 5).await;
+    let first = read_fresh(&q, 3).await;
     assert_eq!(first.len(), 3);
 
     // The same consumer name after a restart: its three come back first, then the rest.
@@ -175,22 +181,11 @@ async fn a_restarted_writer_reads_its_unacknowledged_entries_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trim_keeps_what_any_group_still_needs() {
     let redis = Redis::start();
-    let a = RedisStreams::connect(redis.config("writers", "a1"))
-        .await
-        .unwrap();
-    let b = RedisStreams::connect(redis.config("audit", "b1"))
-        .await
-        .unwrap();
-    let records: Vec<_> = (0..10).map(|i| record(&format!("e{i}"))).collect();
-    a.append(&records).await.unwrap();
+    let a = connect(&redis, "writers", "a1").await;
+    let b = connect(&redis, "audit", "b1").await;
+    append_n(&a, 10).await;
 
-    let all = a
-        .reader()
-        .await
-        .unwrap()
-        .read(100, Duration::from_millis(50))
-        .await
-        .unwrap();
+    let all = read_fresh(&a, 100).await;
     a.ack(&all.iter().map(|e| e.id).collect::<Vec<_>>())
         .await
         .unwrap();
@@ -239,13 +234,7 @@ async fn a_full_stream_refuses_appends_until_trimmed() {
         "the refused record was not added"
     );
 
-    let got = q
-        .reader()
-        .await
-        .unwrap()
-        .read(10, Duration::from_millis(50))
-        .await
-        .unwrap();
+    let got = read_fresh(&q, 10).await;
     q.ack(&got.iter().map(|e| e.id).collect::<Vec<_>>())
         .await
         .unwrap();
@@ -256,9 +245,7 @@ async fn a_full_stream_refuses_appends_until_trimmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_fail_loudly_while_redis_is_away_and_recover_after() {
     let mut redis = Redis::start();
-    let q = RedisStreams::connect(redis.config("writers", "w1"))
-        .await
-        .unwrap();
+    let q = connect(&redis, "writers", "w1").await;
     q.append(&[record("before")]).await.unwrap();
 
     redis.stop();
@@ -284,13 +271,7 @@ async fn appends_fail_loudly_while_redis_is_away_and_recover_after() {
             }
         }
     }
-    let got = q
-        .reader()
-        .await
-        .unwrap()
-        .read(10, Duration::from_millis(50))
-        .await
-        .unwrap();
+    let got = read_fresh(&q, 10).await;
     let payloads: Vec<_> = got.iter().map(|e| e.payload.clone()).collect();
     assert_eq!(payloads, vec![Bytes::from("before"), Bytes::from("after")]);
 }
