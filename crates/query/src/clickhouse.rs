@@ -2,9 +2,11 @@
 //!
 //! So far: `stats` with the metrics `events`, `visitors` and `pageviews`, the dimensions
 //! `event:name`, `event:page` and `time:minute|hour|day|week|month`, and filter trees of
-//! is / is_not / contains / contains_not on `event:name` and `event:page`. Anything else
-//! is refused with [`QueryError::Unsupported`] (HTTP 501), never answered differently
-//! from DuckDB: `tests/conformance` runs the same queries on both stores.
+//! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
+//! with `total`, `unique` and `dau` series (with their event filters, a formula, any
+//! interval and week start) without breakdown. Anything else is refused with
+//! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
+//! `tests/conformance` runs the same queries on both stores.
 //!
 //! The SQL runs on Debian's ClickHouse 18.16 and on current releases (checked in chDB):
 //! no window functions, no `GROUP BY ALL`, no `formatDateTime`, no server-side parameters
@@ -14,6 +16,7 @@
 
 use chrono_tz::Tz;
 
+use crate::common::{EventMatch, Interval, WeekStart};
 use crate::dims::{Dimension, Filter, Op, TimeGrain};
 use crate::time::{self, MICROS_PER_SEC};
 use crate::{Binder, QueryError};
@@ -30,7 +33,7 @@ pub(crate) struct StatsParts<'a> {
 
 fn unsupported(what: impl std::fmt::Display) -> QueryError {
     QueryError::Unsupported(format!(
-        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page and time:*, and is / is_not / contains / contains_not filters on event:name and event:page"
+        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page and time:*, and is / is_not / contains / contains_not filters on event:name and event:page; and trends with total, unique and dau series without breakdown"
     ))
 }
 
@@ -53,25 +56,38 @@ fn local_us(tz: Tz, start: i64, end: i64) -> String {
     format!("(ts + multiIf({}, {last}))", arms.join(", "))
 }
 
-/// A dimension's value (a label string for time), over the scan's columns.
-fn dimension(d: &Dimension) -> Result<String, QueryError> {
+/// The label of the time bucket holding `lts`, formatted as the DuckDB compiler's.
+fn time_label(interval: Interval, week: WeekStart) -> String {
     let secs = "intDiv(lts, 1000000)";
     let day = "intDiv(lts, 86400000000)";
+    match interval {
+        Interval::Minute => format!("toString(toDateTime({secs} - {secs} % 60, 'UTC'))"),
+        Interval::Hour => format!("toString(toDateTime({secs} - {secs} % 3600, 'UTC'))"),
+        Interval::Day => format!("toString(toDate({day}))"),
+        // 1970-01-01 was a Thursday: its week began 3 days before (Monday) or 4 (Sunday).
+        Interval::Week => {
+            let back = if week == WeekStart::Monday { 3 } else { 4 };
+            format!("toString(toDate({day} - ({day} + {back}) % 7))")
+        }
+        Interval::Month => format!("toString(toStartOfMonth(toDate({day})))"),
+    }
+}
+
+/// A dimension's value (a label string for time), over the scan's columns.
+fn dimension(d: &Dimension) -> Result<String, QueryError> {
     Ok(match d {
         Dimension::Name => "event".into(),
         Dimension::Page => "page".into(),
-        Dimension::Time(TimeGrain::Minute) => {
-            format!("toString(toDateTime({secs} - {secs} % 60, 'UTC'))")
+        Dimension::Time(g) => {
+            let interval = match g {
+                TimeGrain::Minute => Interval::Minute,
+                TimeGrain::Hour => Interval::Hour,
+                TimeGrain::Day => Interval::Day,
+                TimeGrain::Week => Interval::Week,
+                TimeGrain::Month => Interval::Month,
+            };
+            time_label(interval, WeekStart::Monday)
         }
-        Dimension::Time(TimeGrain::Hour) => {
-            format!("toString(toDateTime({secs} - {secs} % 3600, 'UTC'))")
-        }
-        Dimension::Time(TimeGrain::Day) => format!("toString(toDate({day}))"),
-        // 1970-01-01 was a Thursday: Monday-based weeks start 3 days before it.
-        Dimension::Time(TimeGrain::Week) => {
-            format!("toString(toDate({day} - ({day} + 3) % 7))")
-        }
-        Dimension::Time(TimeGrain::Month) => format!("toString(toStartOfMonth(toDate({day})))"),
         other => return Err(unsupported(format!("the dimension {}", other.name()))),
     })
 }
@@ -134,6 +150,29 @@ fn join(items: &[Filter], sep: &str, b: &mut Binder) -> Result<String, QueryErro
     Ok(format!("({})", parts.join(sep)))
 }
 
+/// The events of `project` in `[start, end)` (analytics calls only) with `lts` (local
+/// time, µs) and `person_id` resolved, as a subquery.
+///
+/// Each event's person is its user, else the user its device was first linked to, else
+/// its visitor id (the DuckDB store's rule). FINAL reads each event once even before
+/// ReplacingMergeTree has merged away a replayed copy.
+fn scan(project: &str, start: i64, end: i64, tz: Tz, b: &mut Binder) -> String {
+    let lts = local_us(tz, start, end);
+    let project = b.text(project);
+    let (start, end) = (b.ts(start), b.ts(end));
+    format!(
+        "SELECT event, type, page, {lts} AS lts, \
+                if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id \
+         FROM (SELECT event, type, page, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
+               FROM events FINAL \
+               WHERE project_id = {project} AND ts >= {start} AND ts < {end} \
+                 AND type NOT IN ('identify', 'group', 'alias')) AS e \
+         ANY LEFT JOIN (SELECT device_id AS dev, argMin(user_id, linked_at) AS linked \
+                        FROM identities WHERE project_id = {project} GROUP BY device_id) AS l \
+         USING dev"
+    )
+}
+
 /// A `stats` query over `[start, end)` as ClickHouse SQL: columns `d<i>...`, `m<i>...`,
 /// one row per group, every group, in the requested order.
 pub(crate) fn stats_sql(
@@ -168,23 +207,7 @@ pub(crate) fn stats_sql(
         .iter()
         .map(|f| filter(f, &mut b))
         .collect::<Result<Vec<_>, _>>()?;
-    let lts = local_us(q.tz, start, end);
-    let project = b.text(project);
-    let (start, end) = (b.ts(start), b.ts(end));
-    // Each event's person: its user, else the user its device was first linked to, else
-    // its visitor id (the DuckDB store's rule). FINAL reads each event once even before
-    // ReplacingMergeTree has merged away a replayed copy.
-    let scan = format!(
-        "SELECT event, type, page, {lts} AS lts, \
-                if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id \
-         FROM (SELECT event, type, page, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
-               FROM events FINAL \
-               WHERE project_id = {project} AND ts >= {start} AND ts < {end} \
-                 AND type NOT IN ('identify', 'group', 'alias')) AS e \
-         ANY LEFT JOIN (SELECT device_id AS dev, argMin(user_id, linked_at) AS linked \
-                        FROM identities WHERE project_id = {project} GROUP BY device_id) AS l \
-         USING dev"
-    );
+    let scan = scan(project, start, end, q.tz, &mut b);
     let where_ = if wheres.is_empty() {
         String::new()
     } else {
@@ -207,5 +230,48 @@ pub(crate) fn stats_sql(
             order.join(", ")
         ));
     }
+    Ok(b.finish(text))
+}
+
+/// One `trends` series over `[start, end)`: rows `(bucket label, value)`, then
+/// `(NULL, value over the whole range)`, as the DuckDB compiler answers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn trends_series_sql(
+    math: &str,
+    matcher: &EventMatch,
+    filters: &[Filter],
+    interval: Interval,
+    week: WeekStart,
+    tz: Tz,
+    project: &str,
+    start: i64,
+    end: i64,
+) -> Result<tally_store::Sql, QueryError> {
+    let agg = match math {
+        "total" => "count()",
+        "unique" | "dau" => "uniqExact(person_id)",
+        other => return Err(unsupported(format!("the trends math {other}"))),
+    };
+    let mut b = Binder::numbered();
+    let mut conds = Vec::new();
+    if let Some(event) = &matcher.event {
+        conds.push(format!("event = {}", b.text(event)));
+    }
+    for f in matcher.filters.iter().chain(filters) {
+        conds.push(filter(f, &mut b)?);
+    }
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    let scan = scan(project, start, end, tz, &mut b);
+    let label = time_label(interval, week);
+    let text = format!(
+        "SELECT toNullable(bucket) AS bucket, value FROM \
+           (SELECT {label} AS bucket, {agg} AS value FROM ({scan}) AS s{where_} GROUP BY bucket) \
+         UNION ALL \
+         SELECT CAST(NULL AS Nullable(String)), {agg} FROM ({scan}) AS s{where_}"
+    );
     Ok(b.finish(text))
 }

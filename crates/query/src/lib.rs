@@ -73,9 +73,12 @@ pub fn run(
         }
     };
     let first_event = || first_event_time(store, project);
-    if store.dialect() == Dialect::ClickHouse && kind != "stats" && KINDS.contains(&kind) {
+    if store.dialect() == Dialect::ClickHouse
+        && !["stats", "trends"].contains(&kind)
+        && KINDS.contains(&kind)
+    {
         return Err(QueryError::Unsupported(format!(
-            "the {kind} kind is not available on the ClickHouse store yet; only stats (events, visitors, pageviews by event name, page and time) is"
+            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part) are"
         )));
     }
     let query: Box<dyn Report> = match kind {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
 use tally_store::sql::json_key_path;
-use tally_store::Store;
+use tally_store::{Dialect, Store};
 
 use crate::common::{
     check_keys, num, range_echo, uint_field, EventMatch, Interval, Scan, WeekStart,
@@ -532,7 +532,29 @@ impl crate::Report for TrendsQuery {
             .labels(self.tz, self.start, self.end, self.week_start);
         let mut results = Vec::new();
         for s in &self.series {
-            let rows = store.query(&self.compile(s, project))?;
+            let sql = match store.dialect() {
+                Dialect::DuckDb => self.compile(s, project),
+                Dialect::ClickHouse => {
+                    if !self.breakdown.is_empty() {
+                        return Err(QueryError::Unsupported(
+                            "trends with a breakdown are not available on the ClickHouse store yet"
+                                .into(),
+                        ));
+                    }
+                    crate::clickhouse::trends_series_sql(
+                        s.math.name(),
+                        &s.matcher,
+                        &self.filters,
+                        self.interval,
+                        self.week_start,
+                        self.tz,
+                        project,
+                        self.start,
+                        self.end,
+                    )?
+                }
+            };
+            let rows = store.query(&sql)?;
             results.extend(self.shape(s, rows, &labels));
         }
         let mut out = json!({ "results": results });

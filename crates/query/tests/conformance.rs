@@ -231,6 +231,20 @@ fn queries() -> Vec<Value> {
                  "dimensions": ["event:name"]}),
         ),
         q(json!({"date_range": "all"})),
+        json!({"kind": "trends", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
+               "interval": "day", "series": [{"event": "page_visit", "math": "total"},
+                                             {"event": "$any", "math": "unique"}]}),
+        json!({"kind": "trends", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
+               "interval": "week", "week_start": "sunday", "timezone": "Europe/Berlin",
+               "series": [{"event": "page_visit", "math": "dau",
+                           "filters": [["contains", "event:page", ["home"]]]},
+                          {"event": "signup", "math": "total"}],
+               "formula": "A / B"}),
+        json!({"kind": "trends", "date_range": ["2026-10-24", "2026-10-25"], "interval": "hour",
+               "timezone": "Europe/Berlin", "series": [{"math": "total"}],
+               "filters": [["is_not", "event:name", ["signup"]]]}),
+        json!({"kind": "trends", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
+               "interval": "month", "series": [{"event": "feature_used", "math": "unique"}]}),
     ]
 }
 
@@ -266,7 +280,11 @@ fn what_clickhouse_cannot_answer_yet_is_refused_not_answered_differently() {
         json!({"kind": "stats", "metrics": ["visits"], "date_range": range}),
         json!({"kind": "stats", "metrics": ["events"], "date_range": range, "dimensions": ["visit:browser"]}),
         json!({"kind": "stats", "metrics": ["events"], "date_range": range, "filters": [["matches", "event:page", ["^/h"]]]}),
-        json!({"kind": "trends", "date_range": range, "series": [{"event": "signup"}]}),
+        json!({"kind": "trends", "date_range": range, "series": [{"event": "signup"}],
+               "breakdown": ["event:page"]}),
+        json!({"kind": "trends", "date_range": range, "series": [{"event": "signup", "math": "wau"}]}),
+        json!({"kind": "funnel", "date_range": range,
+               "steps": [{"event": "page_visit"}, {"event": "signup"}]}),
     ] {
         assert!(
             run(&duck, "p", &query, now()).is_ok(),

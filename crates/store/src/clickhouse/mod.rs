@@ -22,7 +22,8 @@
 //!
 //! Reads ([`Store::query`]) run SQL written for ClickHouse, with the parameters inlined
 //! as literals (18.16 has no server-side parameters). The query engine (`tally-query`)
-//! compiles ClickHouse SQL for part of the `stats` kind so far (see docs/scale-out.md).
+//! compiles ClickHouse SQL for part of the `stats` and `trends` kinds so far (see
+//! docs/scale-out.md).
 
 mod migrations;
 
