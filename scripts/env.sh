@@ -37,6 +37,6 @@ ensure_test_services() {
         done
     fi
     if ! python3 -c 'import chdb' 2>/dev/null; then
-        python3 -m pip install -q chdb
+        python3 -m pip install -q 'chdb==4.4.0'
     fi
 }
