@@ -4,7 +4,7 @@
 //! `event:name`, `event:page` and `time:minute|hour|day|week|month`, and filter trees of
 //! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
 //! with `total`, `unique` and `dau` series (with their event filters, a formula, any
-//! interval and week start) without breakdown. Anything else is refused with
+//! interval and week start) without breakdown; and `realtime`. Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -161,7 +161,7 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, b: &mut Binder) -> String {
     let project = b.text(project);
     let (start, end) = (b.ts(start), b.ts(end));
     format!(
-        "SELECT event, type, page, {lts} AS lts, \
+        "SELECT event, type, page, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
                 if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id \
          FROM (SELECT event, type, page, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
                FROM events FINAL \
@@ -274,4 +274,36 @@ pub(crate) fn trends_series_sql(
          SELECT CAST(NULL AS Nullable(String)), {agg} FROM ({scan}) AS s{where_}"
     );
     Ok(b.finish(text))
+}
+
+/// The `realtime` report's statements over `[start, end)`: rows of `(kind, key, visitors,
+/// devices, events, pageviews)`, kind being `totals`, `page` (top 10), `event` (top 10)
+/// or `minute`, as the DuckDB compiler's single statement answers.
+pub(crate) fn realtime_sql(project: &str, start: i64, end: i64) -> Vec<tally_store::Sql> {
+    let null = "CAST(NULL AS Nullable(UInt64))";
+    let minute = "concat(replaceOne(toString(toDateTime(intDiv(lts, 1000000) - intDiv(lts, 1000000) % 60, 'UTC')), ' ', 'T'), 'Z')";
+    [
+        "SELECT 'totals', CAST(NULL AS Nullable(String)), uniqExact(person_id), uniqExact(device), \
+                count(), countIf(type = 'page' OR event = 'page_visit') FROM ({scan}) AS s"
+            .to_owned(),
+        format!(
+            "SELECT 'page', page, uniqExact(person_id) AS visitors, {null}, count(), {null} \
+             FROM ({{scan}}) AS s WHERE isNotNull(page) GROUP BY page ORDER BY visitors DESC, page LIMIT 10"
+        ),
+        format!(
+            "SELECT 'event', event, uniqExact(person_id), {null}, count() AS events, {null} \
+             FROM ({{scan}}) AS s GROUP BY event ORDER BY events DESC, event LIMIT 10"
+        ),
+        format!(
+            "SELECT 'minute', {minute} AS m, uniqExact(person_id), {null}, count(), {null} \
+             FROM ({{scan}}) AS s GROUP BY m"
+        ),
+    ]
+    .into_iter()
+    .map(|text| {
+        let mut b = Binder::numbered();
+        let scan = scan(project, start, end, chrono_tz::UTC, &mut b);
+        b.finish(text.replace("{scan}", &scan))
+    })
+    .collect()
 }

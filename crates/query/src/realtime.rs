@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use tally_store::Store;
+use tally_store::{Dialect, Store};
 
 use crate::common::{check_keys, num, uint_field, Scan};
 use crate::time::MICROS_PER_SEC;
@@ -31,20 +31,28 @@ impl crate::Report for RealtimeQuery {
 
     fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         let start = self.now - self.minutes as i64 * 60 * MICROS_PER_SEC;
-        let mut b = Binder::numbered();
-        let scan = Scan {
-            project,
-            start: Some(start),
-            // Events stamped a little in the future (client clocks) still count as now.
-            end: self.now + 60 * MICROS_PER_SEC,
-            tz: chrono_tz::UTC,
-            local_range: (start, self.now),
-            filters: &[],
-            persons: false,
-            accounts: false,
-        }
-        .sql(&mut b);
-        let text = format!(
+        let end = self.now + 60 * MICROS_PER_SEC;
+        let rows = if store.dialect() == Dialect::ClickHouse {
+            let mut rows = Vec::new();
+            for sql in crate::clickhouse::realtime_sql(project, start, end) {
+                rows.extend(store.query(&sql)?);
+            }
+            rows
+        } else {
+            let mut b = Binder::numbered();
+            let scan = Scan {
+                project,
+                start: Some(start),
+                // Events stamped a little in the future (client clocks) still count as now.
+                end,
+                tz: chrono_tz::UTC,
+                local_range: (start, self.now),
+                filters: &[],
+                persons: false,
+                accounts: false,
+            }
+            .sql(&mut b);
+            let text = format!(
             "WITH e AS ({scan}) \
              SELECT 'totals', NULL, count(DISTINCT person_id), \
                     count(DISTINCT coalesce(device_id, visitor_id)), count(*), \
@@ -56,7 +64,8 @@ impl crate::Report for RealtimeQuery {
              UNION ALL SELECT 'minute', strftime(date_trunc('minute', ts), '%Y-%m-%dT%H:%M:00Z'), \
                         count(DISTINCT person_id), NULL, count(*), NULL FROM e GROUP BY 2"
         );
-        let rows = store.query(&b.finish(text))?;
+            store.query(&b.finish(text))?
+        };
         let totals = rows.iter().find(|r| r[0] == "totals");
         let pick = |kind: &str, key: &str, metric: &str, col: usize| -> Vec<Value> {
             let mut v: Vec<Value> = rows
