@@ -4,7 +4,8 @@
 //! `event:name`, `event:page` and `time:minute|hour|day|week|month`, and filter trees of
 //! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
 //! with `total`, `unique` and `dau` series (with their event filters, a formula, any
-//! interval and week start) without breakdown; and `realtime`. Anything else is refused with
+//! interval and week start) without breakdown; `realtime`; and `events` (raw events with
+//! the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -306,4 +307,45 @@ pub(crate) fn realtime_sql(project: &str, start: i64, end: i64) -> Vec<tally_sto
         b.finish(text.replace("{scan}", &scan))
     })
     .collect()
+}
+
+/// The `events` kind: raw events of `[start, end)`, oldest first, one page; the columns
+/// of the DuckDB compiler's, times as RFC 3339 UTC with microseconds.
+pub(crate) fn events_sql(
+    project: &str,
+    start: i64,
+    end: i64,
+    filters: &[Filter],
+    limit: u64,
+    offset: u64,
+) -> Result<tally_store::Sql, QueryError> {
+    let mut b = Binder::numbered();
+    let mut wheres = Vec::new();
+    for f in filters {
+        wheres.push(filter(f, &mut b)?);
+    }
+    let project = b.text(project);
+    let (start, end) = (b.ts(start), b.ts(end));
+    let iso = |col: &str| {
+        format!(
+            "concat(replaceOne(toString(toDateTime(intDiv({col}, 1000000), 'UTC')), ' ', 'T'), '.', \
+                    substring(toString(1000000 + {col} % 1000000), 2), 'Z')"
+        )
+    };
+    let filters = wheres
+        .iter()
+        .map(|w| format!(" AND {w}"))
+        .collect::<String>();
+    let text = format!(
+        "SELECT uuid, type, event, user_id, device_id, session_id, group_id, {ts}, {received}, \
+                properties, traits, context \
+         FROM events FINAL \
+         WHERE project_id = {project} AND ts >= {start} AND ts < {end}{filters} \
+         ORDER BY ts, lsn, uuid LIMIT {limit} OFFSET {offset}",
+        ts = iso("ts"),
+        received = iso("received_at"),
+        limit = b.int(limit as i64),
+        offset = b.int(offset as i64),
+    );
+    Ok(b.finish(text))
 }

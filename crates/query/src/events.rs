@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use tally_store::{Param, Sql, Store};
+use tally_store::{Dialect, Param, Sql, Store};
 
 use crate::stats::{parse_filters_for, parse_pagination_with, Filter};
 use crate::time::{self, MICROS_PER_SEC};
@@ -92,6 +92,38 @@ impl EventsQuery {
 
     /// The events of the page, oldest first.
     fn rows(&self, store: &dyn Store, project: &str) -> Result<Vec<Value>, QueryError> {
+        let sql = match store.dialect() {
+            Dialect::DuckDb => self.duckdb_sql(project),
+            Dialect::ClickHouse => crate::clickhouse::events_sql(
+                project,
+                self.start,
+                self.end,
+                &self.filters,
+                self.limit,
+                self.offset,
+            )?,
+        };
+        let rows = store.query(&sql)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut obj = Map::new();
+                for (name, value) in COLUMNS.iter().zip(row) {
+                    let value = match (*name, value) {
+                        ("properties" | "traits" | "context", Value::String(s)) => {
+                            serde_json::from_str(&s).unwrap_or(Value::String(s))
+                        }
+                        ("properties" | "traits" | "context", Value::Null) => json!({}),
+                        (_, v) => v,
+                    };
+                    obj.insert((*name).to_owned(), value);
+                }
+                Value::Object(obj)
+            })
+            .collect())
+    }
+
+    fn duckdb_sql(&self, project: &str) -> Sql {
         let mut params = vec![
             Param::Text(project.to_owned()),
             Param::Timestamp(self.start),
@@ -115,24 +147,7 @@ impl EventsQuery {
              FROM events WHERE {} ORDER BY ts, lsn, uuid LIMIT ? OFFSET ?",
             wheres.join(" AND ")
         );
-        let rows = store.query(&Sql { text, params })?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let mut obj = Map::new();
-                for (name, value) in COLUMNS.iter().zip(row) {
-                    let value = match (*name, value) {
-                        ("properties" | "traits" | "context", Value::String(s)) => {
-                            serde_json::from_str(&s).unwrap_or(Value::String(s))
-                        }
-                        ("properties" | "traits" | "context", Value::Null) => json!({}),
-                        (_, v) => v,
-                    };
-                    obj.insert((*name).to_owned(), value);
-                }
-                Value::Object(obj)
-            })
-            .collect())
+        Sql { text, params }
     }
 }
 

@@ -118,7 +118,7 @@ const EVENTS: &[Row] = &[
         "page_visit",
         None,
         Some("d-anon"),
-        "2026-11-18T23:59:59Z",
+        "2026-11-18T23:59:59.000042Z",
         Some("/docs/home"),
     ),
     // In the last 5 minutes before `now()`, for realtime.
@@ -268,6 +268,9 @@ fn queries() -> Vec<Value> {
         json!({"kind": "trends", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
                "interval": "month", "series": [{"event": "feature_used", "math": "unique"}]}),
         json!({"kind": "realtime"}),
+        json!({"kind": "events", "date_range": serde_json::from_str::<Value>(RANGE).unwrap()}),
+        json!({"kind": "events", "date_range": "all", "pagination": {"limit": 3, "offset": 2},
+               "filters": [["contains", "event:page", ["home"]]]}),
         json!({"kind": "realtime", "minutes": 2}),
     ]
 }
