@@ -4,7 +4,7 @@
 //! `event:name`, `event:page` and `time:minute|hour|day|week|month`, and filter trees of
 //! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
 //! with `total`, `unique` and `dau` series (with their event filters, a formula, any
-//! interval and week start) without breakdown; `realtime`; and `events` (raw events with
+//! interval and week start) and breakdowns by `event:name` / `event:page`; `realtime`; and `events` (raw events with
 //! the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
@@ -234,31 +234,38 @@ pub(crate) fn stats_sql(
     Ok(b.finish(text))
 }
 
-/// One `trends` series over `[start, end)`: rows `(bucket label, value)`, then
-/// `(NULL, value over the whole range)`, as the DuckDB compiler answers.
-#[allow(clippy::too_many_arguments)]
+/// One `trends` series over `[start, end)`: rows `(bucket label, breakdown..., value)`,
+/// then `(NULL, breakdown..., value over the whole range)`, as the DuckDB compiler
+/// answers. With a breakdown, values outside the `breakdown_limit` most frequent
+/// combinations are folded into `$other`; a missing value is `(none)`.
+pub(crate) struct TrendsSeries<'a> {
+    pub math: &'a str,
+    pub matcher: &'a EventMatch,
+    pub filters: &'a [Filter],
+    pub breakdown: &'a [Dimension],
+    pub breakdown_limit: u64,
+    pub interval: Interval,
+    pub week: WeekStart,
+    pub tz: Tz,
+}
+
 pub(crate) fn trends_series_sql(
-    math: &str,
-    matcher: &EventMatch,
-    filters: &[Filter],
-    interval: Interval,
-    week: WeekStart,
-    tz: Tz,
+    q: TrendsSeries<'_>,
     project: &str,
     start: i64,
     end: i64,
 ) -> Result<tally_store::Sql, QueryError> {
-    let agg = match math {
+    let agg = match q.math {
         "total" => "count()",
         "unique" | "dau" => "uniqExact(person_id)",
         other => return Err(unsupported(format!("the trends math {other}"))),
     };
     let mut b = Binder::numbered();
     let mut conds = Vec::new();
-    if let Some(event) = &matcher.event {
+    if let Some(event) = &q.matcher.event {
         conds.push(format!("event = {}", b.text(event)));
     }
-    for f in matcher.filters.iter().chain(filters) {
+    for f in q.matcher.filters.iter().chain(q.filters) {
         conds.push(filter(f, &mut b)?);
     }
     let where_ = if conds.is_empty() {
@@ -266,13 +273,47 @@ pub(crate) fn trends_series_sql(
     } else {
         format!(" WHERE {}", conds.join(" AND "))
     };
-    let scan = scan(project, start, end, tz, &mut b);
-    let label = time_label(interval, week);
+    let scan = scan(project, start, end, q.tz, &mut b);
+    let label = time_label(q.interval, q.week);
+    if q.breakdown.is_empty() {
+        let text = format!(
+            "SELECT toNullable(bucket) AS bucket, value FROM \
+               (SELECT {label} AS bucket, {agg} AS value FROM ({scan}) AS s{where_} GROUP BY bucket) \
+             UNION ALL \
+             SELECT CAST(NULL AS Nullable(String)), {agg} FROM ({scan}) AS s{where_}"
+        );
+        return Ok(b.finish(text));
+    }
+    let dims = q
+        .breakdown
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Dimension::Name | Dimension::Page => Ok(format!(
+                "ifNull(toString({}), '(none)') AS b{i}",
+                dimension(d)?
+            )),
+            other => Err(unsupported(format!("a breakdown by {}", other.name()))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = (0..q.breakdown.len()).map(|i| format!("b{i}")).collect();
+    let names = names.join(", ");
+    let base = format!("SELECT *, {} FROM ({scan}) AS s{where_}", dims.join(", "));
+    let limit = b.int(q.breakdown_limit as i64);
+    let top = format!(
+        "(SELECT {names} FROM ({base}) AS t GROUP BY {names} ORDER BY count() DESC, {names} LIMIT {limit})"
+    );
+    let folded: Vec<String> = (0..q.breakdown.len())
+        .map(|i| format!("if(({names}) IN {top}, b{i}, '$other') AS f{i}"))
+        .collect();
+    let fnames: Vec<String> = (0..q.breakdown.len()).map(|i| format!("f{i}")).collect();
+    let fnames = fnames.join(", ");
+    let folded_base = format!("SELECT *, {} FROM ({base}) AS fb", folded.join(", "));
     let text = format!(
-        "SELECT toNullable(bucket) AS bucket, value FROM \
-           (SELECT {label} AS bucket, {agg} AS value FROM ({scan}) AS s{where_} GROUP BY bucket) \
+        "SELECT toNullable(bucket) AS bucket, {fnames}, value FROM \
+           (SELECT {label} AS bucket, {fnames}, {agg} AS value FROM ({folded_base}) AS x GROUP BY bucket, {fnames}) \
          UNION ALL \
-         SELECT CAST(NULL AS Nullable(String)), {agg} FROM ({scan}) AS s{where_}"
+         SELECT CAST(NULL AS Nullable(String)), {fnames}, {agg} FROM ({folded_base}) AS y GROUP BY {fnames}"
     );
     Ok(b.finish(text))
 }

@@ -534,25 +534,21 @@ impl crate::Report for TrendsQuery {
         for s in &self.series {
             let sql = match store.dialect() {
                 Dialect::DuckDb => self.compile(s, project),
-                Dialect::ClickHouse => {
-                    if !self.breakdown.is_empty() {
-                        return Err(QueryError::Unsupported(
-                            "trends with a breakdown are not available on the ClickHouse store yet"
-                                .into(),
-                        ));
-                    }
-                    crate::clickhouse::trends_series_sql(
-                        s.math.name(),
-                        &s.matcher,
-                        &self.filters,
-                        self.interval,
-                        self.week_start,
-                        self.tz,
-                        project,
-                        self.start,
-                        self.end,
-                    )?
-                }
+                Dialect::ClickHouse => crate::clickhouse::trends_series_sql(
+                    crate::clickhouse::TrendsSeries {
+                        math: s.math.name(),
+                        matcher: &s.matcher,
+                        filters: &self.filters,
+                        breakdown: &self.breakdown,
+                        breakdown_limit: self.breakdown_limit,
+                        interval: self.interval,
+                        week: self.week_start,
+                        tz: self.tz,
+                    },
+                    project,
+                    self.start,
+                    self.end,
+                )?,
             };
             let rows = store.query(&sql)?;
             results.extend(self.shape(s, rows, &labels));
