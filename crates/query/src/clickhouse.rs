@@ -4,8 +4,8 @@
 //! `event:name`, `event:page` and `time:minute|hour|day|week|month`, and filter trees of
 //! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
 //! with `total`, `unique` and `dau` series (with their event filters, a formula, any
-//! interval and week start) and breakdowns by `event:name` / `event:page`; `realtime`; and `events` (raw events with
-//! the filters above). Anything else is refused with
+//! interval and week start) and breakdowns by `event:name` / `event:page`; `stickiness`
+//! counted per person; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -387,6 +387,41 @@ pub(crate) fn events_sql(
         received = iso("received_at"),
         limit = b.int(limit as i64),
         offset = b.int(offset as i64),
+    );
+    Ok(b.finish(text))
+}
+
+/// The `stickiness` kind, counted per person: rows `(periods active, people)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stickiness_sql(
+    target: &EventMatch,
+    filters: &[Filter],
+    interval: Interval,
+    week: WeekStart,
+    tz: Tz,
+    project: &str,
+    start: i64,
+    end: i64,
+) -> Result<tally_store::Sql, QueryError> {
+    let mut b = Binder::numbered();
+    let mut conds = Vec::new();
+    if let Some(event) = &target.event {
+        conds.push(format!("event = {}", b.text(event)));
+    }
+    for f in target.filters.iter().chain(filters) {
+        conds.push(filter(f, &mut b)?);
+    }
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    let scan = scan(project, start, end, tz, &mut b);
+    let label = time_label(interval, week);
+    let text = format!(
+        "SELECT active, count() FROM \
+           (SELECT person_id, uniqExact({label}) AS active FROM ({scan}) AS s{where_} GROUP BY person_id) \
+         GROUP BY active ORDER BY active"
     );
     Ok(b.finish(text))
 }

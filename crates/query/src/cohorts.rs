@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
-use tally_store::Store;
+use tally_store::{Dialect, Store};
 
 use crate::common::{
     check_keys, num, pct, range_echo, uint_field, CountBy, EventMatch, Interval, Scan, WeekStart,
@@ -436,8 +436,29 @@ impl crate::Report for StickinessQuery {
     }
 
     fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
-        let rows = store.query(&self.compile(project))?;
         let f = &self.0.frame;
+        let sql = match store.dialect() {
+            Dialect::DuckDb => self.compile(project),
+            Dialect::ClickHouse => {
+                if f.count_by != CountBy::Person {
+                    return Err(QueryError::Unsupported(
+                        "stickiness counted by account is not available on the ClickHouse store yet"
+                            .into(),
+                    ));
+                }
+                crate::clickhouse::stickiness_sql(
+                    &self.0.target,
+                    &f.filters,
+                    f.interval,
+                    f.week_start,
+                    f.tz,
+                    project,
+                    f.start,
+                    f.end,
+                )?
+            }
+        };
+        let rows = store.query(&sql)?;
         let periods = f.labels(f.start, f.end).len() as i64;
         let total: f64 = rows.iter().map(|r| num(&r[1])).sum();
         let results: Vec<Value> = (1..=periods)

@@ -273,6 +273,10 @@ fn queries() -> Vec<Value> {
         json!({"kind": "trends", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
                "interval": "day", "series": [{"event": "page_visit", "math": "dau"}],
                "breakdown": ["event:name", "event:page"], "breakdown_limit": 3}),
+        json!({"kind": "stickiness", "date_range": serde_json::from_str::<Value>(RANGE).unwrap()}),
+        json!({"kind": "stickiness", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
+               "interval": "week", "week_start": "sunday", "timezone": "Europe/Berlin",
+               "target": {"event": "page_visit", "filters": [["is_not", "event:page", ["/pricing"]]]}}),
         json!({"kind": "realtime"}),
         json!({"kind": "events", "date_range": serde_json::from_str::<Value>(RANGE).unwrap()}),
         json!({"kind": "events", "date_range": "all", "pagination": {"limit": 3, "offset": 2},
@@ -320,6 +324,7 @@ fn what_clickhouse_cannot_answer_yet_is_refused_not_answered_differently() {
         json!({"kind": "trends", "date_range": range, "series": [{"event": "signup"}],
                "breakdown": ["event:props:plan"]}),
         json!({"kind": "trends", "date_range": range, "series": [{"event": "signup", "math": "wau"}]}),
+        json!({"kind": "stickiness", "date_range": range, "count_by": "account"}),
         json!({"kind": "funnel", "date_range": range,
                "steps": [{"event": "page_visit"}, {"event": "signup"}]}),
     ] {
