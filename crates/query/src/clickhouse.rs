@@ -5,7 +5,7 @@
 //! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
 //! with `total`, `unique` and `dau` series (with their event filters, a formula, any
 //! interval and week start) and breakdowns by `event:name` / `event:page`; `stickiness`
-//! counted per person; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
+//! and `lifecycle` counted per person; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -422,6 +422,90 @@ pub(crate) fn stickiness_sql(
         "SELECT active, count() FROM \
            (SELECT person_id, uniqExact({label}) AS active FROM ({scan}) AS s{where_} GROUP BY person_id) \
          GROUP BY active ORDER BY active"
+    );
+    Ok(b.finish(text))
+}
+
+/// A bucket as a whole number (so neighbours are `± step`), and how to label one.
+fn bucket_number(interval: Interval, week: WeekStart) -> (String, i64, String) {
+    let day = "intDiv(lts, 86400000000)";
+    match interval {
+        Interval::Minute => (
+            "intDiv(lts, 60000000)".into(),
+            1,
+            "toString(toDateTime(n * 60, 'UTC'))".into(),
+        ),
+        Interval::Hour => (
+            "intDiv(lts, 3600000000)".into(),
+            1,
+            "toString(toDateTime(n * 3600, 'UTC'))".into(),
+        ),
+        Interval::Day => (day.into(), 1, "toString(toDate(n))".into()),
+        Interval::Week => {
+            let back = if week == WeekStart::Monday { 3 } else { 4 };
+            (
+                format!("{day} - ({day} + {back}) % 7"),
+                7,
+                "toString(toDate(n))".into(),
+            )
+        }
+        Interval::Month => (
+            format!("toRelativeMonthNum(toDate({day}))"),
+            1,
+            "toString(addMonths(toDate('1970-01-01'), toInt32(n - toRelativeMonthNum(toDate('1970-01-01')))))"
+                .into(),
+        ),
+    }
+}
+
+/// The `lifecycle` kind, counted per person: rows `(label, status, count)` where status
+/// is new (first bucket ever), returning (active the bucket before), resurrecting, or
+/// dormant (active the bucket before, not in this one). One join per SELECT: 18.16
+/// allows no more. An alias is visible in the whole SELECT, `USING` included, so no
+/// alias here reuses a column's name (`n + 1 AS n` would join on `n + 1`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lifecycle_sql(
+    target: &EventMatch,
+    filters: &[Filter],
+    interval: Interval,
+    week: WeekStart,
+    tz: Tz,
+    project: &str,
+    end: i64,
+) -> Result<tally_store::Sql, QueryError> {
+    let mut b = Binder::numbered();
+    let mut conds = Vec::new();
+    if let Some(event) = &target.event {
+        conds.push(format!("event = {}", b.text(event)));
+    }
+    for f in target.filters.iter().chain(filters) {
+        conds.push(filter(f, &mut b)?);
+    }
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    // All history: "new" means the first activity ever.
+    let scan = scan(project, 0, end, tz, &mut b);
+    let (bucket, step, label) = bucket_number(interval, week);
+    let acts = format!(
+        "SELECT DISTINCT person_id AS agg, toInt64({bucket}) AS bk FROM ({scan}) AS s{where_}"
+    );
+    let text = format!(
+        "SELECT {label} AS label, status, count() AS c FROM ( \
+           SELECT n, multiIf(n = fb, 'new', has_prev = 1, 'returning', 'resurrecting') AS status FROM \
+             (SELECT agg, bk AS n, fb FROM ({acts}) AS a \
+              ANY LEFT JOIN (SELECT agg, min(bk) AS fb FROM ({acts}) AS a0 GROUP BY agg) AS f USING agg) AS af \
+             ANY LEFT JOIN (SELECT agg, nb AS n, toUInt8(1) AS has_prev \
+                            FROM (SELECT agg, bk + {step} AS nb FROM ({acts}) AS a1) AS p1) AS p USING (agg, n) \
+           UNION ALL \
+           SELECT n + {step} AS dn, 'dormant' AS status FROM \
+             (SELECT agg, bk AS n FROM ({acts}) AS a2) AS cur \
+             ANY LEFT JOIN (SELECT agg, pb AS n, toUInt8(1) AS has_next \
+                            FROM (SELECT agg, bk - {step} AS pb FROM ({acts}) AS a3) AS n1) AS nx USING (agg, n) \
+             WHERE has_next = 0 \
+         ) AS st GROUP BY n, status"
     );
     Ok(b.finish(text))
 }

@@ -376,8 +376,28 @@ impl crate::Report for LifecycleQuery {
     }
 
     fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
-        let rows = store.query(&self.compile(project))?;
         let f = &self.0.frame;
+        let sql = match store.dialect() {
+            Dialect::DuckDb => self.compile(project),
+            Dialect::ClickHouse => {
+                if f.count_by != CountBy::Person {
+                    return Err(QueryError::Unsupported(
+                        "lifecycle counted by account is not available on the ClickHouse store yet"
+                            .into(),
+                    ));
+                }
+                crate::clickhouse::lifecycle_sql(
+                    &self.0.target,
+                    &f.filters,
+                    f.interval,
+                    f.week_start,
+                    f.tz,
+                    project,
+                    f.end,
+                )?
+            }
+        };
+        let rows = store.query(&sql)?;
         let labels = f.labels(f.start, f.end);
         let series = |status: &str, sign: f64| -> Vec<Value> {
             labels

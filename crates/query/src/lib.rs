@@ -74,11 +74,19 @@ pub fn run(
     };
     let first_event = || first_event_time(store, project);
     if store.dialect() == Dialect::ClickHouse
-        && !["stats", "trends", "stickiness", "realtime", "events"].contains(&kind)
+        && ![
+            "stats",
+            "trends",
+            "lifecycle",
+            "stickiness",
+            "realtime",
+            "events",
+        ]
+        .contains(&kind)
         && KINDS.contains(&kind)
     {
         return Err(QueryError::Unsupported(format!(
-            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part), stickiness (per person), realtime and events are"
+            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part), lifecycle and stickiness (per person), realtime and events are"
         )));
     }
     let query: Box<dyn Report> = match kind {
