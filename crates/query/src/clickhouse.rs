@@ -5,7 +5,7 @@
 //! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
 //! with `total`, `unique` and `dau` series (with their event filters, a formula, any
 //! interval and week start) and breakdowns by `event:name` / `event:page`; `stickiness`
-//! and `lifecycle` counted per person; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
+//! `lifecycle` and `retention` counted per person; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -162,7 +162,7 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, b: &mut Binder) -> String {
     let project = b.text(project);
     let (start, end) = (b.ts(start), b.ts(end));
     format!(
-        "SELECT event, type, page, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
+        "SELECT event, type, page, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
                 if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id \
          FROM (SELECT event, type, page, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
                FROM events FINAL \
@@ -426,33 +426,34 @@ pub(crate) fn stickiness_sql(
     Ok(b.finish(text))
 }
 
-/// A bucket as a whole number (so neighbours are `± step`), and how to label one.
+/// A bucket as a whole number (so neighbours are `± step`), the step, and its label
+/// (`{n}` stands for the number).
 fn bucket_number(interval: Interval, week: WeekStart) -> (String, i64, String) {
     let day = "intDiv(lts, 86400000000)";
     match interval {
         Interval::Minute => (
             "intDiv(lts, 60000000)".into(),
             1,
-            "toString(toDateTime(n * 60, 'UTC'))".into(),
+            "toString(toDateTime({n} * 60, 'UTC'))".into(),
         ),
         Interval::Hour => (
             "intDiv(lts, 3600000000)".into(),
             1,
-            "toString(toDateTime(n * 3600, 'UTC'))".into(),
+            "toString(toDateTime({n} * 3600, 'UTC'))".into(),
         ),
-        Interval::Day => (day.into(), 1, "toString(toDate(n))".into()),
+        Interval::Day => (day.into(), 1, "toString(toDate({n}))".into()),
         Interval::Week => {
             let back = if week == WeekStart::Monday { 3 } else { 4 };
             (
                 format!("{day} - ({day} + {back}) % 7"),
                 7,
-                "toString(toDate(n))".into(),
+                "toString(toDate({n}))".into(),
             )
         }
         Interval::Month => (
             format!("toRelativeMonthNum(toDate({day}))"),
             1,
-            "toString(addMonths(toDate('1970-01-01'), toInt32(n - toRelativeMonthNum(toDate('1970-01-01')))))"
+            "toString(addMonths(toDate('1970-01-01'), toInt32({n} - toRelativeMonthNum(toDate('1970-01-01')))))"
                 .into(),
         ),
     }
@@ -489,6 +490,7 @@ pub(crate) fn lifecycle_sql(
     // All history: "new" means the first activity ever.
     let scan = scan(project, 0, end, tz, &mut b);
     let (bucket, step, label) = bucket_number(interval, week);
+    let label = label.replace("{n}", "n");
     let acts = format!(
         "SELECT DISTINCT person_id AS agg, toInt64({bucket}) AS bk FROM ({scan}) AS s{where_}"
     );
@@ -506,6 +508,85 @@ pub(crate) fn lifecycle_sql(
                             FROM (SELECT agg, bk - {step} AS pb FROM ({acts}) AS a3) AS n1) AS nx USING (agg, n) \
              WHERE has_next = 0 \
          ) AS st GROUP BY n, status"
+    );
+    Ok(b.finish(text))
+}
+
+/// Conditions as one SQL boolean (1 when there are none).
+fn all_of(matcher: &EventMatch, b: &mut Binder) -> Result<String, QueryError> {
+    let mut conds = Vec::new();
+    if let Some(event) = &matcher.event {
+        conds.push(format!("event = {}", b.text(event)));
+    }
+    for f in &matcher.filters {
+        conds.push(filter(f, b)?);
+    }
+    Ok(if conds.is_empty() {
+        "1".into()
+    } else {
+        format!("({})", conds.join(" AND "))
+    })
+}
+
+/// What a `retention` query asks, for the ClickHouse compiler.
+pub(crate) struct RetentionParts<'a> {
+    pub target: &'a EventMatch,
+    pub returning: &'a EventMatch,
+    pub filters: &'a [Filter],
+    /// First-time cohorts (first `target` event ever), else recurring.
+    pub first_time: bool,
+    pub intervals: u64,
+    pub interval: Interval,
+    pub week: WeekStart,
+    pub tz: Tz,
+}
+
+/// The `retention` kind, counted per person: rows `(cohort label, interval, count)`,
+/// interval 0 being the cohort's size.
+pub(crate) fn retention_sql(
+    q: RetentionParts<'_>,
+    project: &str,
+    start: i64,
+    end: i64,
+    scan_end: i64,
+) -> Result<tally_store::Sql, QueryError> {
+    let mut b = Binder::numbered();
+    let t = all_of(q.target, &mut b)?;
+    let r = all_of(q.returning, &mut b)?;
+    let mut wheres = vec![format!("({t} OR {r})")];
+    for f in q.filters {
+        wheres.push(filter(f, &mut b)?);
+    }
+    // "First time" means first ever, so the history before the range counts.
+    let scan_start = if q.first_time { 0 } else { start };
+    let scan = scan(project, scan_start, scan_end, q.tz, &mut b);
+    let (bucket, step, label) = bucket_number(q.interval, q.week);
+    let (start, end) = (b.ts(start), b.ts(end));
+    let ev = format!(
+        "SELECT person_id AS agg, ts, toInt64({bucket}) AS bk, {t} AS is_t, {r} AS is_r \
+         FROM ({scan}) AS s WHERE {}",
+        wheres.join(" AND ")
+    );
+    let cohorts = if q.first_time {
+        format!(
+            "SELECT agg, argMin(bk, ts) AS cohort FROM ({ev}) AS e1 WHERE is_t GROUP BY agg \
+             HAVING min(ts) >= {start} AND min(ts) < {end}"
+        )
+    } else {
+        format!(
+            "SELECT DISTINCT agg, bk AS cohort FROM ({ev}) AS e1 WHERE is_t AND ts >= {start} AND ts < {end}"
+        )
+    };
+    let returns = format!("SELECT DISTINCT agg, bk FROM ({ev}) AS e2 WHERE is_r AND ts >= {start}");
+    let n = b.int(q.intervals as i64);
+    let text = format!(
+        "SELECT {size_label} AS label, toInt64(0) AS i, count() AS c FROM ({cohorts}) AS c0 GROUP BY cohort \
+         UNION ALL \
+         SELECT {ret_label}, toInt64(intDiv(bk - cohort, {step})) AS i, uniqExact(agg) \
+         FROM ({cohorts}) AS c1 ALL INNER JOIN ({returns}) AS r1 USING agg \
+         WHERE bk > cohort AND intDiv(bk - cohort, {step}) < {n} GROUP BY cohort, i",
+        size_label = label.replace("{n}", "cohort"),
+        ret_label = label.replace("{n}", "cohort"),
     );
     Ok(b.finish(text))
 }

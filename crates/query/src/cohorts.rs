@@ -260,8 +260,35 @@ impl crate::Report for RetentionQuery {
     }
 
     fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
-        let rows = store.query(&self.compile(project))?;
         let f = &self.frame;
+        let sql = match store.dialect() {
+            Dialect::DuckDb => self.compile(project),
+            Dialect::ClickHouse => {
+                if f.count_by != CountBy::Person {
+                    return Err(QueryError::Unsupported(
+                        "retention counted by account is not available on the ClickHouse store yet"
+                            .into(),
+                    ));
+                }
+                crate::clickhouse::retention_sql(
+                    crate::clickhouse::RetentionParts {
+                        target: &self.target,
+                        returning: &self.returning,
+                        filters: &f.filters,
+                        first_time: self.kind == RetentionType::FirstTime,
+                        intervals: self.intervals,
+                        interval: f.interval,
+                        week: f.week_start,
+                        tz: f.tz,
+                    },
+                    project,
+                    f.start,
+                    f.end,
+                    self.scan_end(),
+                )?
+            }
+        };
+        let rows = store.query(&sql)?;
         let cohorts = f.labels(f.start, f.end);
         // Period labels up to now: intervals that have not started yet are left out.
         let known = f.labels(f.start, self.scan_end().max(f.start + 1));

@@ -77,6 +77,7 @@ pub fn run(
         && ![
             "stats",
             "trends",
+            "retention",
             "lifecycle",
             "stickiness",
             "realtime",
@@ -86,7 +87,7 @@ pub fn run(
         && KINDS.contains(&kind)
     {
         return Err(QueryError::Unsupported(format!(
-            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part), lifecycle and stickiness (per person), realtime and events are"
+            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part), retention, lifecycle and stickiness (per person), realtime and events are"
         )));
     }
     let query: Box<dyn Report> = match kind {
