@@ -183,6 +183,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config => {
+            // A secret is shown as set or not, never printed.
+            if !config.clickhouse.password.is_empty() {
+                config.clickhouse.password = "(set)".into();
+            }
             println!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
