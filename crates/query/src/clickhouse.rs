@@ -261,18 +261,7 @@ pub(crate) fn trends_series_sql(
         other => return Err(unsupported(format!("the trends math {other}"))),
     };
     let mut b = Binder::numbered();
-    let mut conds = Vec::new();
-    if let Some(event) = &q.matcher.event {
-        conds.push(format!("event = {}", b.text(event)));
-    }
-    for f in q.matcher.filters.iter().chain(q.filters) {
-        conds.push(filter(f, &mut b)?);
-    }
-    let where_ = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
+    let where_ = where_clause(q.matcher, q.filters, &mut b)?;
     let scan = scan(project, start, end, q.tz, &mut b);
     let label = time_label(q.interval, q.week);
     if q.breakdown.is_empty() {
@@ -391,33 +380,26 @@ pub(crate) fn events_sql(
     Ok(b.finish(text))
 }
 
+/// What lifecycle and stickiness both take: the events counted, and the frame.
+pub(crate) struct Targeted<'a> {
+    pub target: &'a EventMatch,
+    pub filters: &'a [Filter],
+    pub interval: Interval,
+    pub week: WeekStart,
+    pub tz: Tz,
+}
+
 /// The `stickiness` kind, counted per person: rows `(periods active, people)`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn stickiness_sql(
-    target: &EventMatch,
-    filters: &[Filter],
-    interval: Interval,
-    week: WeekStart,
-    tz: Tz,
+    q: Targeted<'_>,
     project: &str,
     start: i64,
     end: i64,
 ) -> Result<tally_store::Sql, QueryError> {
     let mut b = Binder::numbered();
-    let mut conds = Vec::new();
-    if let Some(event) = &target.event {
-        conds.push(format!("event = {}", b.text(event)));
-    }
-    for f in target.filters.iter().chain(filters) {
-        conds.push(filter(f, &mut b)?);
-    }
-    let where_ = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
-    let scan = scan(project, start, end, tz, &mut b);
-    let label = time_label(interval, week);
+    let where_ = where_clause(q.target, q.filters, &mut b)?;
+    let scan = scan(project, start, end, q.tz, &mut b);
+    let label = time_label(q.interval, q.week);
     let text = format!(
         "SELECT active, count() FROM \
            (SELECT person_id, uniqExact({label}) AS active FROM ({scan}) AS s{where_} GROUP BY person_id) \
@@ -464,32 +446,16 @@ fn bucket_number(interval: Interval, week: WeekStart) -> (String, i64, String) {
 /// dormant (active the bucket before, not in this one). One join per SELECT: 18.16
 /// allows no more. An alias is visible in the whole SELECT, `USING` included, so no
 /// alias here reuses a column's name (`n + 1 AS n` would join on `n + 1`).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn lifecycle_sql(
-    target: &EventMatch,
-    filters: &[Filter],
-    interval: Interval,
-    week: WeekStart,
-    tz: Tz,
+    q: Targeted<'_>,
     project: &str,
     end: i64,
 ) -> Result<tally_store::Sql, QueryError> {
     let mut b = Binder::numbered();
-    let mut conds = Vec::new();
-    if let Some(event) = &target.event {
-        conds.push(format!("event = {}", b.text(event)));
-    }
-    for f in target.filters.iter().chain(filters) {
-        conds.push(filter(f, &mut b)?);
-    }
-    let where_ = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
+    let where_ = where_clause(q.target, q.filters, &mut b)?;
     // All history: "new" means the first activity ever.
-    let scan = scan(project, 0, end, tz, &mut b);
-    let (bucket, step, label) = bucket_number(interval, week);
+    let scan = scan(project, 0, end, q.tz, &mut b);
+    let (bucket, step, label) = bucket_number(q.interval, q.week);
     let label = label.replace("{n}", "n");
     let acts = format!(
         "SELECT DISTINCT person_id AS agg, toInt64({bucket}) AS bk FROM ({scan}) AS s{where_}"
@@ -510,6 +476,27 @@ pub(crate) fn lifecycle_sql(
          ) AS st GROUP BY n, status"
     );
     Ok(b.finish(text))
+}
+
+/// ` WHERE <event and filters>` for a matcher and the query-wide filters ("" for none).
+fn where_clause(
+    matcher: &EventMatch,
+    filters: &[Filter],
+    b: &mut Binder,
+) -> Result<String, QueryError> {
+    let all = all_of(matcher, b)?;
+    let mut conds = Vec::new();
+    if all != "1" {
+        conds.push(all);
+    }
+    for f in filters {
+        conds.push(filter(f, b)?);
+    }
+    Ok(if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    })
 }
 
 /// Conditions as one SQL boolean (1 when there are none).

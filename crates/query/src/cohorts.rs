@@ -117,6 +117,17 @@ impl Frame {
         self.interval.labels(self.tz, start, end, self.week_start)
     }
 
+    /// The ClickHouse compiler counts people only; by account is refused, not guessed.
+    fn per_person_on_clickhouse(&self, kind: &str) -> Result<(), QueryError> {
+        if self.count_by == CountBy::Person {
+            Ok(())
+        } else {
+            Err(QueryError::Unsupported(format!(
+                "{kind} counted by account is not available on the ClickHouse store yet"
+            )))
+        }
+    }
+
     fn period_micros(&self) -> i64 {
         let day = 86_400 * MICROS_PER_SEC;
         match self.interval {
@@ -264,12 +275,7 @@ impl crate::Report for RetentionQuery {
         let sql = match store.dialect() {
             Dialect::DuckDb => self.compile(project),
             Dialect::ClickHouse => {
-                if f.count_by != CountBy::Person {
-                    return Err(QueryError::Unsupported(
-                        "retention counted by account is not available on the ClickHouse store yet"
-                            .into(),
-                    ));
-                }
+                f.per_person_on_clickhouse("retention")?;
                 crate::clickhouse::retention_sql(
                     crate::clickhouse::RetentionParts {
                         target: &self.target,
@@ -349,6 +355,16 @@ impl Targeted {
         })
     }
 
+    fn on_clickhouse(&self) -> crate::clickhouse::Targeted<'_> {
+        crate::clickhouse::Targeted {
+            target: &self.target,
+            filters: &self.frame.filters,
+            interval: self.frame.interval,
+            week: self.frame.week_start,
+            tz: self.frame.tz,
+        }
+    }
+
     fn normalized(&self, kind: &str) -> Value {
         let mut v = json!({ "kind": kind, "target": self.target.normalized() });
         self.frame.echo(&mut v, "interval");
@@ -407,21 +423,8 @@ impl crate::Report for LifecycleQuery {
         let sql = match store.dialect() {
             Dialect::DuckDb => self.compile(project),
             Dialect::ClickHouse => {
-                if f.count_by != CountBy::Person {
-                    return Err(QueryError::Unsupported(
-                        "lifecycle counted by account is not available on the ClickHouse store yet"
-                            .into(),
-                    ));
-                }
-                crate::clickhouse::lifecycle_sql(
-                    &self.0.target,
-                    &f.filters,
-                    f.interval,
-                    f.week_start,
-                    f.tz,
-                    project,
-                    f.end,
-                )?
+                f.per_person_on_clickhouse("lifecycle")?;
+                crate::clickhouse::lifecycle_sql(self.0.on_clickhouse(), project, f.end)?
             }
         };
         let rows = store.query(&sql)?;
@@ -487,22 +490,8 @@ impl crate::Report for StickinessQuery {
         let sql = match store.dialect() {
             Dialect::DuckDb => self.compile(project),
             Dialect::ClickHouse => {
-                if f.count_by != CountBy::Person {
-                    return Err(QueryError::Unsupported(
-                        "stickiness counted by account is not available on the ClickHouse store yet"
-                            .into(),
-                    ));
-                }
-                crate::clickhouse::stickiness_sql(
-                    &self.0.target,
-                    &f.filters,
-                    f.interval,
-                    f.week_start,
-                    f.tz,
-                    project,
-                    f.start,
-                    f.end,
-                )?
+                f.per_person_on_clickhouse("stickiness")?;
+                crate::clickhouse::stickiness_sql(self.0.on_clickhouse(), project, f.start, f.end)?
             }
         };
         let rows = store.query(&sql)?;
