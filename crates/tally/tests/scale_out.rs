@@ -161,6 +161,17 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// One ThriveStack `track` request to the ingest process on `port`.
+    async fn track(&self, port: u16, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("http://127.0.0.1:{port}/api/track"))
+            .header("x-api-key", &self.write_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// One ingest and one writer process, up; their ports.
     async fn ingest_and_writer(&self) -> (Vec<u16>, Proc, Proc) {
         let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
@@ -441,13 +452,8 @@ async fn redis_away_is_a_503_and_acknowledged_events_survive_its_restart() {
 
     let started = Instant::now();
     let r = c
-        .client
-        .post(format!("http://127.0.0.1:{}/api/track", ports[0]))
-        .header("x-api-key", &c.write_key)
-        .json(&json!([{"event_name": "lost", "user_id": "u"}]))
-        .send()
-        .await
-        .unwrap();
+        .track(ports[0], json!([{"event_name": "lost", "user_id": "u"}]))
+        .await;
     assert_eq!(r.status(), 503, "refused, loudly");
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "queue_error");
@@ -461,13 +467,8 @@ async fn redis_away_is_a_503_and_acknowledged_events_survive_its_restart() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let r = c
-            .client
-            .post(format!("http://127.0.0.1:{}/api/track", ports[0]))
-            .header("x-api-key", &c.write_key)
-            .json(&json!([{"event_name": "e-300", "user_id": "u"}]))
-            .send()
-            .await
-            .unwrap();
+            .track(ports[0], json!([{"event_name": "e-300", "user_id": "u"}]))
+            .await;
         if r.status() == 200 {
             break;
         }
