@@ -5,7 +5,7 @@
 //! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
 //! with `total`, `unique` and `dau` series (with their event filters, a formula, any
 //! interval and week start) and breakdowns by `event:name` / `event:page`; `stickiness`
-//! `lifecycle` and `retention` counted per person; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
+//! `lifecycle` and `retention` counted per person; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -574,6 +574,69 @@ pub(crate) fn retention_sql(
          WHERE bk > cohort AND intDiv(bk - cohort, {step}) < {n} GROUP BY cohort, i",
         size_label = label.replace("{n}", "cohort"),
         ret_label = label.replace("{n}", "cohort"),
+    );
+    Ok(b.finish(text))
+}
+
+/// What a `paths` query asks, for the ClickHouse compiler.
+pub(crate) struct PathsParts<'a> {
+    pub start_at: &'a EventMatch,
+    pub filters: &'a [Filter],
+    pub next: bool,
+    pub pages: bool,
+    pub depth: u64,
+    pub tz: Tz,
+}
+
+/// The `paths` kind: rows `(step, from, to, people)` for steps 1..depth after (or
+/// before) each person's first start event, and `(0, NULL, start item, people)`, in the
+/// DuckDB compiler's order. Without window functions in 18.16, each person's events
+/// become one array sorted by time; events at the same microsecond are ordered by item
+/// here and by arrival on DuckDB, the one place the two can differ.
+pub(crate) fn paths_sql(
+    q: PathsParts<'_>,
+    project: &str,
+    start: i64,
+    end: i64,
+) -> Result<tally_store::Sql, QueryError> {
+    let mut b = Binder::numbered();
+    let is_start = all_of(q.start_at, &mut b)?;
+    let mut wheres = Vec::new();
+    for f in q.filters {
+        wheres.push(filter(f, &mut b)?);
+    }
+    let (item, keep) = if q.pages {
+        ("assumeNotNull(page)", "isNotNull(page)")
+    } else {
+        ("event", "1")
+    };
+    wheres.push(keep.to_owned());
+    let scan = scan(project, start, end, q.tz, &mut b);
+    let depth = b.int(q.depth as i64);
+    // Positions in the person's sorted events: the start `s`, the step's item and the
+    // one before it on the path.
+    let (to, from, in_range) = if q.next {
+        ("s + k", "s + k - 1", "s + k <= length(evs)")
+    } else {
+        ("s - k", "s - k + 1", "s - k >= 1")
+    };
+    let people = format!(
+        "SELECT person_id AS agg, \
+                arraySort(x -> (x.1, x.2), groupArray(({ts_col}, {item}, toUInt8({is_start})))) AS evs, \
+                arrayFirstIndex(x -> x.3 = 1, evs) AS s \
+         FROM ({scan}) AS sc WHERE {wheres} GROUP BY person_id HAVING s > 0",
+        ts_col = "ts",
+        wheres = wheres.join(" AND "),
+    );
+    // ORDER BY after a UNION ALL would sort only its last SELECT: sort the whole.
+    let text = format!(
+        "SELECT * FROM ( \
+           SELECT toInt64(k) AS step, toNullable(evs[{from}].2) AS prev, evs[{to}].2 AS item, count() AS c \
+           FROM (SELECT *, arrayJoin(arrayMap(x -> x + 1, range(toUInt64({depth})))) AS k FROM ({people}) AS p1) AS p2 \
+           WHERE {in_range} GROUP BY step, prev, item \
+           UNION ALL \
+           SELECT toInt64(0), CAST(NULL AS Nullable(String)), evs[s].2, count() FROM ({people}) AS p3 GROUP BY evs[s].2 \
+         ) AS u ORDER BY step, c DESC, prev, item"
     );
     Ok(b.finish(text))
 }

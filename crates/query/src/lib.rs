@@ -79,6 +79,7 @@ pub fn run(
             "trends",
             "retention",
             "lifecycle",
+            "paths",
             "stickiness",
             "realtime",
             "events",
@@ -87,7 +88,7 @@ pub fn run(
         && KINDS.contains(&kind)
     {
         return Err(QueryError::Unsupported(format!(
-            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part), retention, lifecycle and stickiness (per person), realtime and events are"
+            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part), retention, lifecycle and stickiness (per person), paths, realtime and events are"
         )));
     }
     let query: Box<dyn Report> = match kind {

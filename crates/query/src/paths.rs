@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
-use tally_store::Store;
+use tally_store::{Dialect, Store};
 
 use crate::common::{check_keys, num, range_echo, uint_field, EventMatch, Scan};
 use crate::stats::{parse_date_range, parse_timezone, Filter};
@@ -146,7 +146,23 @@ impl crate::Report for PathsQuery {
     }
 
     fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
-        let rows = store.query(&self.compile(project))?;
+        let sql = match store.dialect() {
+            Dialect::DuckDb => self.compile(project),
+            Dialect::ClickHouse => crate::clickhouse::paths_sql(
+                crate::clickhouse::PathsParts {
+                    start_at: &self.start_at,
+                    filters: &self.filters,
+                    next: self.next,
+                    pages: self.pages,
+                    depth: self.depth,
+                    tz: self.tz,
+                },
+                project,
+                self.start,
+                self.end,
+            )?,
+        };
+        let rows = store.query(&sql)?;
         let people: f64 = rows
             .iter()
             .filter(|r| r[0].as_i64() == Some(0))
