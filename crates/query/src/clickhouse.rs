@@ -5,7 +5,8 @@
 //! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
 //! with `total`, `unique` and `dau` series (with their event filters, a formula, any
 //! interval and week start) and breakdowns by `event:name` / `event:page`; `stickiness`
-//! `lifecycle` and `retention` counted per person; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
+//! `lifecycle` and `retention` counted per person; ordered `funnel`s counted per person
+//! without exclusions or breakdown; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -638,5 +639,123 @@ pub(crate) fn paths_sql(
            SELECT toInt64(0), CAST(NULL AS Nullable(String)), evs[s].2, count() FROM ({people}) AS p3 GROUP BY evs[s].2 \
          ) AS u ORDER BY step, c DESC, prev, item"
     );
+    Ok(b.finish(text))
+}
+
+/// What an ordered `funnel` asks, for the ClickHouse compiler.
+pub(crate) struct FunnelParts<'a> {
+    pub steps: &'a [EventMatch],
+    pub filters: &'a [Filter],
+    /// Microseconds.
+    pub window: i64,
+    pub tz: Tz,
+}
+
+/// An ordered funnel counted per person, with the DuckDB compiler's rules: an attempt
+/// starts at a step-0 event that no later step-0 event shadows before the next step-1
+/// event; step k is the first step-k event after step k-1's, reached if within `window`
+/// of the start; each person's best attempt (highest level, then earliest start) counts.
+///
+/// One row: `c0..c{n-1}` (people reaching each step), then for each step k ≥ 1 the array
+/// of `t_k - t_{k-1}` over the people who reached it (medians and means are taken from
+/// them by the caller, exactly as DuckDB's `median` and `avg` do). Each person's step
+/// events are one array sorted by time (18.16 has no window functions); events at the
+/// same microsecond are ordered by their step flags here and by arrival on DuckDB.
+pub(crate) fn funnel_sql(
+    q: FunnelParts<'_>,
+    project: &str,
+    start: i64,
+    end: i64,
+) -> Result<tally_store::Sql, QueryError> {
+    let n = q.steps.len();
+    let mut b = Binder::numbered();
+    let flags = q
+        .steps
+        .iter()
+        .map(|s| all_of(s, &mut b).map(|c| format!("toUInt8({c})")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut wheres = vec![format!(
+        "({})",
+        flags
+            .iter()
+            .map(|f| format!("{f} = 1"))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    )];
+    for f in q.filters {
+        wheres.push(filter(f, &mut b)?);
+    }
+    let scan = scan(project, start, end, q.tz, &mut b);
+    let window = b.int(q.window);
+    // Tuple fields: 1 = time, 2.. = the step flags (s_k is field k + 2).
+    let people = format!(
+        "SELECT person_id, arraySort(groupArray(tuple(ts, {flags}))) AS evs \
+         FROM ({scan}) AS sc WHERE {wheres} GROUP BY person_id",
+        flags = flags.join(", "),
+        wheres = wheres.join(" AND "),
+    );
+    // Position of the first s_k event after position `after` (0: none; after 0 = none).
+    let next = |k: usize, after: &str| {
+        format!(
+            "if({after} = 0, 0, if(arrayFirstIndex(x -> x.{f} = 1, arraySlice(evs, {after} + 1)) = 0, 0, \
+             {after} + arrayFirstIndex(x -> x.{f} = 1, arraySlice(evs, {after} + 1))))",
+            f = k + 2
+        )
+    };
+    // For a start at position i: q_k (positions) built by nesting, t_k reached or not.
+    let mut q_pos = vec!["i".to_owned()];
+    for k in 1..n {
+        let prev = q_pos[k - 1].clone();
+        q_pos.push(next(k, &format!("({prev})")));
+    }
+    let reached = |k: usize| {
+        format!(
+            "({qk} > 0 AND evs[{qk}].1 - evs[i].1 <= {window})",
+            qk = q_pos[k]
+        )
+    };
+    let mut level = String::from("multiIf(");
+    for k in 1..n {
+        level.push_str(&format!("NOT {}, {k}, ", reached(k)));
+    }
+    level.push_str(&format!("{n})"));
+    let times: Vec<String> = (0..n)
+        .map(|k| {
+            if k == 0 {
+                "evs[i].1".to_owned()
+            } else {
+                format!("if({}, evs[{}].1, 0)", reached(k), q_pos[k])
+            }
+        })
+        .collect();
+    // Starts: s0 events not shadowed by a later s0-only event before the next s1.
+    let s1_field = if n > 1 { 3 } else { 2 };
+    let is_start = format!(
+        "evs[i].2 = 1 AND (arrayFirstIndex(x -> x.2 = 1 OR x.{s1_field} = 1, arraySlice(evs, i + 1)) = 0 \
+         OR NOT (evs[i + arrayFirstIndex(x -> x.2 = 1 OR x.{s1_field} = 1, arraySlice(evs, i + 1))].2 = 1 \
+                 AND evs[i + arrayFirstIndex(x -> x.2 = 1 OR x.{s1_field} = 1, arraySlice(evs, i + 1))].{s1_field} = 0))"
+    );
+    // Each attempt as (level, -t0, t0, t1, ...): the best is the maximum.
+    let attempts = format!(
+        "arrayMap(i -> tuple({level}, -evs[i].1, {times}), arrayFilter(i -> {is_start}, arrayEnumerate(evs)))",
+        times = times.join(", "),
+    );
+    let best = format!(
+        "SELECT person_id, arrayReverseSort({attempts})[1] AS best FROM ({people}) AS p \
+         WHERE length({attempts}) > 0"
+    );
+    let mut cols = Vec::new();
+    for k in 0..n {
+        cols.push(format!("countIf(best.1 >= {})", k + 1));
+    }
+    for k in 1..n {
+        cols.push(format!(
+            "groupArrayIf(best.{tk} - best.{tp}, best.1 >= {l})",
+            tk = k + 3,
+            tp = k + 2,
+            l = k + 1
+        ));
+    }
+    let text = format!("SELECT {} FROM ({best}) AS bs", cols.join(", "));
     Ok(b.finish(text))
 }

@@ -24,7 +24,7 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
-use tally_store::Store;
+use tally_store::{Dialect, Rows, Store};
 
 use crate::common::{check_keys, num, pct, range_echo, uint_field, CountBy, EventMatch, Scan};
 use crate::stats::{dimension_expr, parse_date_range, parse_timezone};
@@ -400,7 +400,10 @@ impl crate::Report for FunnelQuery {
     }
 
     fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
-        let rows = store.query(&self.compile(project))?;
+        let rows = match store.dialect() {
+            Dialect::DuckDb => store.query(&self.compile(project))?,
+            Dialect::ClickHouse => self.fetch_clickhouse(store, project)?,
+        };
         let n = self.steps.len();
         let mut results = Vec::new();
         for row in rows {
@@ -450,6 +453,72 @@ impl crate::Report for FunnelQuery {
             results.push(json!({ "breakdown": null, "steps": steps }));
         }
         Ok(json!({ "results": results }))
+    }
+}
+
+impl FunnelQuery {
+    /// The ClickHouse answer in the DuckDB row's shape: `(NULL, c0.., med1, avg1, ...)`,
+    /// the medians and means taken here from the per-person times ClickHouse returns.
+    fn fetch_clickhouse(&self, store: &dyn Store, project: &str) -> Result<Rows, QueryError> {
+        let refuse = |what: &str| {
+            Err(QueryError::Unsupported(format!(
+                "funnels {what} are not available on the ClickHouse store yet"
+            )))
+        };
+        if self.order != Order::Ordered {
+            return refuse("other than ordered");
+        }
+        if !self.exclusions.is_empty() {
+            return refuse("with exclusions");
+        }
+        if self.breakdown.is_some() {
+            return refuse("with a breakdown");
+        }
+        if self.count_by != CountBy::Person {
+            return refuse("counted by account");
+        }
+        let sql = crate::clickhouse::funnel_sql(
+            crate::clickhouse::FunnelParts {
+                steps: &self.steps,
+                filters: &self.filters,
+                window: self.window,
+                tz: self.tz,
+            },
+            project,
+            self.start,
+            self.end,
+        )?;
+        let rows = store.query(&sql)?;
+        let n = self.steps.len();
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(Vec::new());
+        };
+        if row.first().map(num).unwrap_or(0.0) == 0.0 {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![Value::Null];
+        out.extend(row[..n].iter().cloned());
+        for diffs in &row[n..] {
+            let mut d: Vec<i64> = diffs
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default();
+            d.sort_unstable();
+            if d.is_empty() {
+                out.extend([Value::Null, Value::Null]);
+                continue;
+            }
+            // DuckDB's `median` interpolates between the two middle values.
+            let mid = d.len() / 2;
+            let median = if d.len() % 2 == 1 {
+                d[mid] as f64
+            } else {
+                (d[mid - 1] as f64 + d[mid] as f64) / 2.0
+            };
+            let sum: i128 = d.iter().map(|&x| i128::from(x)).sum();
+            out.extend([json!(median), json!(sum as f64 / d.len() as f64)]);
+        }
+        Ok(vec![out])
     }
 }
 

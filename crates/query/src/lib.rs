@@ -77,6 +77,7 @@ pub fn run(
         && ![
             "stats",
             "trends",
+            "funnel",
             "retention",
             "lifecycle",
             "paths",
@@ -88,7 +89,7 @@ pub fn run(
         && KINDS.contains(&kind)
     {
         return Err(QueryError::Unsupported(format!(
-            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part), retention, lifecycle and stickiness (per person), paths, realtime and events are"
+            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part), ordered funnels, retention, lifecycle and stickiness (per person), paths, realtime and events are"
         )));
     }
     let query: Box<dyn Report> = match kind {

@@ -22,7 +22,7 @@
 //!
 //! Reads ([`Store::query`]) run SQL written for ClickHouse, with the parameters inlined
 //! as literals (18.16 has no server-side parameters). The query engine (`tally-query`)
-//! compiles ClickHouse SQL for part of `stats` and `trends`, `retention`, `lifecycle`, `stickiness`, `paths`, `realtime` and `events`, so far (see
+//! compiles ClickHouse SQL for part of `stats`, `trends`, `funnel`, `retention`, `lifecycle`, `stickiness`, `paths`, `realtime` and `events`, so far (see
 //! docs/scale-out.md).
 
 mod migrations;
