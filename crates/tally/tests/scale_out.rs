@@ -402,23 +402,39 @@ fn stream_len(redis_port: u16) -> u64 {
         .unwrap_or(0)
 }
 
-/// ClickHouse stopped under load (a few seconds here, not the minute a real outage
-/// might last: the mechanism is the same): ingest keeps answering 200, the stream grows,
-/// the writer backs off and retries, and once ClickHouse is back every event is stored
-/// exactly once.
+/// ClickHouse stopped for a minute under load (`TALLY_OUTAGE_SECS`, default 60): ingest
+/// keeps answering 200 to a steady stream of requests all along, the stream grows, the
+/// writer fails and retries with backoff, and once ClickHouse is back every event is
+/// stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn clickhouse_away_under_load_loses_nothing() {
+async fn clickhouse_away_for_a_minute_under_load_loses_nothing() {
+    let outage = Duration::from_secs(
+        std::env::var("TALLY_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
     let mut c = Cluster::start().await;
     let (ports, _ingest, _writer) = c.ingest_and_writer().await;
     send(&c.client, &ports[..1], &c.write_key, 0, 500).await;
     assert_eq!(stored(&c.client, &c.ch_url, 500).await.0, 500);
 
     c.clickhouse.stop(); // SIGKILL; its data stays on disk
-    send(&c.client, &ports[..1], &c.write_key, 500, 2_500).await; // every request: 200
-    tokio::time::sleep(Duration::from_secs(3)).await;
+                         // Load for the whole outage: 50 events every 100 ms, each request answered 200.
+    let started = Instant::now();
+    let mut sent = 500;
+    let mut lengths = Vec::new();
+    while started.elapsed() < outage {
+        send(&c.client, &ports[..1], &c.write_key, sent, sent + 50).await;
+        sent += 50;
+        if sent % 5_000 == 0 {
+            lengths.push(stream_len(c.redis_port));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        stream_len(c.redis_port) > 0,
-        "the stream holds what could not be stored"
+        lengths.windows(2).all(|w| w[1] > w[0]) && lengths.len() >= 2,
+        "the stream grows while ClickHouse is away: {lengths:?}"
     );
     assert!(
         metric(&c.client, ports[1], "tally_writer_errors_total").await > 0.0,
@@ -426,9 +442,9 @@ async fn clickhouse_away_under_load_loses_nothing() {
     );
 
     tokio::task::block_in_place(|| c.clickhouse.restart());
-    let (count, got) = stored(&c.client, &c.ch_url, 2_500).await;
-    assert_eq!(count, 2_500);
-    assert_eq!(got, names(0, 2_500), "every event once");
+    let (count, got) = stored(&c.client, &c.ch_url, sent).await;
+    assert_eq!(count, sent, "{} s outage", outage.as_secs());
+    assert_eq!(got, names(0, sent), "every event once");
 }
 
 /// Redis away: ingest answers 503 (not 200, not a hang) until it is back; what was
