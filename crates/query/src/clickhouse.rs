@@ -60,19 +60,8 @@ fn local_us(tz: Tz, start: i64, end: i64) -> String {
 
 /// The label of the time bucket holding `lts`, formatted as the DuckDB compiler's.
 fn time_label(interval: Interval, week: WeekStart) -> String {
-    let secs = "intDiv(lts, 1000000)";
-    let day = "intDiv(lts, 86400000000)";
-    match interval {
-        Interval::Minute => format!("toString(toDateTime({secs} - {secs} % 60, 'UTC'))"),
-        Interval::Hour => format!("toString(toDateTime({secs} - {secs} % 3600, 'UTC'))"),
-        Interval::Day => format!("toString(toDate({day}))"),
-        // 1970-01-01 was a Thursday: its week began 3 days before (Monday) or 4 (Sunday).
-        Interval::Week => {
-            let back = if week == WeekStart::Monday { 3 } else { 4 };
-            format!("toString(toDate({day} - ({day} + {back}) % 7))")
-        }
-        Interval::Month => format!("toString(toStartOfMonth(toDate({day})))"),
-    }
+    let (bucket, _, label) = bucket_number(interval, week);
+    label.replace("{n}", &format!("({bucket})"))
 }
 
 /// A dimension's value (a label string for time), over the scan's columns.
@@ -204,17 +193,9 @@ pub(crate) fn stats_sql(
         .enumerate()
         .map(|(i, d)| Ok(format!("{} AS d{i}", dimension(d)?)))
         .collect::<Result<Vec<_>, QueryError>>()?;
-    let wheres = q
-        .filters
-        .iter()
-        .map(|f| filter(f, &mut b))
-        .collect::<Result<Vec<_>, _>>()?;
+    let wheres = filters_sql(q.filters, &mut b)?;
     let scan = scan(project, start, end, q.tz, &mut b);
-    let where_ = if wheres.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", wheres.join(" AND "))
-    };
+    let where_ = where_of(&wheres);
     let select: Vec<String> = dims.iter().chain(&metrics).cloned().collect();
     let mut text = format!("SELECT {} FROM ({scan}) AS s{where_}", select.join(", "));
     if !q.dimensions.is_empty() {
@@ -351,10 +332,7 @@ pub(crate) fn events_sql(
     offset: u64,
 ) -> Result<tally_store::Sql, QueryError> {
     let mut b = Binder::numbered();
-    let mut wheres = Vec::new();
-    for f in filters {
-        wheres.push(filter(f, &mut b)?);
-    }
+    let wheres = filters_sql(filters, &mut b)?;
     let project = b.text(project);
     let (start, end) = (b.ts(start), b.ts(end));
     let iso = |col: &str| {
@@ -479,36 +457,43 @@ pub(crate) fn lifecycle_sql(
     Ok(b.finish(text))
 }
 
+fn filters_sql(filters: &[Filter], b: &mut Binder) -> Result<Vec<String>, QueryError> {
+    filters.iter().map(|f| filter(f, b)).collect()
+}
+
+/// A matcher's conditions: its event name, then its filters.
+fn matcher_conds(matcher: &EventMatch, b: &mut Binder) -> Result<Vec<String>, QueryError> {
+    let mut conds = Vec::new();
+    if let Some(event) = &matcher.event {
+        conds.push(format!("event = {}", b.text(event)));
+    }
+    conds.extend(filters_sql(&matcher.filters, b)?);
+    Ok(conds)
+}
+
+/// ` WHERE a AND b ...`, or nothing for no conditions.
+fn where_of(conds: &[String]) -> String {
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    }
+}
+
 /// ` WHERE <event and filters>` for a matcher and the query-wide filters ("" for none).
 fn where_clause(
     matcher: &EventMatch,
     filters: &[Filter],
     b: &mut Binder,
 ) -> Result<String, QueryError> {
-    let all = all_of(matcher, b)?;
-    let mut conds = Vec::new();
-    if all != "1" {
-        conds.push(all);
-    }
-    for f in filters {
-        conds.push(filter(f, b)?);
-    }
-    Ok(if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    })
+    let mut conds = matcher_conds(matcher, b)?;
+    conds.extend(filters_sql(filters, b)?);
+    Ok(where_of(&conds))
 }
 
-/// Conditions as one SQL boolean (1 when there are none).
+/// A matcher's conditions as one SQL boolean (1 when there are none).
 fn all_of(matcher: &EventMatch, b: &mut Binder) -> Result<String, QueryError> {
-    let mut conds = Vec::new();
-    if let Some(event) = &matcher.event {
-        conds.push(format!("event = {}", b.text(event)));
-    }
-    for f in &matcher.filters {
-        conds.push(filter(f, b)?);
-    }
+    let conds = matcher_conds(matcher, b)?;
     Ok(if conds.is_empty() {
         "1".into()
     } else {
@@ -542,9 +527,7 @@ pub(crate) fn retention_sql(
     let t = all_of(q.target, &mut b)?;
     let r = all_of(q.returning, &mut b)?;
     let mut wheres = vec![format!("({t} OR {r})")];
-    for f in q.filters {
-        wheres.push(filter(f, &mut b)?);
-    }
+    wheres.extend(filters_sql(q.filters, &mut b)?);
     // "First time" means first ever, so the history before the range counts.
     let scan_start = if q.first_time { 0 } else { start };
     let scan = scan(project, scan_start, scan_end, q.tz, &mut b);
@@ -603,9 +586,7 @@ pub(crate) fn paths_sql(
     let mut b = Binder::numbered();
     let is_start = all_of(q.start_at, &mut b)?;
     let mut wheres = Vec::new();
-    for f in q.filters {
-        wheres.push(filter(f, &mut b)?);
-    }
+    wheres.extend(filters_sql(q.filters, &mut b)?);
     let (item, keep) = if q.pages {
         ("assumeNotNull(page)", "isNotNull(page)")
     } else {
@@ -682,9 +663,7 @@ pub(crate) fn funnel_sql(
             .collect::<Vec<_>>()
             .join(" OR ")
     )];
-    for f in q.filters {
-        wheres.push(filter(f, &mut b)?);
-    }
+    wheres.extend(filters_sql(q.filters, &mut b)?);
     let scan = scan(project, start, end, q.tz, &mut b);
     let window = b.int(q.window);
     // Tuple fields: 1 = time, 2.. = the step flags (s_k is field k + 2).
