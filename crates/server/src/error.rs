@@ -55,6 +55,16 @@ impl ApiError {
         e
     }
 
+    /// A scale-out process asked for what its role does not do (`instead` says where to
+    /// go). 503, so clients and load balancers retry elsewhere.
+    pub(crate) fn wrong_role(role: crate::config::Role, instead: &str) -> Self {
+        Self::unavailable(
+            "wrong_role",
+            format!("this process runs the {role:?} role and {instead}"),
+            60,
+        )
+    }
+
     pub(crate) fn internal(cause: impl std::fmt::Display) -> Self {
         let mut e = Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -272,13 +272,9 @@ async fn accept(state: &AppState, project: String, events: Vec<Event>) -> Result
         events,
     };
     let queue = state.queue.as_ref().ok_or_else(|| {
-        ApiError::unavailable(
-            "wrong_role",
-            format!(
-                "this process runs the {:?} role and does not ingest; send events to an ingest process",
-                state.config.role
-            ),
-            60,
+        ApiError::wrong_role(
+            state.config.role,
+            "does not ingest; send events to an ingest process",
         )
     })?;
     queue

@@ -45,13 +45,9 @@ pub(crate) async fn query(
     let store = match &state.store {
         Some(store) => store.clone(),
         None => {
-            return Err(ApiError::unavailable(
-                "wrong_role",
-                format!(
-                    "this process runs the {:?} role and answers no queries; send them to a query process",
-                    state.config.role
-                ),
-                60,
+            return Err(ApiError::wrong_role(
+                state.config.role,
+                "answers no queries; send them to a query process",
             ))
         }
     };
