@@ -11,6 +11,7 @@
 //! [`Store::committed_lsn`] and neither loses nor repeats a batch.
 
 pub mod clickhouse;
+mod derived;
 pub mod duckdb;
 mod error;
 pub mod sql;

@@ -57,7 +57,7 @@ ORDER BY (project_id, ts, event, uuid){events_settings}"
             ),
             traits_table("persons", "user_id"),
             traits_table("groups", "group_id"),
-            // Memberships and identity links: every sighting is a row; reads aggregate
+            // Memberships and identity links: one row per batch that saw them; reads aggregate
             // (min first_seen, max last_seen; the earliest link of a device wins).
             "CREATE TABLE IF NOT EXISTS {db}.group_members (
     project_id String,

@@ -36,8 +36,9 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use tally_model::{EventBatch, EventType};
+use tally_model::EventBatch;
 
+use crate::derived::{Derived, Traits};
 use crate::{InsertStats, Lsn, Param, Rows, Sql, Store, StoreError};
 
 /// Every statement of the schema for a server of `version`, in order, with the database
@@ -468,13 +469,6 @@ struct Stored {
     written: u64,
 }
 
-/// Traits of one person or group merged within a batch.
-struct Traits {
-    traits: Map<String, Value>,
-    first: i64,
-    last: i64,
-}
-
 fn micros_u64(t: i64) -> u64 {
     u64::try_from(t).unwrap_or(0)
 }
@@ -500,11 +494,7 @@ impl Store for ClickHouseStore {
         let mut stats = InsertStats::default();
         let mut events =
             Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum::<usize>() * 512);
-        let mut persons: HashMap<(String, String), Traits> = HashMap::new();
-        let mut groups: HashMap<(String, String), Traits> = HashMap::new();
-        let mut members = Vec::new();
-        // (project, device) -> (user, when): the batch's earliest link per device.
-        let mut links: HashMap<(&str, &str), (&str, i64)> = HashMap::new();
+        let mut derived = Derived::default();
         let mut token = Sha256::new();
         for batch in batches {
             let project = &batch.project_id;
@@ -531,47 +521,23 @@ impl Store for ClickHouseStore {
                 serde_json::to_writer(&mut events, &row).map_err(encode_error)?;
                 events.push(b'\n');
                 stats.events += 1;
-                if let Some((user, device)) = e.identity_link() {
-                    let link = links
-                        .entry((project.as_str(), device))
-                        .or_insert((user, e.timestamp));
-                    if e.timestamp < link.1 {
-                        *link = (user, e.timestamp);
-                    }
-                }
-                let merge = |into: &mut HashMap<(String, String), Traits>, key: &String| {
-                    let t = into
-                        .entry((project.clone(), key.clone()))
-                        .or_insert(Traits {
-                            traits: Map::new(),
-                            first: e.timestamp,
-                            last: e.timestamp,
-                        });
-                    for (k, v) in &e.traits {
-                        if e.timestamp >= t.last || !t.traits.contains_key(k) {
-                            t.traits.insert(k.clone(), v.clone());
-                        }
-                    }
-                    t.first = t.first.min(e.timestamp);
-                    t.last = t.last.max(e.timestamp);
-                };
-                match (e.kind, &e.user_id, &e.group_id) {
-                    (EventType::Identify, Some(user), _) => merge(&mut persons, user),
-                    (EventType::Group, user, Some(group)) => {
-                        merge(&mut groups, group);
-                        if let Some(user) = user {
-                            members.push(json!({"project_id": project, "group_id": group,
-                                "user_id": user, "first_seen": e.timestamp, "last_seen": e.timestamp}));
-                        }
-                    }
-                    _ => {}
-                }
+                // The store has no cache of links made before: every link in the batch
+                // is written, and reads keep each device's earliest.
+                derived.add(project, e, |_, _| false);
             }
         }
-        let links: Vec<Value> = links
-            .into_iter()
-            .map(|((project, device), (user, at))| {
+        let links: Vec<Value> = derived
+            .links()
+            .map(|(project, device, user, at)| {
                 json!({"project_id": project, "device_id": device, "user_id": user, "linked_at": at})
+            })
+            .collect();
+        let members: Vec<Value> = derived
+            .members
+            .iter()
+            .map(|((project, group, user), (first, last))| {
+                json!({"project_id": project, "group_id": group, "user_id": user,
+                       "first_seen": first, "last_seen": last})
             })
             .collect();
         let mut settings = Vec::new();
@@ -585,8 +551,8 @@ impl Store for ClickHouseStore {
                 &settings,
             )?;
         }
-        stats.persons = self.upsert_traits("persons", "user_id", persons)?;
-        stats.groups = self.upsert_traits("groups", "group_id", groups)?;
+        stats.persons = self.upsert_traits("persons", "user_id", derived.persons)?;
+        stats.groups = self.upsert_traits("groups", "group_id", derived.groups)?;
         self.insert_rows("group_members", &members, &[])?;
         self.insert_rows("identities", &links, &[])?;
         self.insert_rows(

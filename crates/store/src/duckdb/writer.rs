@@ -5,31 +5,10 @@ use std::collections::HashMap;
 use ::duckdb::types::{TimeUnit, Value as DuckValue};
 use ::duckdb::{params, Connection};
 use serde_json::{Map, Value};
-use tally_model::{EventBatch, EventType};
+use tally_model::EventBatch;
 
+use crate::derived::{Derived, Key, Traits};
 use crate::{InsertStats, Lsn, StoreError};
-
-/// The merged traits of one person or group within a batch.
-struct Traits {
-    traits: Map<String, Value>,
-    first: i64,
-    last: i64,
-}
-
-impl Traits {
-    fn merge(&mut self, traits: &Map<String, Value>, at: i64) {
-        // Later calls win per trait; an earlier call that arrives late only fills gaps.
-        for (k, v) in traits {
-            if at >= self.last || !self.traits.contains_key(k) {
-                self.traits.insert(k.clone(), v.clone());
-            }
-        }
-        self.first = self.first.min(at);
-        self.last = self.last.max(at);
-    }
-}
-
-type Key = (String, String);
 
 /// Devices, per project, whose link is already in `identities`. Looked up by `&str` for
 /// every signed-in event, so a known link costs no allocation.
@@ -46,14 +25,17 @@ impl LinkCache {
         self.known.get(project).is_some_and(|d| d.contains(device))
     }
 
-    fn remember(&mut self, keys: impl IntoIterator<Item = Key>) {
+    fn remember(&mut self, links: HashMap<String, HashMap<String, (String, i64)>>) {
         if self.len > Self::MAX {
             self.known.clear();
             self.len = 0;
         }
-        for (project, device) in keys {
-            if self.known.entry(project).or_default().insert(device) {
-                self.len += 1;
+        for (project, devices) in links {
+            let known = self.known.entry(project).or_default();
+            for device in devices.into_keys() {
+                if known.insert(device) {
+                    self.len += 1;
+                }
             }
         }
     }
@@ -65,11 +47,7 @@ pub(super) fn insert(
     upto: Lsn,
     linked: &mut LinkCache,
 ) -> Result<InsertStats, StoreError> {
-    let mut persons: HashMap<Key, Traits> = HashMap::new();
-    let mut groups: HashMap<Key, Traits> = HashMap::new();
-    let mut members: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
-    // (project, device) -> (user, first time seen together); the earliest link wins.
-    let mut links: HashMap<Key, (String, i64)> = HashMap::new();
+    let mut derived = Derived::default();
     let mut stats = InsertStats::default();
 
     let tx = conn.transaction()?;
@@ -97,36 +75,17 @@ pub(super) fn insert(
                     upto,
                 ])?;
                 stats.events += 1;
-                if let Some((user, device)) = e.identity_link() {
-                    if !linked.contains(project, device) {
-                        let link = links
-                            .entry((project.clone(), device.to_owned()))
-                            .or_insert_with(|| (user.to_owned(), e.timestamp));
-                        if e.timestamp < link.1 {
-                            *link = (user.to_owned(), e.timestamp);
-                        }
-                    }
-                }
-                match (e.kind, &e.user_id, &e.group_id) {
-                    (EventType::Identify, Some(user), _) => {
-                        accumulate(&mut persons, project, user, &e.traits, e.timestamp)
-                    }
-                    (EventType::Group, user, Some(group)) => {
-                        accumulate(&mut groups, project, group, &e.traits, e.timestamp);
-                        if let Some(user) = user {
-                            let key = (project.clone(), group.clone(), user.clone());
-                            let seen = members.entry(key).or_insert((e.timestamp, e.timestamp));
-                            seen.0 = seen.0.min(e.timestamp);
-                            seen.1 = seen.1.max(e.timestamp);
-                        }
-                    }
-                    _ => {}
-                }
+                derived.add(project, e, |p, d| linked.contains(p, d));
             }
         }
         app.flush()?;
     }
 
+    let (persons, groups, members) = (
+        std::mem::take(&mut derived.persons),
+        std::mem::take(&mut derived.groups),
+        std::mem::take(&mut derived.members),
+    );
     stats.persons = persons.len();
     upsert_traits(&tx, "persons", "user_id", persons)?;
     stats.groups = groups.len();
@@ -148,12 +107,12 @@ pub(super) fn insert(
         "stage_links",
         "project_id VARCHAR, device_id VARCHAR, user_id VARCHAR, linked_at TIMESTAMP",
         "INSERT INTO identities SELECT * FROM stage_links ON CONFLICT DO NOTHING",
-        links.iter().map(|((project, device), (user, at))| {
+        derived.links().map(|(project, device, user, at)| {
             vec![
-                project.clone().into(),
-                device.clone().into(),
-                user.clone().into(),
-                ts(*at),
+                project.to_owned().into(),
+                device.to_owned().into(),
+                user.to_owned().into(),
+                ts(at),
             ]
         }),
     )?;
@@ -163,7 +122,7 @@ pub(super) fn insert(
         [upto],
     )?;
     tx.commit()?;
-    linked.remember(links.into_keys());
+    linked.remember(derived.links);
     Ok(stats)
 }
 
@@ -195,22 +154,6 @@ fn staged_upsert(
     }
     tx.execute_batch(upsert)?;
     Ok(())
-}
-
-fn accumulate(
-    into: &mut HashMap<Key, Traits>,
-    project: &str,
-    id: &str,
-    traits: &Map<String, Value>,
-    at: i64,
-) {
-    into.entry((project.to_owned(), id.to_owned()))
-        .or_insert_with(|| Traits {
-            traits: Map::new(),
-            first: at,
-            last: at,
-        })
-        .merge(traits, at);
 }
 
 fn upsert_traits(
