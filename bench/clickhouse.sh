@@ -23,23 +23,7 @@ ch_pid=""
 cleanup() { [ -n "$ch_pid" ] && kill "$ch_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-cat > "$work/config.xml" <<XML
-<yandex>
-  <logger><level>warning</level><log>$work/server.log</log><errorlog>$work/error.log</errorlog></logger>
-  <http_port>$HTTP_PORT</http_port>
-  <tcp_port>$NATIVE_PORT</tcp_port>
-  <listen_host>127.0.0.1</listen_host>
-  <path>$work/data/</path>
-  <tmp_path>$work/tmp/</tmp_path>
-  <users_config>/etc/clickhouse-server/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>536870912</mark_cache_size>
-</yandex>
-XML
-clickhouse-server --config-file="$work/config.xml" >/dev/null 2>&1 & ch_pid=$!
-for _ in $(seq 300); do curl -sf "http://127.0.0.1:$HTTP_PORT/ping" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$HTTP_PORT/ping" >/dev/null || { echo "clickhouse-server did not start" >&2; cat "$work/error.log" >&2; exit 1; }
+ch_pid=$(start_clickhouse "$work/ch" "$HTTP_PORT" "$NATIVE_PORT")
 
 "$BIN/ch_insert_bench" --url "http://127.0.0.1:$HTTP_PORT" --native-port "$NATIVE_PORT" \
     --events "$EVENTS" --batch "$BATCH" --runs "$RUNS" --rows-file "$work/rows.jsonl"

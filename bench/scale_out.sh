@@ -22,28 +22,18 @@ command -v oha >/dev/null || cargo install oha --locked
 BIN="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d)
 pids=()
-# Tally's processes first (started last), so they do not log Redis going away.
-cleanup() { for ((i=${#pids[@]}-1; i>=0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# Tally's processes first (started last), each waited for, so they do not log Redis
+# going away.
+cleanup() { for ((i=${#pids[@]}-1; i>=0; i--)); do kill "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 REDIS_PORT=$(port); CH_HTTP=$(port); CH_TCP=$(port); INGEST=$(port); WRITER=$(port)
-mkdir -p "$work/redis" "$work/ch" "$work/data"
+mkdir -p "$work/redis" "$work/data"
 
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly yes --appendfsync always \
     --dir "$work/redis" >/dev/null 2>&1 & pids+=($!)
-cat > "$work/ch/config.xml" <<XML
-<yandex>
-  <logger><level>warning</level><log>$work/ch/server.log</log><errorlog>$work/ch/error.log</errorlog></logger>
-  <http_port>$CH_HTTP</http_port><tcp_port>$CH_TCP</tcp_port><listen_host>127.0.0.1</listen_host>
-  <path>$work/ch/data/</path><tmp_path>$work/ch/tmp/</tmp_path>
-  <users_config>/etc/clickhouse-server/users.xml</users_config>
-  <default_profile>default</default_profile><default_database>default</default_database>
-  <mark_cache_size>536870912</mark_cache_size>
-</yandex>
-XML
-clickhouse-server --config-file="$work/ch/config.xml" >/dev/null 2>&1 & pids+=($!)
+pids+=("$(start_clickhouse "$work/ch" "$CH_HTTP" "$CH_TCP")")
 CH="http://127.0.0.1:$CH_HTTP"
-for _ in $(seq 300); do curl -sf "$CH/ping" >/dev/null && break; sleep 0.1; done
 ch() { curl -sf "$CH/" --data-binary "$1"; }
 
 "$BIN/tally" --data-dir "$work/data" project create bench --format json > "$work/keys.json"

@@ -40,3 +40,30 @@ ensure_test_services() {
         python3 -m pip install -q 'chdb==4.4.0'
     fi
 }
+
+# Starts Debian's clickhouse-server on loopback with its data in DIR (benchmarks; the
+# Rust tests use tally-testkit) and waits until it answers. Prints its PID.
+#   start_clickhouse DIR HTTP_PORT NATIVE_PORT
+start_clickhouse() {
+    local dir=$1 http=$2 tcp=$3
+    mkdir -p "$dir"
+    cat > "$dir/config.xml" <<XML
+<yandex>
+  <logger><level>warning</level><log>$dir/server.log</log><errorlog>$dir/error.log</errorlog></logger>
+  <http_port>$http</http_port><tcp_port>$tcp</tcp_port><listen_host>127.0.0.1</listen_host>
+  <path>$dir/data/</path><tmp_path>$dir/tmp/</tmp_path>
+  <users_config>/etc/clickhouse-server/users.xml</users_config>
+  <default_profile>default</default_profile><default_database>default</default_database>
+  <mark_cache_size>536870912</mark_cache_size>
+</yandex>
+XML
+    clickhouse-server --config-file="$dir/config.xml" >/dev/null 2>&1 &
+    local pid=$!
+    for _ in $(seq 300); do curl -sf "http://127.0.0.1:$http/ping" >/dev/null && break; sleep 0.1; done
+    if ! curl -sf "http://127.0.0.1:$http/ping" >/dev/null; then
+        echo "clickhouse-server did not start" >&2
+        cat "$dir/error.log" >&2
+        return 1
+    fi
+    echo "$pid"
+}
