@@ -8,26 +8,21 @@ use bytes::Bytes;
 use tally_queue::{EntryId, RedisStreams, StreamConfig, StreamError};
 use tally_testkit::Redis;
 
-trait TestConfig {
-    fn config(&self, group: &str, consumer: &str) -> StreamConfig;
-}
-
-impl TestConfig for Redis {
-    fn config(&self, group: &str, consumer: &str) -> StreamConfig {
-        StreamConfig {
-            url: self.url(),
-            stream: "test:events".into(),
-            group: group.into(),
-            consumer: consumer.into(),
-            max_len: 1_000_000,
-            claim_idle: Duration::from_millis(300),
-            timeout: Duration::from_secs(2),
-        }
+/// The stream every test uses, on `redis`, as `consumer` of `group`.
+fn config(redis: &Redis, group: &str, consumer: &str) -> StreamConfig {
+    StreamConfig {
+        url: redis.url(),
+        stream: "test:events".into(),
+        group: group.into(),
+        consumer: consumer.into(),
+        max_len: 1_000_000,
+        claim_idle: Duration::from_millis(300),
+        timeout: Duration::from_secs(2),
     }
 }
 
 async fn connect(redis: &Redis, group: &str, consumer: &str) -> RedisStreams {
-    RedisStreams::connect(redis.config(group, consumer))
+    RedisStreams::connect(config(redis, group, consumer))
         .await
         .unwrap()
 }
@@ -87,9 +82,7 @@ async fn appends_from_many_clients_reach_two_writers_exactly_once() {
     // Two writers of one group split the stream; each acks what it "stored".
     let mut readers = Vec::new();
     for name in ["w1", "w2"] {
-        let q = RedisStreams::connect(redis.config("writers", name))
-            .await
-            .unwrap();
+        let q = connect(&redis, "writers", name).await;
         readers.push(tokio::spawn(async move {
             let mut reader = q.reader().await.unwrap();
             let mut got = Vec::new();
@@ -219,7 +212,7 @@ async fn a_full_stream_refuses_appends_until_trimmed() {
     let redis = Redis::start();
     let config = StreamConfig {
         max_len: 5,
-        ..redis.config("writers", "w1")
+        ..config(&redis, "writers", "w1")
     };
     let q = RedisStreams::connect(config).await.unwrap();
     let five: Vec<_> = (0..5).map(|i| record(&format!("e{i}"))).collect();
