@@ -31,6 +31,8 @@ pub(crate) struct StatsParts<'a> {
     /// `(column, descending)`, columns being `d<i>` / `m<i>`.
     pub order: &'a [(String, bool)],
     pub tz: Tz,
+    /// Whether the store's `events_hourly` rollup may be read ([`tally_store::Store::rollups`]).
+    pub rollups: bool,
 }
 
 fn unsupported(what: impl std::fmt::Display) -> QueryError {
@@ -164,6 +166,49 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, b: &mut Binder) -> String {
     )
 }
 
+/// Whether the `events_hourly` rollup answers `q` over `[start, end)` exactly: counts of
+/// events and page views only (a person count needs the events), by name, page and
+/// time no finer than the hour, filtered on name and page, over whole UTC hours, in a
+/// zone whose offsets and offset changes fall on whole hours (so every event of an hour
+/// has one local hour).
+fn rollup_answers(q: &StatsParts<'_>, start: i64, end: i64) -> bool {
+    const HOUR_US: i64 = 3_600 * MICROS_PER_SEC;
+    fn on_name_or_page(f: &Filter) -> bool {
+        match f {
+            Filter::And(items) | Filter::Or(items) => items.iter().all(on_name_or_page),
+            Filter::Not(inner) => on_name_or_page(inner),
+            Filter::Cmp { dimension, .. } => matches!(dimension, Dimension::Name | Dimension::Page),
+        }
+    }
+    q.rollups
+        && start % HOUR_US == 0
+        && end % HOUR_US == 0
+        && q.metrics.iter().all(|m| m == "events" || m == "pageviews")
+        && q.dimensions.iter().all(|d| {
+            matches!(d, Dimension::Name | Dimension::Page)
+                || matches!(d, Dimension::Time(g) if *g != TimeGrain::Minute)
+        })
+        && q.filters.iter().all(on_name_or_page)
+        && time::offset_segments(q.tz, start / MICROS_PER_SEC, end / MICROS_PER_SEC)
+            .iter()
+            .all(|(at, off)| at % 3_600 == 0 && off % 3_600 == 0)
+}
+
+/// The rollup rows of `project` in `[start, end)` with the columns of [`scan`] that a
+/// rollup-answered query reads: `event`, `page`, `lts` (the local time of the hour) and
+/// the partial counts `events` and `pageviews`.
+fn rollup_scan(project: &str, start: i64, end: i64, tz: Tz, b: &mut Binder) -> String {
+    // `local_us` shifts `ts`; here that is the hour, whose events share one offset.
+    let lts = local_us(tz, start, end);
+    let project = b.text(project);
+    let (start, end) = (b.ts(start), b.ts(end));
+    format!(
+        "SELECT event, if(page_null = 1, NULL, page_key) AS page, {lts} AS lts, events, pageviews \
+         FROM (SELECT event, page_key, page_null, hour AS ts, events, pageviews FROM events_hourly \
+               WHERE project_id = {project} AND hour >= {start} AND hour < {end}) AS h"
+    )
+}
+
 /// A `stats` query over `[start, end)` as ClickHouse SQL: columns `d<i>...`, `m<i>...`,
 /// one row per group, every group, in the requested order.
 pub(crate) fn stats_sql(
@@ -173,16 +218,19 @@ pub(crate) fn stats_sql(
     end: i64,
 ) -> Result<tally_store::Sql, QueryError> {
     let mut b = Binder::numbered();
+    let rollup = rollup_answers(&q, start, end);
     let metrics = q
         .metrics
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let sql = match m.as_str() {
-                "events" => "count()",
-                "visitors" => "uniqExact(person_id)",
-                "pageviews" => "countIf(type = 'page' OR event = 'page_visit')",
-                other => return Err(unsupported(format!("the metric {other}"))),
+            let sql = match (m.as_str(), rollup) {
+                ("events", false) => "count()",
+                ("events", true) => "sum(events)",
+                ("visitors", _) => "uniqExact(person_id)",
+                ("pageviews", false) => "countIf(type = 'page' OR event = 'page_visit')",
+                ("pageviews", true) => "sum(pageviews)",
+                (other, _) => return Err(unsupported(format!("the metric {other}"))),
             };
             Ok(format!("{sql} AS m{i}"))
         })
@@ -194,7 +242,11 @@ pub(crate) fn stats_sql(
         .map(|(i, d)| Ok(format!("{} AS d{i}", dimension(d)?)))
         .collect::<Result<Vec<_>, QueryError>>()?;
     let wheres = filters_sql(q.filters, &mut b)?;
-    let scan = scan(project, start, end, q.tz, &mut b);
+    let scan = if rollup {
+        rollup_scan(project, start, end, q.tz, &mut b)
+    } else {
+        scan(project, start, end, q.tz, &mut b)
+    };
     let where_ = where_of(&wheres);
     let select: Vec<String> = dims.iter().chain(&metrics).cloned().collect();
     let mut text = format!("SELECT {} FROM ({scan}) AS s{where_}", select.join(", "));

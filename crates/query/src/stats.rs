@@ -524,6 +524,7 @@ impl StatsQuery {
                             .map(|(key, desc)| (self.column_of(key), *desc))
                             .collect::<Vec<_>>(),
                         tz: self.tz,
+                        rollups: store.rollups(),
                     },
                     project,
                     start,

@@ -126,6 +126,18 @@ pub struct ClickHouseSection {
     pub retries: u32,
     /// Wait before the first retry; doubled for each next one, at most 30 s.
     pub backoff_ms: u64,
+    /// When queries read the `events_hourly` rollup instead of the events.
+    pub rollups: RollupsSetting,
+}
+
+/// `clickhouse.rollups`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RollupsSetting {
+    /// Where the server drops a replayed insert (22.2 and later).
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -264,6 +276,7 @@ impl Default for ClickHouseSection {
             password: String::new(),
             retries: 5,
             backoff_ms: 200,
+            rollups: RollupsSetting::Auto,
         }
     }
 }

@@ -31,7 +31,7 @@ use axum::{Json, Router};
 use parking_lot::RwLock;
 use serde_json::{json, Value};
 use tally_queue::{FsyncPolicy, RedisStreams, StreamConfig, Wal, WalConfig};
-use tally_store::clickhouse::{ClickHouseConfig, ClickHouseStore};
+use tally_store::clickhouse::{ClickHouseConfig, ClickHouseStore, Rollups};
 use tally_store::duckdb::{DuckConfig, DuckStore};
 use tally_store::{Param, Sql, Store};
 use tokio::net::TcpListener;
@@ -434,6 +434,11 @@ async fn serve_scale_out(
             timeout: Duration::from_millis(config.query.timeout_ms),
             retries: cc.retries,
             backoff: Duration::from_millis(cc.backoff_ms),
+            rollups: match cc.rollups {
+                config::RollupsSetting::Auto => Rollups::Auto,
+                config::RollupsSetting::Always => Rollups::Always,
+                config::RollupsSetting::Never => Rollups::Never,
+            },
         };
         let url = cc.url.clone();
         let store = tokio::task::spawn_blocking(move || ClickHouseStore::open(ch))

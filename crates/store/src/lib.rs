@@ -65,6 +65,12 @@ pub trait Store: Send + Sync + 'static {
         Dialect::DuckDb
     }
 
+    /// Whether reads may use the pre-aggregated rollups (ClickHouse's `events_hourly`),
+    /// which are exact only where the server drops a replayed insert.
+    fn rollups(&self) -> bool {
+        false
+    }
+
     /// The highest queue position whose events are committed (0 when empty).
     fn committed_lsn(&self) -> Result<Lsn, StoreError>;
 

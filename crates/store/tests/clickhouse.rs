@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use tally_model::{Event, EventBatch, EventType};
-use tally_store::clickhouse::{schema_sql, ClickHouseConfig, ClickHouseStore, Version};
+use tally_store::clickhouse::{
+    events_insert_settings, schema_sql, ClickHouseConfig, ClickHouseStore, Version,
+};
 use tally_store::{Param, Sql, Store, StoreError};
 use tally_testkit::{chdb, free_port, ClickHouse};
 use uuid::Uuid;
@@ -75,6 +77,8 @@ fn opens_on_debians_server_and_migrates_once() {
         names,
         [
             "events",
+            "events_hourly",
+            "events_hourly_mv",
             "group_members",
             "groups",
             "identities",
@@ -87,7 +91,7 @@ fn opens_on_debians_server_and_migrates_once() {
     let again = open("t_migrate");
     assert_eq!(
         one(&again, "SELECT count() FROM t_migrate.tally_migrations"),
-        json!(1)
+        json!(2)
     );
     assert_eq!(again.committed_lsn().unwrap(), 0);
 }
@@ -304,15 +308,98 @@ fn the_schema_for_current_releases_runs_in_chdb() {
     let mut statements = vec!["CREATE DATABASE IF NOT EXISTS `tally`".to_owned()];
     statements.extend(schema_sql(version, "tally"));
     let row = r#"{"project_id":"p","uuid":"u-1","type":"track","event":"e","user_id":null,"device_id":"d","session_id":null,"group_id":null,"visitor_id":"d","ts":1790000000000000,"received_at":1790000000000000,"page":null,"properties":"{}","traits":"{}","context":"{}","lsn":1}"#;
+    // The settings the store sends with a batch.
+    let settings: Vec<String> = events_insert_settings(version, "batch-1")
+        .into_iter()
+        .map(|(k, v)| format!("{k} = '{v}'"))
+        .collect();
+    assert_eq!(settings.len(), 2);
     for _ in 0..2 {
         statements.push(format!(
-            "INSERT INTO tally.events SETTINGS insert_deduplication_token = 'batch-1' FORMAT JSONEachRow {row}"
+            "INSERT INTO tally.events SETTINGS {} FORMAT JSONEachRow {row}",
+            settings.join(", ")
         ));
     }
-    statements.push("SELECT count() FROM tally.events".to_owned());
+    statements.push(
+        "SELECT (SELECT count() FROM tally.events), (SELECT sum(events) FROM tally.events_hourly)"
+            .to_owned(),
+    );
     let counted = chdb::run(&statements).unwrap_or_else(|e| panic!("chdb refused the schema: {e}"));
     assert_eq!(
-        counted, "1",
-        "the second insert with the same token is dropped at insert time"
+        counted, "1,1",
+        "the second insert with the same token is dropped at insert time, and not rolled up"
     );
+}
+
+/// The rollup's migration fills it from the events stored before it existed, and its
+/// view keeps it up to date after: its counts are the events' counts.
+#[test]
+fn the_rollup_counts_events_stored_before_and_after_it() {
+    let db = "t_rollup";
+    let store = open(db);
+    let hour = 3_600_000_000;
+    let batch = |at: i64| EventBatch {
+        project_id: "p1".into(),
+        events: vec![
+            event(EventType::Page, "page_visit", None, Some("d1"), at),
+            event(
+                EventType::Track,
+                "signup",
+                Some("u1"),
+                Some("d1"),
+                at + hour,
+            ),
+            event(EventType::Identify, "identify", Some("u1"), None, at + hour),
+        ],
+    };
+    store.insert(&[batch(T0)], 1).unwrap();
+    // Back to the schema before the rollup, with one batch stored.
+    for sql in [
+        format!("DROP TABLE {db}.events_hourly_mv"),
+        format!("DROP TABLE {db}.events_hourly"),
+        format!("ALTER TABLE {db}.tally_migrations DELETE WHERE version = 2"),
+    ] {
+        let answer = reqwest::blocking::Client::new()
+            .post(ClickHouse::shared().url())
+            .body(sql.clone())
+            .send()
+            .unwrap();
+        assert!(answer.status().is_success(), "{sql}: {answer:?}");
+    }
+    // Mutations apply in the background.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while one(
+        &store,
+        &format!("SELECT count() FROM {db}.tally_migrations"),
+    ) != json!(1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the migration row was not deleted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(store);
+    let store = open(db);
+    store.insert(&[batch(T0 + 24 * hour)], 2).unwrap();
+    let rolled = store
+        .query(&Sql {
+            text: format!(
+                "SELECT hour, event, sum(events), sum(pageviews) FROM {db}.events_hourly \
+                 GROUP BY hour, event ORDER BY hour, event"
+            ),
+            params: vec![],
+        })
+        .unwrap();
+    let raw = store
+        .query(&Sql {
+            text: format!(
+                "SELECT intDiv(ts, 3600000000) * 3600000000 AS h, event, count(), countIf(type = 'page') \
+                 FROM {db}.events FINAL WHERE type != 'identify' GROUP BY h, event ORDER BY h, event"
+            ),
+            params: vec![],
+        })
+        .unwrap();
+    assert_eq!(rolled.len(), 4, "two hours of each batch: {rolled:?}");
+    assert_eq!(rolled, raw);
 }

@@ -245,15 +245,31 @@ fn ping(port: u16) -> bool {
 /// chDB (PyPI's `chdb`): a current ClickHouse release embedded in Python, for checking
 /// SQL against today's dialect without a second server.
 pub mod chdb {
-    use std::process::Command;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
 
-    fn python(script: &str, args: &[String]) -> Result<String, String> {
-        let out = Command::new("python3")
+    /// Runs `script` with `input` on its standard input (an argument may not exceed
+    /// 128 KiB).
+    fn python(script: &str, input: &str) -> Result<String, String> {
+        let mut child = Command::new("python3")
             .arg("-c")
             .arg(script)
-            .args(args)
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| format!("python3: {e}"))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let input = input.to_owned();
+        // Written from a thread so a full stdout pipe cannot block the write.
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("python3: {e}"))?;
+        writer
+            .join()
+            .expect("writer thread")
+            .map_err(|e| format!("python3 stdin: {e}"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         } else {
@@ -265,7 +281,7 @@ pub mod chdb {
     pub fn version() -> String {
         python(
             "import chdb; print(chdb.query('SELECT version()', 'CSV').data().strip().strip('\"'))",
-            &[],
+            "",
         )
         .unwrap_or_else(|e| {
             panic!("chdb is not installed: scripts/test.sh installs it (pip install chdb): {e}")
@@ -276,9 +292,9 @@ pub mod chdb {
     pub fn run(statements: &[String]) -> Result<String, String> {
         let script =
             "import chdb, json, sys\nfrom chdb import session\ns = session.Session()\nout = None\n\
-                      for q in json.loads(sys.argv[1]):\n    out = s.query(q, 'CSV')\n\
+                      for q in json.load(sys.stdin):\n    out = s.query(q, 'CSV')\n\
                       print(out.data().strip() if out is not None else '')\n";
         let list = serde_json::to_string(statements).expect("strings serialize");
-        python(script, &[list])
+        python(script, &list)
     }
 }

@@ -27,7 +27,7 @@ pub(super) fn migrations(server: Version) -> Vec<(u32, Vec<String>)> {
     } else {
         ""
     };
-    vec![(
+    let mut list = vec![(
         1,
         vec![
             // Events: one wide table, one partition per month, sorted for a project's
@@ -84,7 +84,55 @@ ORDER BY (project_id, device_id)"
 ORDER BY queue"
                 .to_owned(),
         ],
-    )]
+    )];
+    list.push((2, rollup(server)));
+    list
+}
+
+/// The rollup of the hottest aggregates: events and page views per project, UTC hour,
+/// event name and page, kept by a materialized view on `events` (sums, so a row of
+/// `events_hourly` is one partial count; reads add them up). Analytics calls only (no
+/// identify, group or alias), as every count of the query engine.
+///
+/// A view sees each inserted block: a block inserted twice is counted twice, unless the
+/// insert itself is deduplicated. From 22.2 on, the rollup keeps block hashes as
+/// `events` does and the store inserts with
+/// `deduplicate_blocks_in_dependent_materialized_views`, so a replayed batch is not
+/// counted again; on older servers the query engine reads the rollup only when told to
+/// (`clickhouse.rollups`, see docs/scale-out.md). The last statement fills the rollup
+/// from the events stored before it existed.
+fn rollup(server: Version) -> Vec<String> {
+    let settings = if server >= DEDUP_TOKEN_SINCE {
+        "\nSETTINGS non_replicated_deduplication_window = 1000"
+    } else {
+        ""
+    };
+    // `page_key`/`page_null`: 18.16 has no Nullable columns in a sorting key.
+    let select = "SELECT project_id, intDiv(ts, 3600000000) * 3600000000 AS hour, event, \
+                  ifNull(page, '') AS page_key, toUInt8(isNull(page)) AS page_null, \
+                  count() AS events, countIf(type = 'page' OR event = 'page_visit') AS pageviews";
+    let group = "WHERE type NOT IN ('identify', 'group', 'alias') \
+                 GROUP BY project_id, hour, event, page_key, page_null";
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {{db}}.events_hourly (
+    project_id String,
+    hour       Int64,
+    event      String,
+    page_key   String,
+    page_null  UInt8,
+    events     UInt64,
+    pageviews  UInt64
+) ENGINE = SummingMergeTree((events, pageviews))
+PARTITION BY toYYYYMM(toDateTime(intDiv(hour, 1000000)))
+ORDER BY (project_id, hour, event, page_key, page_null){settings}"
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.events_hourly_mv TO {{db}}.events_hourly \
+             AS {select} FROM {{db}}.events {group}"
+        ),
+        format!("INSERT INTO {{db}}.events_hourly {select} FROM {{db}}.events FINAL {group}"),
+    ]
 }
 
 /// People or accounts: one row per write with the traits merged so far; the row written

@@ -52,6 +52,23 @@ pub fn schema_sql(version: Version, database: &str) -> Vec<String> {
         .collect()
 }
 
+/// The settings of a batch's insert into `events` on a server of `version`, `token` being
+/// the batch's dedup token: from 22.2 on, a batch sent again with the same token is
+/// dropped, and then not counted again by the rollup's materialized view either.
+pub fn events_insert_settings(version: Version, token: &str) -> Vec<(&'static str, String)> {
+    if version >= migrations::DEDUP_TOKEN_SINCE {
+        vec![
+            ("insert_deduplication_token", token.to_owned()),
+            (
+                "deduplicate_blocks_in_dependent_materialized_views",
+                "1".into(),
+            ),
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Where the server is and how hard to try.
 #[derive(Debug, Clone)]
 pub struct ClickHouseConfig {
@@ -67,6 +84,23 @@ pub struct ClickHouseConfig {
     pub retries: u32,
     /// Wait before the first retry; doubled for each next one, at most 30 s.
     pub backoff: Duration,
+    /// When the query engine reads the `events_hourly` rollup.
+    pub rollups: Rollups,
+}
+
+/// When reads use the rollup tables. They are kept by materialized views, which count a
+/// batch inserted twice twice unless the server drops the second insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rollups {
+    /// Where the server drops replayed inserts (22.2 and later, with the dedup token).
+    #[default]
+    Auto,
+    /// Always, accepting that on servers that keep a replayed insert (before 22.2), a
+    /// batch replayed after a writer crash is counted twice by the rollup (docs/scale-out.md
+    /// says how to rebuild it).
+    Always,
+    /// Never: every read scans `events`.
+    Never,
 }
 
 impl Default for ClickHouseConfig {
@@ -79,6 +113,7 @@ impl Default for ClickHouseConfig {
             timeout: Duration::from_secs(30),
             retries: 5,
             backoff: Duration::from_millis(200),
+            rollups: Rollups::Auto,
         }
     }
 }
@@ -478,6 +513,14 @@ impl Store for ClickHouseStore {
         crate::Dialect::ClickHouse
     }
 
+    fn rollups(&self) -> bool {
+        match self.config.rollups {
+            Rollups::Auto => self.version >= migrations::DEDUP_TOKEN_SINCE,
+            Rollups::Always => true,
+            Rollups::Never => false,
+        }
+    }
+
     fn committed_lsn(&self) -> Result<Lsn, StoreError> {
         let text = self.send(
             &format!(
@@ -540,10 +583,7 @@ impl Store for ClickHouseStore {
                        "first_seen": first, "last_seen": last})
             })
             .collect();
-        let mut settings = Vec::new();
-        if self.version >= migrations::DEDUP_TOKEN_SINCE {
-            settings.push(("insert_deduplication_token", hex::encode(token.finalize())));
-        }
+        let settings = events_insert_settings(self.version, &hex::encode(token.finalize()));
         if !events.is_empty() {
             self.send(
                 &format!("INSERT INTO `{}`.events FORMAT JSONEachRow", self.db()),
