@@ -144,22 +144,29 @@ fn join(items: &[Filter], sep: &str, b: &mut Binder) -> Result<String, QueryErro
 }
 
 /// The events of `project` in `[start, end)` (analytics calls only) with `lts` (local
-/// time, µs) and `person_id` resolved, as a subquery.
+/// time, µs) and, if `people`, `device` and `person_id` resolved, as a subquery.
 ///
 /// Each event's person is its user, else the user its device was first linked to, else
 /// its visitor id (the DuckDB store's rule). FINAL reads each event once even before
-/// ReplacingMergeTree has merged away a replayed copy.
-fn scan(project: &str, start: i64, end: i64, tz: Tz, b: &mut Binder) -> String {
+/// ReplacingMergeTree has merged away a replayed copy. Without `people` (counts of
+/// events), the join to `identities` is left out.
+fn scan(project: &str, start: i64, end: i64, tz: Tz, people: bool, b: &mut Binder) -> String {
     let lts = local_us(tz, start, end);
     let project = b.text(project);
     let (start, end) = (b.ts(start), b.ts(end));
+    let events = format!(
+        "FROM events FINAL \
+         WHERE project_id = {project} AND ts >= {start} AND ts < {end} \
+           AND type NOT IN ('identify', 'group', 'alias')"
+    );
+    if !people {
+        return format!("SELECT event, type, page, ts, {lts} AS lts {events}");
+    }
     format!(
         "SELECT event, type, page, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
                 if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id \
          FROM (SELECT event, type, page, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
-               FROM events FINAL \
-               WHERE project_id = {project} AND ts >= {start} AND ts < {end} \
-                 AND type NOT IN ('identify', 'group', 'alias')) AS e \
+               {events}) AS e \
          ANY LEFT JOIN (SELECT device_id AS dev, argMin(user_id, linked_at) AS linked \
                         FROM identities WHERE project_id = {project} GROUP BY device_id) AS l \
          USING dev"
@@ -245,7 +252,8 @@ pub(crate) fn stats_sql(
     let scan = if rollup {
         rollup_scan(project, start, end, q.tz, &mut b)
     } else {
-        scan(project, start, end, q.tz, &mut b)
+        let people = q.metrics.iter().any(|m| m == "visitors");
+        scan(project, start, end, q.tz, people, &mut b)
     };
     let where_ = where_of(&wheres);
     let select: Vec<String> = dims.iter().chain(&metrics).cloned().collect();
@@ -296,7 +304,7 @@ pub(crate) fn trends_series_sql(
     };
     let mut b = Binder::numbered();
     let where_ = where_clause(q.matcher, q.filters, &mut b)?;
-    let scan = scan(project, start, end, q.tz, &mut b);
+    let scan = scan(project, start, end, q.tz, q.math != "total", &mut b);
     let label = time_label(q.interval, q.week);
     if q.breakdown.is_empty() {
         let text = format!(
@@ -367,7 +375,7 @@ pub(crate) fn realtime_sql(project: &str, start: i64, end: i64) -> Vec<tally_sto
     .into_iter()
     .map(|text| {
         let mut b = Binder::numbered();
-        let scan = scan(project, start, end, chrono_tz::UTC, &mut b);
+        let scan = scan(project, start, end, chrono_tz::UTC, true, &mut b);
         b.finish(text.replace("{scan}", &scan))
     })
     .collect()
@@ -429,7 +437,7 @@ pub(crate) fn stickiness_sql(
 ) -> Result<tally_store::Sql, QueryError> {
     let mut b = Binder::numbered();
     let where_ = where_clause(q.target, q.filters, &mut b)?;
-    let scan = scan(project, start, end, q.tz, &mut b);
+    let scan = scan(project, start, end, q.tz, true, &mut b);
     let label = time_label(q.interval, q.week);
     let text = format!(
         "SELECT active, count() FROM \
@@ -485,7 +493,7 @@ pub(crate) fn lifecycle_sql(
     let mut b = Binder::numbered();
     let where_ = where_clause(q.target, q.filters, &mut b)?;
     // All history: "new" means the first activity ever.
-    let scan = scan(project, 0, end, q.tz, &mut b);
+    let scan = scan(project, 0, end, q.tz, true, &mut b);
     let (bucket, step, label) = bucket_number(q.interval, q.week);
     let label = label.replace("{n}", "n");
     let acts = format!(
@@ -582,7 +590,7 @@ pub(crate) fn retention_sql(
     wheres.extend(filters_sql(q.filters, &mut b)?);
     // "First time" means first ever, so the history before the range counts.
     let scan_start = if q.first_time { 0 } else { start };
-    let scan = scan(project, scan_start, scan_end, q.tz, &mut b);
+    let scan = scan(project, scan_start, scan_end, q.tz, true, &mut b);
     let (bucket, step, label) = bucket_number(q.interval, q.week);
     let (start, end) = (b.ts(start), b.ts(end));
     let ev = format!(
@@ -645,7 +653,7 @@ pub(crate) fn paths_sql(
         ("event", "1")
     };
     wheres.push(keep.to_owned());
-    let scan = scan(project, start, end, q.tz, &mut b);
+    let scan = scan(project, start, end, q.tz, true, &mut b);
     let depth = b.int(q.depth as i64);
     // Positions in the person's sorted events: the start `s`, the step's item and the
     // one before it on the path.
@@ -716,7 +724,7 @@ pub(crate) fn funnel_sql(
             .join(" OR ")
     )];
     wheres.extend(filters_sql(q.filters, &mut b)?);
-    let scan = scan(project, start, end, q.tz, &mut b);
+    let scan = scan(project, start, end, q.tz, true, &mut b);
     let window = b.int(q.window);
     // Tuple fields: 1 = time, 2.. = the step flags (s_k is field k + 2).
     let people = format!(
