@@ -19,8 +19,8 @@ ensure_build_deps() {
 }
 
 # Servers the integration tests start themselves, on loopback, from Debian's packages:
-# redis-server (the Redis Streams queue) and clickhouse-server 18.16 (the ClickHouse
-# store); and chDB from PyPI, an embedded current ClickHouse the schema is checked
+# redis-server (the Redis Streams queue), clickhouse-server 18.16 (the ClickHouse
+# store) and zookeeper (with Java; the two-shard ClickHouse cluster test); and chDB from PyPI, an embedded current ClickHouse the schema is checked
 # against. The tests only need the binaries; a system service the packages start is
 # stopped again (the tests use their own ports and data directories).
 ensure_test_services() {
@@ -29,6 +29,7 @@ ensure_test_services() {
     local missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
+    { [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null; } || missing+=(zookeeper)
     if [ ${#missing[@]} -gt 0 ]; then
         $sudo apt-get update -q
         $sudo apt-get install -y -q "${missing[@]}"

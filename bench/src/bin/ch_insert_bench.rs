@@ -143,7 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(&args.rows_file, rows)?;
         }
         run_sql("CREATE DATABASE bench_client")?;
-        for statement in schema_sql(store.version(), "bench_client") {
+        for statement in schema_sql(store.version(), "bench_client", None) {
             run_sql(&statement)?;
         }
         let file = std::fs::File::open(&args.rows_file)?;

@@ -12,7 +12,7 @@ use tally_store::clickhouse::{inline_params, schema_sql, Rollups, Version};
 use tally_store::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use tally_store::duckdb::{DuckConfig, DuckStore};
 use tally_store::{Dialect, Rows, Sql, Store, StoreError};
-use tally_testkit::{chdb, ClickHouse};
+use tally_testkit::{chdb, ClickHouse, ClickHouseCluster};
 
 fn at(s: &str) -> i64 {
     DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
@@ -181,22 +181,31 @@ fn stores(name: &str) -> (tempfile::TempDir, DuckStore, ClickHouseStore) {
     stores_with(name, Rollups::Never, true)
 }
 
-/// The two stores with the same events; on ClickHouse, the rollups read as `rollups`
-/// says, and the second batch sent twice if `replay`.
 fn stores_with(
     name: &str,
     rollups: Rollups,
     replay: bool,
 ) -> (tempfile::TempDir, DuckStore, ClickHouseStore) {
+    stores_on(
+        ClickHouseConfig {
+            url: ClickHouse::shared().url(),
+            database: format!("conformance_{name}_{}", std::process::id()),
+            rollups,
+            ..ClickHouseConfig::default()
+        },
+        replay,
+    )
+}
+
+/// The two stores with the same events; on ClickHouse (opened with `config`), the
+/// second batch sent twice if `replay`.
+fn stores_on(
+    config: ClickHouseConfig,
+    replay: bool,
+) -> (tempfile::TempDir, DuckStore, ClickHouseStore) {
     let dir = tempfile::tempdir().unwrap();
     let duck = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
-    let ch = ClickHouseStore::open(ClickHouseConfig {
-        url: ClickHouse::shared().url(),
-        database: format!("conformance_{name}_{}", std::process::id()),
-        rollups,
-        ..ClickHouseConfig::default()
-    })
-    .unwrap();
+    let ch = ClickHouseStore::open(config).unwrap();
     // Two batches (the link arrives in the second), and the second sent twice to
     // ClickHouse: a replay must not change any answer.
     let all = events();
@@ -404,6 +413,63 @@ fn counts_from_the_rollup_equal_counts_from_the_events() {
     );
 }
 
+/// A two-shard cluster (ZooKeeper and two servers on loopback): the schema created ON
+/// CLUSTER as replicated tables behind Distributed ones answers every query as DuckDB
+/// does, the rollup included, with the replayed batch dropped by the replicated tables
+/// (so the rollup is read by default there, on 18.16 too).
+#[test]
+fn a_two_shard_cluster_answers_as_duckdb_does() {
+    let cluster = ClickHouseCluster::start(2);
+    let config = |shard: usize| ClickHouseConfig {
+        url: cluster.shards[shard].url(),
+        database: "conformance_cluster".into(),
+        cluster: Some(ClickHouseCluster::NAME.into()),
+        ..ClickHouseConfig::default()
+    };
+    let (_dir, duck, ch) = stores_on(config(0), true);
+    assert!(ch.rollups(), "replicated tables drop replays: rollups read");
+    for query in queries().into_iter().chain(rollup_queries()) {
+        let d = run(&duck, "p", &query, now()).unwrap_or_else(|e| panic!("duckdb {query}: {e}"));
+        let c = run(&ch, "p", &query, now()).unwrap_or_else(|e| panic!("cluster {query}: {e}"));
+        assert_eq!(d, c, "the cluster differs from DuckDB on {query}");
+    }
+    // Both shards hold part of the events, each once, and the rollup counts them once.
+    let count = |store: &ClickHouseStore, sql: &str| {
+        store
+            .query(&Sql {
+                text: sql.into(),
+                params: vec![],
+            })
+            .unwrap()[0][0]
+            .as_u64()
+            .unwrap()
+    };
+    let other = ClickHouseStore::open(config(1)).unwrap();
+    let local: Vec<u64> = [&ch, &other]
+        .iter()
+        .map(|s| count(s, "SELECT count() FROM events_local"))
+        .collect();
+    let total = events().len() as u64;
+    assert!(
+        local.iter().all(|&n| n > 0),
+        "both shards hold events: {local:?}"
+    );
+    assert_eq!(
+        local.iter().sum::<u64>(),
+        total,
+        "the replayed batch was dropped"
+    );
+    assert_eq!(count(&other, "SELECT count() FROM events"), total);
+    let analytics = count(
+        &ch,
+        "SELECT count() FROM events WHERE type NOT IN ('identify', 'group', 'alias')",
+    );
+    assert_eq!(
+        count(&ch, "SELECT sum(events) FROM events_hourly"),
+        analytics
+    );
+}
+
 /// Whether a result object holds a count other than zero anywhere.
 fn some_count(v: &Value) -> bool {
     match v {
@@ -517,7 +583,7 @@ fn the_generated_sql_runs_on_a_current_release_in_chdb() {
     assert!(statements.len() >= queries().len());
     let version = Version::parse(&chdb::version()).unwrap();
     let mut setup = vec!["CREATE DATABASE IF NOT EXISTS `tally`".to_owned()];
-    setup.extend(schema_sql(version, "tally"));
+    setup.extend(schema_sql(version, "tally", None));
     let mut all = setup;
     all.push("USE tally".to_owned());
     all.extend(statements.iter().cloned());

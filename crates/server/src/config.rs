@@ -128,6 +128,9 @@ pub struct ClickHouseSection {
     pub backoff_ms: u64,
     /// When queries read the `events_hourly` rollup instead of the events.
     pub rollups: RollupsSetting,
+    /// Empty: one server. Else a cluster of the servers' `remote_servers`: the schema is
+    /// created ON CLUSTER, replicated tables behind Distributed ones.
+    pub cluster: String,
 }
 
 /// `clickhouse.rollups`.
@@ -277,6 +280,7 @@ impl Default for ClickHouseSection {
             retries: 5,
             backoff_ms: 200,
             rollups: RollupsSetting::Auto,
+            cluster: String::new(),
         }
     }
 }

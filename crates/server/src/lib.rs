@@ -439,6 +439,7 @@ async fn serve_scale_out(
                 config::RollupsSetting::Always => Rollups::Always,
                 config::RollupsSetting::Never => Rollups::Never,
             },
+            cluster: (!cc.cluster.is_empty()).then(|| cc.cluster.clone()),
         };
         let url = cc.url.clone();
         let store = tokio::task::spawn_blocking(move || ClickHouseStore::open(ch))

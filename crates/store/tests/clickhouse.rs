@@ -306,7 +306,7 @@ fn the_schema_for_current_releases_runs_in_chdb() {
         "chDB runs a current release, got {version}"
     );
     let mut statements = vec!["CREATE DATABASE IF NOT EXISTS `tally`".to_owned()];
-    statements.extend(schema_sql(version, "tally"));
+    statements.extend(schema_sql(version, "tally", None));
     let row = r#"{"project_id":"p","uuid":"u-1","type":"track","event":"e","user_id":null,"device_id":"d","session_id":null,"group_id":null,"visitor_id":"d","ts":1790000000000000,"received_at":1790000000000000,"page":null,"properties":"{}","traits":"{}","context":"{}","lsn":1}"#;
     // The settings the store sends with a batch.
     let settings: Vec<String> = events_insert_settings(version, "batch-1")

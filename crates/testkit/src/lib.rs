@@ -1,6 +1,6 @@
-//! Real servers for integration tests: `redis-server` and `clickhouse-server` (Debian's
-//! packages; scripts/test.sh installs them), each on free loopback ports in its own
-//! temporary directory, stopped when dropped. [`ClickHouse::shared`] is one server for a
+//! Real servers for integration tests: `redis-server`, `clickhouse-server` and a
+//! ZooKeeper-backed ClickHouse cluster (Debian's packages; scripts/test.sh installs them),
+//! each on free loopback ports in its own temporary directory, stopped when dropped. [`ClickHouse::shared`] is one server for a
 //! whole test binary, watched by a shell that stops it when the test process is gone.
 
 use std::io::{Read, Write};
@@ -98,16 +98,23 @@ pub struct ClickHouse {
     pub tcp_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More configuration, inside `<yandex>`.
+    extra: String,
 }
 
 impl ClickHouse {
     /// A server of this test's own, stopped when dropped.
     pub fn start() -> ClickHouse {
+        Self::start_with(free_port(), free_port(), String::new())
+    }
+
+    fn start_with(http_port: u16, tcp_port: u16, extra: String) -> ClickHouse {
         let mut c = ClickHouse {
-            http_port: free_port(),
-            tcp_port: free_port(),
+            http_port,
+            tcp_port,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            extra,
         };
         c.write_config();
         c.spawn();
@@ -124,6 +131,7 @@ impl ClickHouse {
                 tcp_port: free_port(),
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
+                extra: String::new(),
             };
             c.write_config();
             let script = format!(
@@ -175,9 +183,11 @@ impl ClickHouse {
   <users_config>/etc/clickhouse-server/users.xml</users_config>
   <default_profile>default</default_profile><default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
+{extra}
 </yandex>",
             http = self.http_port,
-            tcp = self.tcp_port
+            tcp = self.tcp_port,
+            extra = self.extra
         );
         std::fs::write(self.dir.path().join("config.xml"), config).expect("write config");
     }
@@ -226,6 +236,108 @@ impl Drop for ClickHouse {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A ClickHouse cluster on loopback: a standalone ZooKeeper (Debian's `zookeeper`
+/// package, run with `java`) and one `clickhouse-server` per shard, one replica each,
+/// all in the cluster [`ClickHouseCluster::NAME`] of every server's `remote_servers`,
+/// with the `shard` (1, 2...) and `replica` macros and distributed DDL. Stopped when
+/// dropped.
+pub struct ClickHouseCluster {
+    pub shards: Vec<ClickHouse>,
+    zookeeper: Option<Child>,
+    _zk_dir: tempfile::TempDir,
+}
+
+impl ClickHouseCluster {
+    pub const NAME: &'static str = "tally_test";
+
+    pub fn start(shards: usize) -> ClickHouseCluster {
+        let zk_dir = tempfile::tempdir().expect("temp dir");
+        let zk_port = free_port();
+        let root = zk_dir.path().display();
+        std::fs::write(
+            zk_dir.path().join("zoo.cfg"),
+            format!(
+                "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={root}/data\n\
+                 clientPort={zk_port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
+                 4lw.commands.whitelist=srvr\nmaxClientCnxns=0\n"
+            ),
+        )
+        .expect("write zoo.cfg");
+        let zookeeper = Command::new("java")
+            .args(["-Xmx128m", "-XX:+UseSerialGC", "-cp"])
+            .arg("/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar")
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(zk_dir.path().join("zoo.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "java not found: scripts/test.sh installs zookeeper (apt-get install zookeeper)",
+            );
+        let mut cluster = ClickHouseCluster {
+            shards: Vec::new(),
+            zookeeper: Some(zookeeper),
+            _zk_dir: zk_dir,
+        };
+        // ZooKeeper answers `ruok` before it takes sessions, and a ClickHouse that fails
+        // its first session crashes on its first ON CLUSTER query: wait for `srvr` to
+        // say it serves.
+        wait_until(
+            "zookeeper (is the zookeeper package installed?)",
+            Duration::from_secs(60),
+            || zk_serving(zk_port),
+        );
+        let ports: Vec<(u16, u16)> = (0..shards).map(|_| (free_port(), free_port())).collect();
+        let remote: String = ports
+            .iter()
+            .map(|(_, tcp)| {
+                format!(
+                    "<shard><internal_replication>true</internal_replication>\
+                     <replica><host>127.0.0.1</host><port>{tcp}</port></replica></shard>"
+                )
+            })
+            .collect();
+        for (i, (http, tcp)) in ports.iter().enumerate() {
+            let extra = format!(
+                "  <interserver_http_port>{interserver}</interserver_http_port>\
+                 <interserver_http_host>127.0.0.1</interserver_http_host>
+  <remote_servers><{name}>{remote}</{name}></remote_servers>
+  <zookeeper><node><host>127.0.0.1</host><port>{zk_port}</port></node></zookeeper>
+  <macros><shard>{shard}</shard><replica>r{shard}</replica></macros>
+  <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>",
+                interserver = free_port(),
+                name = Self::NAME,
+                shard = i + 1,
+            );
+            cluster
+                .shards
+                .push(ClickHouse::start_with(*http, *tcp, extra));
+        }
+        cluster
+    }
+}
+
+impl Drop for ClickHouseCluster {
+    fn drop(&mut self) {
+        self.shards.clear();
+        kill(&mut self.zookeeper);
+    }
+}
+
+/// ZooKeeper's `srvr` answer says `Mode: standalone` once it serves sessions.
+fn zk_serving(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"srvr").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.contains("Mode: standalone")
 }
 
 /// `GET /ping` answers `Ok.` once the server takes queries.

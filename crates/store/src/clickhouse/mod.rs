@@ -27,6 +27,8 @@
 
 mod migrations;
 
+use migrations::Layout;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
@@ -43,13 +45,26 @@ use crate::{InsertStats, Lsn, Param, Rows, Sql, Store, StoreError};
 
 /// Every statement of the schema for a server of `version`, in order, with the database
 /// name filled in: what [`ClickHouseStore::open`] applies (after the migrations already
-/// applied are skipped). Public so the schema can be checked against other versions.
-pub fn schema_sql(version: Version, database: &str) -> Vec<String> {
-    migrations::migrations(version)
+/// applied are skipped), on one server or, with `cluster`, `ON CLUSTER`. Public so the
+/// schema can be checked against other versions.
+pub fn schema_sql(version: Version, database: &str, cluster: Option<&str>) -> Vec<String> {
+    migrations::migrations(version, layout(cluster))
         .into_iter()
         .flat_map(|(_, statements)| statements)
-        .map(|s| s.replace("{db}", &format!("`{database}`")))
+        .map(|s| render(&s, database))
         .collect()
+}
+
+fn layout(cluster: Option<&str>) -> Layout<'_> {
+    cluster.map_or(Layout::Single, Layout::Cluster)
+}
+
+/// A schema statement with its database placeholders filled in.
+fn render(statement: &str, database: &str) -> String {
+    statement
+        .replace("{db}", &format!("`{database}`"))
+        .replace("{db_name}", database)
+        .replace("{db_name_literal}", &quote_str(database))
 }
 
 /// The settings of a batch's insert into `events` on a server of `version`, `token` being
@@ -86,6 +101,10 @@ pub struct ClickHouseConfig {
     pub backoff: Duration,
     /// When the query engine reads the `events_hourly` rollup.
     pub rollups: Rollups,
+    /// A cluster of the servers' `remote_servers`: the schema is created `ON CLUSTER`,
+    /// as replicated tables on every shard behind `Distributed` tables (needs ZooKeeper
+    /// and the `shard` and `replica` macros on every server; docs/scale-out.md).
+    pub cluster: Option<String>,
 }
 
 /// When reads use the rollup tables. They are kept by materialized views, which count a
@@ -114,6 +133,7 @@ impl Default for ClickHouseConfig {
             retries: 5,
             backoff: Duration::from_millis(200),
             rollups: Rollups::Auto,
+            cluster: None,
         }
     }
 }
@@ -188,43 +208,61 @@ impl ClickHouseStore {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        // The database name is an identifier; it comes from configuration, and is
-        // quoted with backquotes (a backquote inside is refused).
-        if self.db().contains('`') || self.db().is_empty() {
+        // The database name is an identifier, and on a cluster part of a ZooKeeper path:
+        // letters, digits, `_` and `-` only.
+        let valid = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !valid(self.db()) {
             return Err(StoreError::ClickHouse {
                 code: None,
-                message: format!("invalid database name {:?}", self.db()),
+                message: format!(
+                    "invalid database name {:?}: use letters, digits, _ and -",
+                    self.db()
+                ),
                 transient: false,
             });
         }
+        if let Some(cluster) = &self.config.cluster {
+            if !valid(cluster) {
+                return Err(StoreError::ClickHouse {
+                    code: None,
+                    message: format!(
+                        "invalid cluster name {cluster:?}: use letters, digits, _ and -"
+                    ),
+                    transient: false,
+                });
+            }
+        }
+        let on_cluster = match &self.config.cluster {
+            Some(c) => format!(" ON CLUSTER `{c}`"),
+            None => String::new(),
+        };
         self.send(
-            &format!("CREATE DATABASE IF NOT EXISTS `{}`", self.db()),
+            &format!("CREATE DATABASE IF NOT EXISTS `{}`{on_cluster}", self.db()),
             None,
             &[],
         )?;
         self.db_ready = true;
-        self.send(
-            &format!(
-                "CREATE TABLE IF NOT EXISTS `{}`.tally_migrations (version UInt32, applied_at DateTime) \
-                 ENGINE = MergeTree() ORDER BY version",
-                self.db()
-            ),
-            None,
-            &[],
-        )?;
+        let layout = layout(self.config.cluster.as_deref());
+        for statement in migrations::migrations_table(layout) {
+            self.send(&render(&statement, self.db()), None, &[])?;
+        }
         let applied = self.send(
             &format!("SELECT max(version) FROM `{}`.tally_migrations", self.db()),
             None,
             &[],
         )?;
         let applied: u32 = applied.trim().parse().unwrap_or(0);
-        for (version, statements) in migrations::migrations(self.version) {
+        for (version, statements) in migrations::migrations(self.version, layout) {
             if version <= applied {
                 continue;
             }
             for statement in statements {
-                let sql = statement.replace("{db}", &format!("`{}`", self.db()));
-                self.send(&sql, None, &[])
+                self.send(&render(&statement, self.db()), None, &[])
                     .map_err(|e| StoreError::ClickHouse {
                         code: None,
                         message: format!("migration {version} failed: {e}"),
@@ -292,6 +330,16 @@ impl ClickHouseStore {
         let mut params: Vec<(&str, &str)> = Vec::new();
         if self.db_ready {
             params.push(("database", self.db()));
+        }
+        let ddl_timeout;
+        if self.config.cluster.is_some() {
+            // An insert is answered once every shard has its rows; DDL waits for every
+            // shard at most as long as a request may take; a subquery on a Distributed
+            // table inside another is read whole (GLOBAL), never per shard.
+            ddl_timeout = self.config.timeout.as_secs().max(1).to_string();
+            params.push(("insert_distributed_sync", "1"));
+            params.push(("distributed_ddl_task_timeout", &ddl_timeout));
+            params.push(("distributed_product_mode", "global"));
         }
         for (k, v) in settings {
             params.push((k, v));
@@ -515,7 +563,9 @@ impl Store for ClickHouseStore {
 
     fn rollups(&self) -> bool {
         match self.config.rollups {
-            Rollups::Auto => self.version >= migrations::DEDUP_TOKEN_SINCE,
+            Rollups::Auto => {
+                self.version >= migrations::DEDUP_TOKEN_SINCE || self.config.cluster.is_some()
+            }
             Rollups::Always => true,
             Rollups::Never => false,
         }
