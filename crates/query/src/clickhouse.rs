@@ -1,10 +1,10 @@
 //! The part of the engine that compiles to ClickHouse SQL (the scale-out store).
 //!
 //! So far: `stats` with the metrics `events`, `visitors` and `pageviews`, the dimensions
-//! `event:name`, `event:page` and `time:minute|hour|day|week|month`, and filter trees of
-//! is / is_not / contains / contains_not on `event:name` and `event:page`; and `trends`
-//! with `total`, `unique` and `dau` series (with their event filters, a formula, any
-//! interval and week start) and breakdowns by `event:name` / `event:page`; `stickiness`
+//! `event:name`, `event:page`, `event:props:<name>` and `time:minute|hour|day|week|month`,
+//! and filter trees of every operator on those; and `trends` with `total`, `unique`,
+//! `dau`, `wau` and `mau` series (with their event filters, a formula, any interval and
+//! week start) and breakdowns by `event:name` / `event:page` / `event:props:<name>`; `stickiness`
 //! `lifecycle` and `retention` counted per person; ordered `funnel`s counted per person
 //! without exclusions or breakdown; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
@@ -37,7 +37,7 @@ pub(crate) struct StatsParts<'a> {
 
 fn unsupported(what: impl std::fmt::Display) -> QueryError {
     QueryError::Unsupported(format!(
-        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page and time:*, and is / is_not / contains / contains_not filters on event:name and event:page; and trends with total, unique and dau series without breakdown"
+        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page, event:props:<name> and time:*, and every filter operator on those; trends with total, unique, dau, wau and mau series, broken down by those; funnels, retention, lifecycle and stickiness counted per person; paths, realtime and events"
     ))
 }
 
@@ -66,11 +66,29 @@ fn time_label(interval: Interval, week: WeekStart) -> String {
     label.replace("{n}", &format!("({bucket})"))
 }
 
+/// The top-level `key` of the JSON object in `col` as DuckDB's `json_extract_string`
+/// gives it: a string unescaped, any other value as its JSON text, NULL when the key is
+/// missing or null. 18.16 has no JSONExtract; its `visitParam*` functions find the
+/// first `"key":` in the text, which is the top-level one unless an object nested
+/// before it has the same key, and 18.16 gives '' for an object or array value holding
+/// an escaped string (docs/scale-out.md).
+fn json_text(col: &str, key: &str) -> String {
+    let k = tally_store::clickhouse::quote_str(key);
+    let raw = format!("visitParamExtractRaw({col}, {k})");
+    // 18.16's visitParamExtractRaw gives '' for a string holding an escape (which
+    // visitParamExtractString decodes), so '' is read as a string too.
+    format!(
+        "multiIf(NOT visitParamHas({col}, {k}), NULL, {raw} = 'null', NULL, \
+         {raw} = '' OR startsWith({raw}, '\"'), visitParamExtractString({col}, {k}), {raw})"
+    )
+}
+
 /// A dimension's value (a label string for time), over the scan's columns.
 fn dimension(d: &Dimension) -> Result<String, QueryError> {
     Ok(match d {
         Dimension::Name => "event".into(),
         Dimension::Page => "page".into(),
+        Dimension::Prop(key) => json_text("properties", key),
         Dimension::Time(g) => {
             let interval = match g {
                 TimeGrain::Minute => Interval::Minute,
@@ -94,11 +112,18 @@ fn filter(f: &Filter, b: &mut Binder) -> Result<String, QueryError> {
             op,
             dimension: d,
             values,
-            ..
+            numbers,
         } => {
             let expr = match d {
-                Dimension::Name | Dimension::Page => dimension(d)?,
+                Dimension::Name | Dimension::Page | Dimension::Prop(_) => dimension(d)?,
                 other => return Err(unsupported(format!("a filter on {}", other.name()))),
+            };
+            let any = |b: &mut Binder, test: &dyn Fn(&str) -> String| {
+                let parts: Vec<String> = values
+                    .iter()
+                    .map(|v| format!("ifNull({}, 0)", test(&b.text(v))))
+                    .collect();
+                format!("({})", parts.join(" OR "))
             };
             // The NULL rules of the DuckDB compiler: a row without the value matches
             // is_not and contains_not, and not is or contains.
@@ -112,24 +137,25 @@ fn filter(f: &Filter, b: &mut Binder) -> Result<String, QueryError> {
             match op {
                 Op::Is => format!("ifNull({expr} IN ({}), 0)", list()),
                 Op::IsNot => format!("ifNull({expr} NOT IN ({}), 1)", list()),
-                Op::Contains | Op::ContainsNot => {
-                    let any: Vec<String> = values
-                        .iter()
-                        .map(|v| {
-                            format!(
-                                "ifNull(positionCaseInsensitiveUTF8({expr}, {}) > 0, 0)",
-                                b.text(v)
-                            )
-                        })
-                        .collect();
-                    let any = format!("({})", any.join(" OR "));
-                    if *op == Op::Contains {
-                        any
-                    } else {
-                        format!("(NOT {any})")
-                    }
+                Op::Contains => any(b, &|v| {
+                    format!("positionCaseInsensitiveUTF8({expr}, {v}) > 0")
+                }),
+                Op::ContainsNot => format!(
+                    "(NOT {})",
+                    any(b, &|v| format!(
+                        "positionCaseInsensitiveUTF8({expr}, {v}) > 0"
+                    ))
+                ),
+                // RE2 on both stores, a match anywhere in the value.
+                Op::Matches => any(b, &|v| format!("match({expr}, {v})")),
+                Op::MatchesNot => format!("(NOT {})", any(b, &|v| format!("match({expr}, {v})"))),
+                Op::Gt | Op::Lt => {
+                    let cmp = if *op == Op::Gt { ">" } else { "<" };
+                    let n = b.bind(tally_store::Param::Float(numbers[0]));
+                    format!("ifNull(toFloat64OrNull({expr}) {cmp} {n}, 0)")
                 }
-                _ => return Err(unsupported("that filter operator")),
+                Op::IsSet => format!("isNotNull({expr})"),
+                Op::IsNotSet => format!("isNull({expr})"),
             }
         }
     })
@@ -160,12 +186,12 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, people: bool, b: &mut Binde
            AND type NOT IN ('identify', 'group', 'alias')"
     );
     if !people {
-        return format!("SELECT event, type, page, ts, {lts} AS lts {events}");
+        return format!("SELECT event, type, page, properties, ts, {lts} AS lts {events}");
     }
     format!(
-        "SELECT event, type, page, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
+        "SELECT event, type, page, properties, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
                 if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id \
-         FROM (SELECT event, type, page, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
+         FROM (SELECT event, type, page, properties, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
                {events}) AS e \
          ANY LEFT JOIN (SELECT device_id AS dev, argMin(user_id, linked_at) AS linked \
                         FROM identities WHERE project_id = {project} GROUP BY device_id) AS l \
@@ -300,6 +326,8 @@ pub(crate) fn trends_series_sql(
     let agg = match q.math {
         "total" => "count()",
         "unique" | "dau" => "uniqExact(person_id)",
+        "wau" => return rolling_sql(&q, project, start, end, 7),
+        "mau" => return rolling_sql(&q, project, start, end, 30),
         other => return Err(unsupported(format!("the trends math {other}"))),
     };
     let mut b = Binder::numbered();
@@ -320,7 +348,7 @@ pub(crate) fn trends_series_sql(
         .iter()
         .enumerate()
         .map(|(i, d)| match d {
-            Dimension::Name | Dimension::Page => Ok(format!(
+            Dimension::Name | Dimension::Page | Dimension::Prop(_) => Ok(format!(
                 "ifNull(toString({}), '(none)') AS b{i}",
                 dimension(d)?
             )),
@@ -415,6 +443,42 @@ pub(crate) fn events_sql(
         received = iso("received_at"),
         limit = b.int(limit as i64),
         offset = b.int(offset as i64),
+    );
+    Ok(b.finish(text))
+}
+
+/// A rolling count of people per day (`wau`: the 7 days ending that day, `mau`: 30),
+/// as the DuckDB compiler answers it: rows `(day label, people)` for the days with
+/// anyone, then `(NULL, people active in the range)`. 18.16 has no window functions:
+/// each active (person, day) is spread over the `days` days whose window holds it.
+fn rolling_sql(
+    q: &TrendsSeries<'_>,
+    project: &str,
+    start: i64,
+    end: i64,
+    days: i64,
+) -> Result<tally_store::Sql, QueryError> {
+    let mut b = Binder::numbered();
+    let lookback = (days - 1) * 86_400 * MICROS_PER_SEC;
+    let where_ = where_clause(q.matcher, q.filters, &mut b)?;
+    let scan = scan(project, start - lookback, end, q.tz, true, &mut b);
+    let day_of = |t: i64| {
+        let local =
+            t + i64::from(time::offset_at(q.tz, t.div_euclid(MICROS_PER_SEC))) * MICROS_PER_SEC;
+        local.div_euclid(86_400 * MICROS_PER_SEC)
+    };
+    let (first, last) = (b.int(day_of(start)), b.int(day_of(end - 1)));
+    let active = format!(
+        "SELECT DISTINCT person_id, intDiv(lts, 86400000000) AS d FROM ({scan}) AS s{where_}"
+    );
+    let text = format!(
+        "SELECT toNullable(toString(toDate(n))) AS bucket, value FROM \
+           (SELECT n, uniqExact(person_id) AS value FROM \
+              (SELECT person_id, d + k AS n FROM ({active}) AS a ARRAY JOIN range({days}) AS k) \
+            WHERE n >= {first} AND n <= {last} GROUP BY n) \
+         UNION ALL \
+         SELECT CAST(NULL AS Nullable(String)), uniqExact(person_id) FROM ({active}) AS t \
+         WHERE d >= {first} AND d <= {last}"
     );
     Ok(b.finish(text))
 }

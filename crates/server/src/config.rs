@@ -219,6 +219,8 @@ pub struct StoreConfig {
     pub memory_limit: String,
     /// Threads DuckDB may use per query.
     pub threads: u32,
+    /// How large DuckDB's own log may grow before it is checkpointed into the file.
+    pub checkpoint_threshold: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -327,6 +329,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Duckdb,
             memory_limit: "2GB".into(),
             threads: 2,
+            checkpoint_threshold: "16MB".into(),
         }
     }
 }

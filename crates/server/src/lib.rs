@@ -317,6 +317,7 @@ pub async fn serve(
                 memory_limit: config.store.memory_limit.clone(),
                 threads: config.store.threads,
                 query_timeout: Duration::from_millis(config.query.timeout_ms),
+                checkpoint_threshold: config.store.checkpoint_threshold.clone(),
             },
         )
         .context("cannot open the store")?,

@@ -26,6 +26,9 @@ pub struct DuckConfig {
     pub threads: u32,
     /// Queries running longer are interrupted.
     pub query_timeout: Duration,
+    /// DuckDB's `checkpoint_threshold`: the size its own log may reach before its
+    /// contents are written (compressed) into the database file, e.g. "16MB".
+    pub checkpoint_threshold: String,
 }
 
 impl Default for DuckConfig {
@@ -34,6 +37,10 @@ impl Default for DuckConfig {
             memory_limit: "2GB".into(),
             threads: 2,
             query_timeout: Duration::from_secs(30),
+            // DuckDB's own default. Larger thresholds checkpoint less often (less CPU
+            // under a stream of small batches) but each checkpoint then stalls the writer
+            // for seconds (docs/configuration.md).
+            checkpoint_threshold: "16MB".into(),
         }
     }
 }
@@ -55,7 +62,8 @@ impl DuckStore {
         }
         let duck_config = Config::default()
             .max_memory(&config.memory_limit)?
-            .threads(i64::from(config.threads.max(1)))?;
+            .threads(i64::from(config.threads.max(1)))?
+            .with("checkpoint_threshold", &config.checkpoint_threshold)?;
         let conn = Connection::open_with_flags(path, duck_config)?;
         migrate::run(&conn)?;
         Ok(Self {
