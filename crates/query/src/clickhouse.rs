@@ -3,10 +3,10 @@
 //! So far: `stats` with the metrics `events`, `visitors` and `pageviews`, the dimensions
 //! `event:name`, `event:page`, `event:props:<name>` and `time:minute|hour|day|week|month`,
 //! and filter trees of every operator on those; and `trends` with `total`, `unique`,
-//! `dau`, `wau` and `mau` series (with their event filters, a formula, any interval and
+//! `dau`, `wau`, `mau`, `sum`, `avg`, `min` and `max` series (with their event filters, a formula, any interval and
 //! week start) and breakdowns by `event:name` / `event:page` / `event:props:<name>`; `stickiness`
-//! `lifecycle` and `retention` counted per person; ordered `funnel`s counted per person
-//! without exclusions or breakdown; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
+//! `lifecycle`, `retention` and ordered `funnel`s (without exclusions or breakdown)
+//! counted per person or per account; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -37,7 +37,7 @@ pub(crate) struct StatsParts<'a> {
 
 fn unsupported(what: impl std::fmt::Display) -> QueryError {
     QueryError::Unsupported(format!(
-        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page, event:props:<name> and time:*, and every filter operator on those; trends with total, unique, dau, wau and mau series, broken down by those; funnels, retention, lifecycle and stickiness counted per person; paths, realtime and events"
+        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page, event:props:<name> and time:*, and every filter operator on those; trends with total, unique, dau, wau, mau, sum, avg, min and max series, broken down by those; ordered funnels without exclusions or breakdown, retention, lifecycle and stickiness, counted per person or account; paths, realtime and events"
     ))
 }
 
@@ -169,14 +169,34 @@ fn join(items: &[Filter], sep: &str, b: &mut Binder) -> Result<String, QueryErro
     Ok(format!("({})", parts.join(sep)))
 }
 
+/// Who a query counts: nobody (counts of events), people, or accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Events,
+    People,
+    Accounts,
+}
+
+impl From<crate::common::CountBy> for Unit {
+    fn from(c: crate::common::CountBy) -> Unit {
+        match c {
+            crate::common::CountBy::Person => Unit::People,
+            crate::common::CountBy::Account => Unit::Accounts,
+        }
+    }
+}
+
 /// The events of `project` in `[start, end)` (analytics calls only) with `lts` (local
-/// time, µs) and, if `people`, `device` and `person_id` resolved, as a subquery.
+/// time, µs) and, unless `unit` is [`Unit::Events`], `device` and `person_id`: the
+/// counted unit, a person or an account, as a subquery.
 ///
 /// Each event's person is its user, else the user its device was first linked to, else
-/// its visitor id (the DuckDB store's rule). FINAL reads each event once even before
-/// ReplacingMergeTree has merged away a replayed copy. Without `people` (counts of
-/// events), the join to `identities` is left out.
-fn scan(project: &str, start: i64, end: i64, tz: Tz, people: bool, b: &mut Binder) -> String {
+/// its visitor id (the DuckDB store's rule). Its account is its group, else the group
+/// its user (signed in, or linked) was last seen in; events without an account are left
+/// out when counting accounts, as on DuckDB. FINAL reads each event once even before
+/// ReplacingMergeTree has merged away a replayed copy. Counts of events skip the joins.
+/// 18.16 allows one JOIN per SELECT, so each join is a level of its own.
+fn scan(project: &str, start: i64, end: i64, tz: Tz, unit: Unit, b: &mut Binder) -> String {
     let lts = local_us(tz, start, end);
     let project = b.text(project);
     let (start, end) = (b.ts(start), b.ts(end));
@@ -185,17 +205,30 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, people: bool, b: &mut Binde
          WHERE project_id = {project} AND ts >= {start} AND ts < {end} \
            AND type NOT IN ('identify', 'group', 'alias')"
     );
-    if !people {
+    if unit == Unit::Events {
         return format!("SELECT event, type, page, properties, ts, {lts} AS lts {events}");
     }
-    format!(
+    let people = format!(
         "SELECT event, type, page, properties, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
-                if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id \
-         FROM (SELECT event, type, page, properties, ts, user_id, visitor_id, ifNull(device_id, '') AS dev \
+                if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id, \
+                if(isNotNull(user_id), assumeNotNull(user_id), linked) AS uid, group_id \
+         FROM (SELECT event, type, page, properties, ts, user_id, visitor_id, group_id, ifNull(device_id, '') AS dev \
                {events}) AS e \
          ANY LEFT JOIN (SELECT device_id AS dev, argMin(user_id, linked_at) AS linked \
                         FROM identities WHERE project_id = {project} GROUP BY device_id) AS l \
          USING dev"
+    );
+    if unit == Unit::People {
+        return people;
+    }
+    format!(
+        "SELECT event, type, page, properties, ts, lts, device, account AS person_id FROM \
+           (SELECT *, if(isNotNull(group_id), assumeNotNull(group_id), member_of) AS account \
+            FROM ({people}) AS p \
+            ANY LEFT JOIN (SELECT user_id AS uid, argMax(group_id, last_seen) AS member_of \
+                           FROM group_members WHERE project_id = {project} GROUP BY user_id) AS g \
+            USING uid) AS pa \
+         WHERE account != ''"
     )
 }
 
@@ -278,8 +311,12 @@ pub(crate) fn stats_sql(
     let scan = if rollup {
         rollup_scan(project, start, end, q.tz, &mut b)
     } else {
-        let people = q.metrics.iter().any(|m| m == "visitors");
-        scan(project, start, end, q.tz, people, &mut b)
+        let unit = if q.metrics.iter().any(|m| m == "visitors") {
+            Unit::People
+        } else {
+            Unit::Events
+        };
+        scan(project, start, end, q.tz, unit, &mut b)
     };
     let where_ = where_of(&wheres);
     let select: Vec<String> = dims.iter().chain(&metrics).cloned().collect();
@@ -308,6 +345,8 @@ pub(crate) fn stats_sql(
 /// combinations are folded into `$other`; a missing value is `(none)`.
 pub(crate) struct TrendsSeries<'a> {
     pub math: &'a str,
+    /// The property `sum`, `avg`, `min` and `max` aggregate.
+    pub property: Option<&'a str>,
     pub matcher: &'a EventMatch,
     pub filters: &'a [Filter],
     pub breakdown: &'a [Dimension],
@@ -323,16 +362,28 @@ pub(crate) fn trends_series_sql(
     start: i64,
     end: i64,
 ) -> Result<tally_store::Sql, QueryError> {
+    let number = || {
+        let key = q.property.unwrap_or_default();
+        format!("toFloat64OrNull({})", json_text("properties", key))
+    };
     let agg = match q.math {
-        "total" => "count()",
-        "unique" | "dau" => "uniqExact(person_id)",
+        "total" => "count()".to_owned(),
+        "unique" | "dau" => "uniqExact(person_id)".to_owned(),
         "wau" => return rolling_sql(&q, project, start, end, 7),
         "mau" => return rolling_sql(&q, project, start, end, 30),
+        // DuckDB's TRY_CAST: a value that is not a number counts as NULL, and the
+        // aggregate of no numbers is NULL.
+        "sum" | "avg" | "min" | "max" => format!("{}({})", q.math, number()),
         other => return Err(unsupported(format!("the trends math {other}"))),
     };
     let mut b = Binder::numbered();
     let where_ = where_clause(q.matcher, q.filters, &mut b)?;
-    let scan = scan(project, start, end, q.tz, q.math != "total", &mut b);
+    let unit = if matches!(q.math, "unique" | "dau") {
+        Unit::People
+    } else {
+        Unit::Events
+    };
+    let scan = scan(project, start, end, q.tz, unit, &mut b);
     let label = time_label(q.interval, q.week);
     if q.breakdown.is_empty() {
         let text = format!(
@@ -403,7 +454,7 @@ pub(crate) fn realtime_sql(project: &str, start: i64, end: i64) -> Vec<tally_sto
     .into_iter()
     .map(|text| {
         let mut b = Binder::numbered();
-        let scan = scan(project, start, end, chrono_tz::UTC, true, &mut b);
+        let scan = scan(project, start, end, chrono_tz::UTC, Unit::People, &mut b);
         b.finish(text.replace("{scan}", &scan))
     })
     .collect()
@@ -461,7 +512,7 @@ fn rolling_sql(
     let mut b = Binder::numbered();
     let lookback = (days - 1) * 86_400 * MICROS_PER_SEC;
     let where_ = where_clause(q.matcher, q.filters, &mut b)?;
-    let scan = scan(project, start - lookback, end, q.tz, true, &mut b);
+    let scan = scan(project, start - lookback, end, q.tz, Unit::People, &mut b);
     let day_of = |t: i64| {
         let local =
             t + i64::from(time::offset_at(q.tz, t.div_euclid(MICROS_PER_SEC))) * MICROS_PER_SEC;
@@ -485,6 +536,7 @@ fn rolling_sql(
 
 /// What lifecycle and stickiness both take: the events counted, and the frame.
 pub(crate) struct Targeted<'a> {
+    pub unit: Unit,
     pub target: &'a EventMatch,
     pub filters: &'a [Filter],
     pub interval: Interval,
@@ -501,7 +553,7 @@ pub(crate) fn stickiness_sql(
 ) -> Result<tally_store::Sql, QueryError> {
     let mut b = Binder::numbered();
     let where_ = where_clause(q.target, q.filters, &mut b)?;
-    let scan = scan(project, start, end, q.tz, true, &mut b);
+    let scan = scan(project, start, end, q.tz, q.unit, &mut b);
     let label = time_label(q.interval, q.week);
     let text = format!(
         "SELECT active, count() FROM \
@@ -557,7 +609,7 @@ pub(crate) fn lifecycle_sql(
     let mut b = Binder::numbered();
     let where_ = where_clause(q.target, q.filters, &mut b)?;
     // All history: "new" means the first activity ever.
-    let scan = scan(project, 0, end, q.tz, true, &mut b);
+    let scan = scan(project, 0, end, q.tz, q.unit, &mut b);
     let (bucket, step, label) = bucket_number(q.interval, q.week);
     let label = label.replace("{n}", "n");
     let acts = format!(
@@ -627,6 +679,7 @@ fn all_of(matcher: &EventMatch, b: &mut Binder) -> Result<String, QueryError> {
 
 /// What a `retention` query asks, for the ClickHouse compiler.
 pub(crate) struct RetentionParts<'a> {
+    pub unit: Unit,
     pub target: &'a EventMatch,
     pub returning: &'a EventMatch,
     pub filters: &'a [Filter],
@@ -654,7 +707,7 @@ pub(crate) fn retention_sql(
     wheres.extend(filters_sql(q.filters, &mut b)?);
     // "First time" means first ever, so the history before the range counts.
     let scan_start = if q.first_time { 0 } else { start };
-    let scan = scan(project, scan_start, scan_end, q.tz, true, &mut b);
+    let scan = scan(project, scan_start, scan_end, q.tz, q.unit, &mut b);
     let (bucket, step, label) = bucket_number(q.interval, q.week);
     let (start, end) = (b.ts(start), b.ts(end));
     let ev = format!(
@@ -717,7 +770,7 @@ pub(crate) fn paths_sql(
         ("event", "1")
     };
     wheres.push(keep.to_owned());
-    let scan = scan(project, start, end, q.tz, true, &mut b);
+    let scan = scan(project, start, end, q.tz, Unit::People, &mut b);
     let depth = b.int(q.depth as i64);
     // Positions in the person's sorted events: the start `s`, the step's item and the
     // one before it on the path.
@@ -749,6 +802,7 @@ pub(crate) fn paths_sql(
 
 /// What an ordered `funnel` asks, for the ClickHouse compiler.
 pub(crate) struct FunnelParts<'a> {
+    pub unit: Unit,
     pub steps: &'a [EventMatch],
     pub filters: &'a [Filter],
     /// Microseconds.
@@ -788,7 +842,7 @@ pub(crate) fn funnel_sql(
             .join(" OR ")
     )];
     wheres.extend(filters_sql(q.filters, &mut b)?);
-    let scan = scan(project, start, end, q.tz, true, &mut b);
+    let scan = scan(project, start, end, q.tz, q.unit, &mut b);
     let window = b.int(q.window);
     // Tuple fields: 1 = time, 2.. = the step flags (s_k is field k + 2).
     let people = format!(

@@ -118,16 +118,6 @@ impl Frame {
     }
 
     /// The ClickHouse compiler counts people only; by account is refused, not guessed.
-    fn per_person_on_clickhouse(&self, kind: &str) -> Result<(), QueryError> {
-        if self.count_by == CountBy::Person {
-            Ok(())
-        } else {
-            Err(QueryError::Unsupported(format!(
-                "{kind} counted by account is not available on the ClickHouse store yet"
-            )))
-        }
-    }
-
     fn period_micros(&self) -> i64 {
         let day = 86_400 * MICROS_PER_SEC;
         match self.interval {
@@ -274,25 +264,23 @@ impl crate::Report for RetentionQuery {
         let f = &self.frame;
         let sql = match store.dialect() {
             Dialect::DuckDb => self.compile(project),
-            Dialect::ClickHouse => {
-                f.per_person_on_clickhouse("retention")?;
-                crate::clickhouse::retention_sql(
-                    crate::clickhouse::RetentionParts {
-                        target: &self.target,
-                        returning: &self.returning,
-                        filters: &f.filters,
-                        first_time: self.kind == RetentionType::FirstTime,
-                        intervals: self.intervals,
-                        interval: f.interval,
-                        week: f.week_start,
-                        tz: f.tz,
-                    },
-                    project,
-                    f.start,
-                    f.end,
-                    self.scan_end(),
-                )?
-            }
+            Dialect::ClickHouse => crate::clickhouse::retention_sql(
+                crate::clickhouse::RetentionParts {
+                    unit: f.count_by.into(),
+                    target: &self.target,
+                    returning: &self.returning,
+                    filters: &f.filters,
+                    first_time: self.kind == RetentionType::FirstTime,
+                    intervals: self.intervals,
+                    interval: f.interval,
+                    week: f.week_start,
+                    tz: f.tz,
+                },
+                project,
+                f.start,
+                f.end,
+                self.scan_end(),
+            )?,
         };
         let rows = store.query(&sql)?;
         let cohorts = f.labels(f.start, f.end);
@@ -357,6 +345,7 @@ impl Targeted {
 
     fn on_clickhouse(&self) -> crate::clickhouse::Targeted<'_> {
         crate::clickhouse::Targeted {
+            unit: self.frame.count_by.into(),
             target: &self.target,
             filters: &self.frame.filters,
             interval: self.frame.interval,
@@ -423,7 +412,6 @@ impl crate::Report for LifecycleQuery {
         let sql = match store.dialect() {
             Dialect::DuckDb => self.compile(project),
             Dialect::ClickHouse => {
-                f.per_person_on_clickhouse("lifecycle")?;
                 crate::clickhouse::lifecycle_sql(self.0.on_clickhouse(), project, f.end)?
             }
         };
@@ -490,7 +478,6 @@ impl crate::Report for StickinessQuery {
         let sql = match store.dialect() {
             Dialect::DuckDb => self.compile(project),
             Dialect::ClickHouse => {
-                f.per_person_on_clickhouse("stickiness")?;
                 crate::clickhouse::stickiness_sql(self.0.on_clickhouse(), project, f.start, f.end)?
             }
         };

@@ -474,11 +474,9 @@ impl FunnelQuery {
         if self.breakdown.is_some() {
             return refuse("with a breakdown");
         }
-        if self.count_by != CountBy::Person {
-            return refuse("counted by account");
-        }
         let sql = crate::clickhouse::funnel_sql(
             crate::clickhouse::FunnelParts {
+                unit: self.count_by.into(),
                 steps: &self.steps,
                 filters: &self.filters,
                 window: self.window,

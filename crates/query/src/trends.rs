@@ -537,6 +537,12 @@ impl crate::Report for TrendsQuery {
                 Dialect::ClickHouse => crate::clickhouse::trends_series_sql(
                     crate::clickhouse::TrendsSeries {
                         math: s.math.name(),
+                        property: match &s.math {
+                            Math::Sum(p) | Math::Avg(p) | Math::Min(p) | Math::Max(p) => {
+                                Some(p.as_str())
+                            }
+                            _ => None,
+                        },
                         matcher: &s.matcher,
                         filters: &self.filters,
                         breakdown: &self.breakdown,
