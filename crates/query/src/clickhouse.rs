@@ -5,8 +5,8 @@
 //! and filter trees of every operator on those; and `trends` with `total`, `unique`,
 //! `dau`, `wau`, `mau`, `sum`, `avg`, `min` and `max` series (with their event filters, a formula, any interval and
 //! week start) and breakdowns by `event:name` / `event:page` / `event:props:<name>`; `stickiness`
-//! `lifecycle`, `retention` and ordered `funnel`s (without exclusions or breakdown)
-//! counted per person or per account; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
+//! `lifecycle`, `retention` and `funnel`s (ordered, strict or unordered, with
+//! exclusions and breakdowns) counted per person or per account; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -37,7 +37,7 @@ pub(crate) struct StatsParts<'a> {
 
 fn unsupported(what: impl std::fmt::Display) -> QueryError {
     QueryError::Unsupported(format!(
-        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page, event:props:<name> and time:*, and every filter operator on those; trends with total, unique, dau, wau, mau, sum, avg, min and max series, broken down by those; ordered funnels without exclusions or breakdown, retention, lifecycle and stickiness, counted per person or account; paths, realtime and events"
+        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page, event:props:<name> and time:*, and every filter operator on those; trends with total, unique, dau, wau, mau, sum, avg, min and max series, broken down by those; funnels, retention, lifecycle and stickiness, counted per person or account; paths, realtime and events"
     ))
 }
 
@@ -804,22 +804,47 @@ pub(crate) fn paths_sql(
 pub(crate) struct FunnelParts<'a> {
     pub unit: Unit,
     pub steps: &'a [EventMatch],
+    pub order: FunnelOrder,
+    /// `(events, from step, to step)`: an attempt with one of these events after its
+    /// `from` step and before its `to` step does not count (ordered and strict only).
+    pub exclusions: &'a [(&'a EventMatch, usize, usize)],
+    /// Each attempt is broken down by its first event's value.
+    pub breakdown: Option<&'a Dimension>,
     pub filters: &'a [Filter],
     /// Microseconds.
     pub window: i64,
     pub tz: Tz,
 }
 
-/// An ordered funnel counted per person, with the DuckDB compiler's rules: an attempt
-/// starts at a step-0 event that no later step-0 event shadows before the next step-1
-/// event; step k is the first step-k event after step k-1's, reached if within `window`
-/// of the start; each person's best attempt (highest level, then earliest start) counts.
+/// How a funnel's steps must follow each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FunnelOrder {
+    /// Each step after the one before, other events between allowed.
+    Ordered,
+    /// Each step the very next event of the person.
+    Strict,
+    /// The steps in any order, within the window of the attempt's first event.
+    Unordered,
+}
+
+/// A funnel with the DuckDB compiler's rules, counted per person or account:
 ///
-/// One row: `c0..c{n-1}` (people reaching each step), then for each step k ≥ 1 the array
-/// of `t_k - t_{k-1}` over the people who reached it (medians and means are taken from
-/// them by the caller, exactly as DuckDB's `median` and `avg` do). Each person's step
-/// events are one array sorted by time (18.16 has no window functions); events at the
-/// same microsecond are ordered by their step flags here and by arrival on DuckDB.
+/// - **ordered**: an attempt starts at a step-0 event that no later step-0 event
+///   shadows before the next step-1 event; step k is the first step-k event after step
+///   k-1's; **strict**: every step-0 event starts one, and step k must be the very next
+///   event; either reaches step k if within `window` of the start, and is void if an
+///   exclusion event comes after its `from` step and before its (reached) `to` step;
+/// - **unordered**: every step or exclusion event starts an attempt; step k is the
+///   first step-k event at or after the start, within `window`; the steps reached,
+///   sorted by time, are the attempt's times.
+///
+/// Each unit's best attempt (highest level, then earliest start) counts, under its
+/// start's breakdown value. Rows: `(breakdown, c0..c{n-1}, arrays of t_k - t_{k-1} over
+/// the units that reached step k)` — one row without breakdown, else one per value plus
+/// the total (NULL) — in no order; medians and means are taken by the caller, exactly
+/// as DuckDB's `median` and `avg` do. Each unit's events are one array sorted by time
+/// (18.16 has no window functions), one subquery level per step; events at the same
+/// microsecond are ordered by their flags here and by arrival on DuckDB.
 pub(crate) fn funnel_sql(
     q: FunnelParts<'_>,
     project: &str,
@@ -827,79 +852,176 @@ pub(crate) fn funnel_sql(
     end: i64,
 ) -> Result<tally_store::Sql, QueryError> {
     let n = q.steps.len();
+    let m = q.exclusions.len();
     let mut b = Binder::numbered();
-    let flags = q
+    let step_flags = q
         .steps
         .iter()
         .map(|s| all_of(s, &mut b).map(|c| format!("toUInt8({c})")))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut wheres = vec![format!(
-        "({})",
-        flags
+    let excl_flags = q
+        .exclusions
+        .iter()
+        .map(|(x, _, _)| all_of(x, &mut b).map(|c| format!("toUInt8({c})")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bd = match q.breakdown {
+        Some(d) => format!("ifNull(toString({}), '(none)')", dimension(d)?),
+        None => "''".to_owned(),
+    };
+    let mut wheres = Vec::new();
+    // A strict funnel needs every event, to know what came right after a step.
+    if q.order != FunnelOrder::Strict {
+        let any: Vec<String> = step_flags
             .iter()
+            .chain(&excl_flags)
             .map(|f| format!("{f} = 1"))
-            .collect::<Vec<_>>()
-            .join(" OR ")
-    )];
+            .collect();
+        wheres.push(format!("({})", any.join(" OR ")));
+    }
     wheres.extend(filters_sql(q.filters, &mut b)?);
     let scan = scan(project, start, end, q.tz, q.unit, &mut b);
     let window = b.int(q.window);
-    // Tuple fields: 1 = time, 2.. = the step flags (s_k is field k + 2).
-    let people = format!(
-        "SELECT person_id, arraySort(groupArray(tuple(ts, {flags}))) AS evs \
-         FROM ({scan}) AS sc WHERE {wheres} GROUP BY person_id",
-        flags = flags.join(", "),
-        wheres = wheres.join(" AND "),
+    // Tuple fields: 1 = time, s_k = k + 2, x_i = n + 2 + i, breakdown = n + m + 2.
+    let (sf, xf, bdf) = (|k: usize| k + 2, |i: usize| n + 2 + i, n + m + 2);
+    let level_sql = format!(
+        "SELECT person_id AS agg, arraySort(groupArray(tuple(ts, {flags}, {bd}))) AS evs \
+         FROM ({scan}) AS sc{where_} GROUP BY person_id",
+        flags = step_flags
+            .iter()
+            .chain(&excl_flags)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        where_ = where_of(&wheres),
     );
-    // Position of the first s_k event after position `after` (0: none; after 0 = none).
-    let next = |k: usize, after: &str| {
-        format!(
-            "if({after} = 0, 0, if(arrayFirstIndex(x -> x.{f} = 1, arraySlice(evs, {after} + 1)) = 0, 0, \
-             {after} + arrayFirstIndex(x -> x.{f} = 1, arraySlice(evs, {after} + 1))))",
-            f = k + 2
-        )
+    // The first position after `p` (0: none, or `p` is 0) holding flag field `f`.
+    let after = |f: usize, p: &str| {
+        let found = format!("arrayFirstIndex(x -> x.{f} = 1, arraySlice(evs, {p} + 1))");
+        format!("if({p} = 0 OR {found} = 0, 0, {p} + {found})")
     };
-    // For a start at position i: q_k (positions) built by nesting, t_k reached or not.
-    let mut q_pos = vec!["i".to_owned()];
-    for k in 1..n {
-        let prev = q_pos[k - 1].clone();
-        q_pos.push(next(k, &format!("({prev})")));
-    }
-    let reached = |k: usize| {
-        format!(
-            "({qk} > 0 AND evs[{qk}].1 - evs[i].1 <= {window})",
-            qk = q_pos[k]
-        )
+    // The first position at or after `p` holding flag field `f`.
+    let from = |f: usize, p: &str| {
+        let found = format!("arrayFirstIndex(x -> x.{f} = 1, arraySlice(evs, {p}))");
+        format!("if({found} = 0, 0, {p} - 1 + {found})")
     };
-    let mut level = String::from("multiIf(");
-    for k in 1..n {
-        level.push_str(&format!("NOT {}, {k}, ", reached(k)));
-    }
-    level.push_str(&format!("{n})"));
-    let times: Vec<String> = (0..n)
-        .map(|k| {
-            if k == 0 {
-                "evs[i].1".to_owned()
+    // Every step's positions are an alias of one SELECT over the units' event arrays:
+    // computed once each, and free of 18.16's habit of dropping a subquery's column
+    // that only a lambda names.
+    let mut stages: Vec<String> = Vec::new();
+    let stage = |stages: &mut Vec<String>, column: String| stages.push(column);
+    // q0: the starts.
+    let starts = match q.order {
+        FunnelOrder::Ordered => {
+            // A step-0 event shadowed by a later step-0-only event before the next
+            // step-1 event can do no better than that later one.
+            let s1 = sf(1);
+            let next = "arrayFirstIndex(x -> x.2 = 1 OR x.{s1} = 1, arraySlice(evs, i + 1))"
+                .replace("{s1}", &s1.to_string());
+            format!(
+                "arrayFilter(i -> evs[i].2 = 1 AND ({next} = 0 OR NOT (evs[i + {next}].2 = 1 \
+                 AND evs[i + {next}].{s1} = 0)), arrayEnumerate(evs))"
+            )
+        }
+        FunnelOrder::Strict => "arrayFilter(i -> evs[i].2 = 1, arrayEnumerate(evs))".to_owned(),
+        FunnelOrder::Unordered => "arrayEnumerate(evs)".to_owned(),
+    };
+    stage(&mut stages, format!("{starts} AS q0"));
+    let mut times = Vec::new();
+    let mut level;
+    let mut void = "0".to_owned();
+    if q.order == FunnelOrder::Unordered {
+        // c_k: the time of the first step-k event at or after the start, within the
+        // window, else a time after every other (sorted last).
+        const NEVER: &str = "toInt64(9223372036854775807)";
+        let cs: Vec<String> = (0..n)
+            .map(|k| {
+                let pos = from(sf(k), "p");
+                format!(
+                    "if({pos} > 0 AND evs[{pos}].1 - evs[p].1 <= {window}, evs[{pos}].1, {NEVER})"
+                )
+            })
+            .collect();
+        stage(
+            &mut stages,
+            format!("arrayMap(p -> arraySort([{}]), q0) AS cs", cs.join(", ")),
+        );
+        level = format!("arrayCount(t -> t != {NEVER}, c)");
+        for k in 0..n {
+            times.push(format!("c[{}]", k + 1));
+        }
+    } else {
+        for k in 1..n {
+            let next = match q.order {
+                FunnelOrder::Strict => {
+                    format!("if(p = 0, 0, if(evs[p + 1].{f} = 1, p + 1, 0))", f = sf(k))
+                }
+                _ => after(sf(k), "p"),
+            };
+            stage(
+                &mut stages,
+                format!("arrayMap(p -> {next}, q{}) AS q{k}", k - 1),
+            );
+        }
+        for (i, (_, from_step, _)) in q.exclusions.iter().enumerate() {
+            stage(
+                &mut stages,
+                format!(
+                    "arrayMap(p -> {}, q{from_step}) AS xq{i}",
+                    after(xf(i), "p")
+                ),
+            );
+        }
+        let reached = |k: usize| format!("(p{k} > 0 AND evs[p{k}].1 - evs[p0].1 <= {window})");
+        level = String::from("multiIf(");
+        for k in 1..n {
+            level.push_str(&format!("NOT {}, {k}, ", reached(k)));
+        }
+        level.push_str(&format!("{n})"));
+        for k in 0..n {
+            times.push(if k == 0 {
+                "evs[p0].1".to_owned()
             } else {
-                format!("if({}, evs[{}].1, 0)", reached(k), q_pos[k])
-            }
-        })
-        .collect();
-    // Starts: s0 events not shadowed by a later s0-only event before the next s1.
-    let s1_field = if n > 1 { 3 } else { 2 };
-    let is_start = format!(
-        "evs[i].2 = 1 AND (arrayFirstIndex(x -> x.2 = 1 OR x.{s1_field} = 1, arraySlice(evs, i + 1)) = 0 \
-         OR NOT (evs[i + arrayFirstIndex(x -> x.2 = 1 OR x.{s1_field} = 1, arraySlice(evs, i + 1))].2 = 1 \
-                 AND evs[i + arrayFirstIndex(x -> x.2 = 1 OR x.{s1_field} = 1, arraySlice(evs, i + 1))].{s1_field} = 0))"
-    );
-    // Each attempt as (level, -t0, t0, t1, ...): the best is the maximum.
+                format!("if({}, evs[p{k}].1, 0)", reached(k))
+            });
+        }
+        let voids: Vec<String> = q
+            .exclusions
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, to))| format!("({} AND x{i} > 0 AND x{i} < p{to})", reached(*to)))
+            .collect();
+        if !voids.is_empty() {
+            void = format!("toUInt8({})", voids.join(" OR "));
+        }
+    }
+    // Each attempt as (level, -t0, t0.., breakdown, void): the best is the greatest of
+    // the attempts that are not void. Layout: t_k at k + 3, breakdown at n + 3. The
+    // position arrays go in as lambda arguments.
+    let (params, arrays): (Vec<String>, Vec<String>) = if q.order == FunnelOrder::Unordered {
+        (
+            vec!["p0".into(), "c".into()],
+            vec!["q0".into(), "cs".into()],
+        )
+    } else {
+        (0..n)
+            .map(|k| (format!("p{k}"), format!("q{k}")))
+            .chain((0..m).map(|i| (format!("x{i}"), format!("xq{i}"))))
+            .unzip()
+    };
     let attempts = format!(
-        "arrayMap(i -> tuple({level}, -evs[i].1, {times}), arrayFilter(i -> {is_start}, arrayEnumerate(evs)))",
+        "arrayFilter(a -> a.{v} = 0, arrayMap(({params}) -> tuple({level}, -{t0}, {times}, evs[p0].{bdf}, {void}), \
+         {arrays}))",
+        v = n + 4,
+        t0 = times[0],
         times = times.join(", "),
+        params = params.join(", "),
+        arrays = arrays.join(", "),
     );
     let best = format!(
-        "SELECT person_id, arrayReverseSort({attempts})[1] AS best FROM ({people}) AS p \
-         WHERE length({attempts}) > 0"
+        "SELECT agg, arrayReverseSort(att)[1] AS best FROM \
+           (SELECT agg, evs, {stages}, {attempts} AS att FROM ({level_sql}) AS lv) AS la \
+         WHERE length(att) > 0",
+        stages = stages.join(", "),
     );
     let mut cols = Vec::new();
     for k in 0..n {
@@ -913,6 +1035,16 @@ pub(crate) fn funnel_sql(
             l = k + 1
         ));
     }
-    let text = format!("SELECT {} FROM ({best}) AS bs", cols.join(", "));
+    let cols = cols.join(", ");
+    let text = if q.breakdown.is_some() {
+        format!(
+            "SELECT CAST(NULL AS Nullable(String)) AS bd, {cols} FROM ({best}) AS bs \
+             UNION ALL \
+             SELECT toNullable(best.{b}) AS bd, {cols} FROM ({best}) AS bs GROUP BY bd",
+            b = n + 3
+        )
+    } else {
+        format!("SELECT CAST(NULL AS Nullable(String)) AS bd, {cols} FROM ({best}) AS bs")
+    };
     Ok(b.finish(text))
 }

@@ -457,27 +457,26 @@ impl crate::Report for FunnelQuery {
 }
 
 impl FunnelQuery {
-    /// The ClickHouse answer in the DuckDB row's shape: `(NULL, c0.., med1, avg1, ...)`,
-    /// the medians and means taken here from the per-person times ClickHouse returns.
+    /// The ClickHouse answer in the DuckDB rows' shape: `(breakdown, c0.., med1, avg1,
+    /// ...)`, the total (NULL breakdown) first, then by count desc and value, the
+    /// medians and means taken here from the per-unit times ClickHouse returns.
     fn fetch_clickhouse(&self, store: &dyn Store, project: &str) -> Result<Rows, QueryError> {
-        let refuse = |what: &str| {
-            Err(QueryError::Unsupported(format!(
-                "funnels {what} are not available on the ClickHouse store yet"
-            )))
-        };
-        if self.order != Order::Ordered {
-            return refuse("other than ordered");
-        }
-        if !self.exclusions.is_empty() {
-            return refuse("with exclusions");
-        }
-        if self.breakdown.is_some() {
-            return refuse("with a breakdown");
-        }
+        let exclusions: Vec<(&EventMatch, usize, usize)> = self
+            .exclusions
+            .iter()
+            .map(|x| (&x.matcher, x.from_step, x.to_step))
+            .collect();
         let sql = crate::clickhouse::funnel_sql(
             crate::clickhouse::FunnelParts {
                 unit: self.count_by.into(),
                 steps: &self.steps,
+                order: match self.order {
+                    Order::Ordered => crate::clickhouse::FunnelOrder::Ordered,
+                    Order::Strict => crate::clickhouse::FunnelOrder::Strict,
+                    Order::Unordered => crate::clickhouse::FunnelOrder::Unordered,
+                },
+                exclusions: &exclusions,
+                breakdown: self.breakdown.as_ref(),
                 filters: &self.filters,
                 window: self.window,
                 tz: self.tz,
@@ -486,37 +485,50 @@ impl FunnelQuery {
             self.start,
             self.end,
         )?;
-        let rows = store.query(&sql)?;
+        let mut rows = store.query(&sql)?;
         let n = self.steps.len();
-        let Some(row) = rows.into_iter().next() else {
-            return Ok(Vec::new());
-        };
-        if row.first().map(num).unwrap_or(0.0) == 0.0 {
-            return Ok(Vec::new());
-        }
-        let mut out = vec![Value::Null];
-        out.extend(row[..n].iter().cloned());
-        for diffs in &row[n..] {
-            let mut d: Vec<i64> = diffs
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_i64).collect())
-                .unwrap_or_default();
-            d.sort_unstable();
-            if d.is_empty() {
-                out.extend([Value::Null, Value::Null]);
-                continue;
-            }
-            // DuckDB's `median` interpolates between the two middle values.
-            let mid = d.len() / 2;
-            let median = if d.len() % 2 == 1 {
-                d[mid] as f64
-            } else {
-                (d[mid - 1] as f64 + d[mid] as f64) / 2.0
+        rows.sort_by(|a, b| {
+            let key = |r: &Vec<Value>| {
+                (
+                    r[0].is_null(),
+                    -num(&r[1]) as i64,
+                    r[0].as_str().map(str::to_owned),
+                )
             };
-            let sum: i128 = d.iter().map(|&x| i128::from(x)).sum();
-            out.extend([json!(median), json!(sum as f64 / d.len() as f64)]);
+            let (ka, kb) = (key(a), key(b));
+            kb.0.cmp(&ka.0).then(ka.1.cmp(&kb.1)).then(ka.2.cmp(&kb.2))
+        });
+        if rows.first().map_or(true, |total| num(&total[1]) == 0.0) {
+            return Ok(Vec::new());
         }
-        Ok(vec![out])
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut out = vec![row[0].clone()];
+                out.extend(row[1..=n].iter().cloned());
+                for diffs in &row[n + 1..] {
+                    let mut d: Vec<i64> = diffs
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                        .unwrap_or_default();
+                    d.sort_unstable();
+                    if d.is_empty() {
+                        out.extend([Value::Null, Value::Null]);
+                        continue;
+                    }
+                    // DuckDB's `median` interpolates between the two middle values.
+                    let mid = d.len() / 2;
+                    let median = if d.len() % 2 == 1 {
+                        d[mid] as f64
+                    } else {
+                        (d[mid - 1] as f64 + d[mid] as f64) / 2.0
+                    };
+                    let sum: i128 = d.iter().map(|&x| i128::from(x)).sum();
+                    out.extend([json!(median), json!(sum as f64 / d.len() as f64)]);
+                }
+                out
+            })
+            .collect())
     }
 }
 
