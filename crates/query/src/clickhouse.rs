@@ -1,10 +1,11 @@
 //! The part of the engine that compiles to ClickHouse SQL (the scale-out store).
 //!
-//! So far: `stats` with the metrics `events`, `visitors` and `pageviews`, the dimensions
-//! `event:name`, `event:page`, `event:props:<name>` and `time:minute|hour|day|week|month`,
-//! and filter trees of every operator on those; and `trends` with `total`, `unique`,
+//! So far: `stats` with the metrics `events`, `visitors` and `pageviews`, every
+//! dimension of a single event (name, page, properties, hostname, source, referrer,
+//! UTM, device, browser, OS, country) and `time:*`, and filter trees of every operator
+//! on those; and `trends` with `total`, `unique`,
 //! `dau`, `wau`, `mau`, `sum`, `avg`, `min` and `max` series (with their event filters, a formula, any interval and
-//! week start) and breakdowns by `event:name` / `event:page` / `event:props:<name>`; `stickiness`
+//! week start) and breakdowns by those dimensions; `stickiness`
 //! `lifecycle`, `retention` and `funnel`s (ordered, strict or unordered, with
 //! exclusions and breakdowns) counted per person or per account; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
@@ -37,7 +38,7 @@ pub(crate) struct StatsParts<'a> {
 
 fn unsupported(what: impl std::fmt::Display) -> QueryError {
     QueryError::Unsupported(format!(
-        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, the dimensions event:name, event:page, event:props:<name> and time:*, and every filter operator on those; trends with total, unique, dau, wau, mau, sum, avg, min and max series, broken down by those; funnels, retention, lifecycle and stickiness, counted per person or account; paths, realtime and events"
+        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, every dimension of a single event (not the visit's entry or exit page, nor person properties) and time:*, and every filter operator on those; trends with total, unique, dau, wau, mau, sum, avg, min and max series, broken down by those; funnels, retention, lifecycle and stickiness, counted per person or account; paths, realtime and events"
     ))
 }
 
@@ -83,12 +84,138 @@ fn json_text(col: &str, key: &str) -> String {
     )
 }
 
+/// A field at a path of keys inside the JSON object in `col` (`["page", "url"]` is
+/// DuckDB's `$.page.url`), as [`json_text`] reads it.
+fn json_at(col: &str, path: &[&str]) -> String {
+    match path {
+        [key] => json_text(col, key),
+        [outer, rest @ ..] => {
+            let outer = tally_store::clickhouse::quote_str(outer);
+            json_at(&format!("visitParamExtractRaw({col}, {outer})"), rest)
+        }
+        [] => "CAST(NULL AS Nullable(String))".into(),
+    }
+}
+
+fn first_of(exprs: &[String]) -> String {
+    format!("coalesce({})", exprs.join(", "))
+}
+
+/// The page's URL, from the event's properties or its context (the DuckDB rule).
+fn page_url() -> String {
+    first_of(&[
+        json_text("properties", "page_url"),
+        json_text("properties", "url"),
+        json_text("properties", "$current_url"),
+        json_at("context", &["page", "url"]),
+    ])
+}
+
+fn referrer() -> String {
+    let any = first_of(&[
+        json_text("properties", "page_referrer"),
+        json_text("properties", "referrer"),
+        json_text("properties", "$referrer"),
+        json_at("context", &["page", "referrer"]),
+    ]);
+    format!("nullIf(nullIf({any}, ''), '$direct')")
+}
+
+fn utm(field: &str) -> String {
+    let segment = match field {
+        "utm_campaign" => "name",
+        other => other.trim_start_matches("utm_"),
+    };
+    first_of(&[
+        json_text("properties", field),
+        json_at("context", &["campaign", segment]),
+    ])
+}
+
+/// `multiIf` over LIKE tests of the user agent, NULL without one; `prop` (a property
+/// the SDK may send) wins, as on DuckDB.
+fn from_user_agent(prop: &str, arms: &[(&[&str], &str)], otherwise: &str) -> String {
+    let ua = first_of(&[
+        json_text("context", "user_agent"),
+        json_text("context", "userAgent"),
+    ]);
+    let mut tests = vec![format!("isNull({ua}), CAST(NULL AS Nullable(String))")];
+    for (patterns, value) in arms {
+        let any: Vec<String> = patterns
+            .iter()
+            .map(|p| format!("ifNull({ua}, '') LIKE '%{p}%'"))
+            .collect();
+        tests.push(format!("{}, '{value}'", any.join(" OR ")));
+    }
+    first_of(&[
+        json_text("properties", prop),
+        format!("multiIf({}, '{otherwise}')", tests.join(", ")),
+    ])
+}
+
+/// The host of a URL (scheme required), without `www.` when `strip_www`; NULL if none.
+fn host_of(url: &str, strip_www: bool) -> String {
+    let pattern = if strip_www {
+        r"^[A-Za-z][A-Za-z0-9+.-]*://(?:www\.)?([^/:?#]+)"
+    } else {
+        "^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#]+)"
+    };
+    format!(
+        "nullIf(extract({url}, {}), '')",
+        tally_store::clickhouse::quote_str(pattern)
+    )
+}
+
 /// A dimension's value (a label string for time), over the scan's columns.
 fn dimension(d: &Dimension) -> Result<String, QueryError> {
     Ok(match d {
         Dimension::Name => "event".into(),
         Dimension::Page => "page".into(),
         Dimension::Prop(key) => json_text("properties", key),
+        Dimension::Hostname => host_of(&page_url(), false),
+        Dimension::Referrer => referrer(),
+        Dimension::Source => first_of(&[
+            utm("utm_source"),
+            host_of(&referrer(), true),
+            "'Direct'".into(),
+        ]),
+        Dimension::Utm(u) => utm(u),
+        Dimension::Device => from_user_agent(
+            "$device_type",
+            &[
+                (&["iPad", "Tablet"], "Tablet"),
+                (&["Mobi", "iPhone", "Android"], "Mobile"),
+            ],
+            "Desktop",
+        ),
+        Dimension::Browser => from_user_agent(
+            "$browser",
+            &[
+                (&["Edg/"], "Edge"),
+                (&["OPR/", "Opera"], "Opera"),
+                (&["Firefox/", "FxiOS/"], "Firefox"),
+                (&["Chrome/", "CriOS/"], "Chrome"),
+                (&["Safari/"], "Safari"),
+            ],
+            "Other",
+        ),
+        Dimension::Os => from_user_agent(
+            "$os",
+            &[
+                (&["Windows"], "Windows"),
+                (&["Android"], "Android"),
+                (&["iPhone", "iPad"], "iOS"),
+                (&["Mac OS X", "Macintosh"], "macOS"),
+                (&["CrOS"], "Chrome OS"),
+                (&["Linux"], "Linux"),
+            ],
+            "Other",
+        ),
+        Dimension::Country => first_of(&[
+            json_text("properties", "$geoip_country_code"),
+            json_at("context", &["location", "country"]),
+            json_text("context", "country"),
+        ]),
         Dimension::Time(g) => {
             let interval = match g {
                 TimeGrain::Minute => Interval::Minute,
@@ -114,10 +241,7 @@ fn filter(f: &Filter, b: &mut Binder) -> Result<String, QueryError> {
             values,
             numbers,
         } => {
-            let expr = match d {
-                Dimension::Name | Dimension::Page | Dimension::Prop(_) => dimension(d)?,
-                other => return Err(unsupported(format!("a filter on {}", other.name()))),
-            };
+            let expr = dimension(d)?;
             let any = |b: &mut Binder, test: &dyn Fn(&str) -> String| {
                 let parts: Vec<String> = values
                     .iter()
@@ -206,13 +330,13 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, unit: Unit, b: &mut Binder)
            AND type NOT IN ('identify', 'group', 'alias')"
     );
     if unit == Unit::Events {
-        return format!("SELECT event, type, page, properties, ts, {lts} AS lts {events}");
+        return format!("SELECT event, type, page, properties, context, ts, {lts} AS lts {events}");
     }
     let people = format!(
-        "SELECT event, type, page, properties, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
+        "SELECT event, type, page, properties, context, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
                 if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id, \
                 if(isNotNull(user_id), assumeNotNull(user_id), linked) AS uid, group_id \
-         FROM (SELECT event, type, page, properties, ts, user_id, visitor_id, group_id, ifNull(device_id, '') AS dev \
+         FROM (SELECT event, type, page, properties, context, ts, user_id, visitor_id, group_id, ifNull(device_id, '') AS dev \
                {events}) AS e \
          ANY LEFT JOIN (SELECT device_id AS dev, argMin(user_id, linked_at) AS linked \
                         FROM identities WHERE project_id = {project} GROUP BY device_id) AS l \
@@ -222,7 +346,7 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, unit: Unit, b: &mut Binder)
         return people;
     }
     format!(
-        "SELECT event, type, page, properties, ts, lts, device, account AS person_id FROM \
+        "SELECT event, type, page, properties, context, ts, lts, device, account AS person_id FROM \
            (SELECT *, if(isNotNull(group_id), assumeNotNull(group_id), member_of) AS account \
             FROM ({people}) AS p \
             ANY LEFT JOIN (SELECT user_id AS uid, argMax(group_id, last_seen) AS member_of \
@@ -398,12 +522,11 @@ pub(crate) fn trends_series_sql(
         .breakdown
         .iter()
         .enumerate()
-        .map(|(i, d)| match d {
-            Dimension::Name | Dimension::Page | Dimension::Prop(_) => Ok(format!(
+        .map(|(i, d)| {
+            Ok::<_, QueryError>(format!(
                 "ifNull(toString({}), '(none)') AS b{i}",
                 dimension(d)?
-            )),
-            other => Err(unsupported(format!("a breakdown by {}", other.name()))),
+            ))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = (0..q.breakdown.len()).map(|i| format!("b{i}")).collect();

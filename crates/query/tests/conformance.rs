@@ -171,6 +171,43 @@ fn events() -> Vec<Event> {
             if *name == "purchase" {
                 properties.insert("price".into(), json!(9.5));
             }
+            // Where visitors come from and what they use, in the places SDKs put it.
+            let mut context = Map::new();
+            match i % 3 {
+                0 => {
+                    context.insert("user_agent".into(), json!("Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0 Safari/537.36"));
+                }
+                1 => {
+                    context.insert("userAgent".into(), json!("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Safari/604.1"));
+                }
+                _ => {}
+            }
+            match i % 4 {
+                0 => {
+                    properties.insert("referrer".into(), json!("https://www.google.com/search?q=x"));
+                }
+                1 => {
+                    properties.insert("referrer".into(), json!("$direct"));
+                    properties.insert("utm_source".into(), json!("newsletter"));
+                }
+                2 => {
+                    context.insert(
+                        "page".into(),
+                        json!({"referrer": "https://news.ycombinator.com/", "title": "Tom's \"Guide\"",
+                               "url": format!("https://docs.example.org{}", page.unwrap_or("/"))}),
+                    );
+                    context.insert("campaign".into(), json!({"name": "spring", "source": "ads"}));
+                }
+                _ => {}
+            }
+            if let Some(p) = page.filter(|_| i % 2 == 0) {
+                properties.insert("page_url".into(), json!(format!("https://www.example.com{p}?x=1")));
+            }
+            if i % 5 == 1 {
+                context.insert("location".into(), json!({"city": "Berlin", "country": "DE"}));
+            } else if i % 5 == 2 {
+                properties.insert("$geoip_country_code".into(), json!("FR"));
+            }
             Event {
                 uuid: uuid::Uuid::from_u128(i as u128 + 1),
                 kind: if *name == "page_visit" {
@@ -188,7 +225,7 @@ fn events() -> Vec<Event> {
                 received_at: at(ts),
                 properties,
                 traits: Map::new(),
-                context: Map::new(),
+                context,
             }
         })
         .collect();
@@ -344,6 +381,17 @@ fn queries() -> Vec<Value> {
         q(json!({"filters": [["is_not_set", "event:props:plan"]], "dimensions": ["event:name"]})),
         q(json!({"filters": [["is_set", "event:props:coupon"]]})),
         q(json!({"filters": [["contains", "event:props:plan", ["PR"]]]})),
+        q(json!({"dimensions": ["visit:browser", "visit:os"]})),
+        q(
+            json!({"dimensions": ["visit:device"], "filters": [["is_not", "visit:browser", ["Chrome"]]]}),
+        ),
+        q(json!({"dimensions": ["visit:source"]})),
+        q(json!({"dimensions": ["visit:referrer"]})),
+        q(json!({"dimensions": ["event:hostname", "visit:country"]})),
+        q(json!({"dimensions": ["visit:utm_source", "visit:utm_campaign"]})),
+        q(
+            json!({"filters": [["matches", "visit:source", ["^(Direct|google)"]]], "dimensions": ["event:name"]}),
+        ),
         json!({"kind": "trends", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
                "interval": "day", "series": [{"event": "page_visit", "math": "total"},
                                              {"event": "$any", "math": "unique"}]}),
@@ -629,12 +677,12 @@ fn what_clickhouse_cannot_answer_yet_is_refused_not_answered_differently() {
     let range: Value = serde_json::from_str(RANGE).unwrap();
     for query in [
         json!({"kind": "stats", "metrics": ["visits"], "date_range": range}),
-        json!({"kind": "stats", "metrics": ["events"], "date_range": range, "dimensions": ["visit:browser"]}),
-        json!({"kind": "stats", "metrics": ["events"], "date_range": range, "filters": [["matches", "visit:source", ["^G"]]]}),
+        json!({"kind": "stats", "metrics": ["events"], "date_range": range, "dimensions": ["visit:entry_page"]}),
+        json!({"kind": "stats", "metrics": ["events"], "date_range": range, "dimensions": ["person:props:plan"]}),
         json!({"kind": "trends", "date_range": range, "series": [{"event": "signup"}],
-               "breakdown": ["visit:browser"]}),
+               "breakdown": ["person:props:plan"]}),
         json!({"kind": "accounts", "date_range": range}),
-        json!({"kind": "funnel", "date_range": range, "breakdown": "visit:browser",
+        json!({"kind": "funnel", "date_range": range, "breakdown": "person:props:plan",
                "steps": [{"event": "page_visit"}, {"event": "signup"}]}),
     ] {
         assert!(
