@@ -34,6 +34,8 @@ pub(crate) struct StatsParts<'a> {
     pub tz: Tz,
     /// Whether the store's `events_hourly` rollup may be read ([`tally_store::Store::rollups`]).
     pub rollups: bool,
+    /// The event whose people count as converted (`conversion_rate`).
+    pub goal: Option<&'a str>,
 }
 
 fn unsupported(what: impl std::fmt::Display) -> QueryError {
@@ -211,6 +213,9 @@ fn dimension(d: &Dimension) -> Result<String, QueryError> {
             ],
             "Other",
         ),
+        // Columns of the visit plan.
+        Dimension::EntryPage => "entry_page".into(),
+        Dimension::ExitPage => "exit_page".into(),
         Dimension::Country => first_of(&[
             json_text("properties", "$geoip_country_code"),
             json_at("context", &["location", "country"]),
@@ -333,10 +338,10 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, unit: Unit, b: &mut Binder)
         return format!("SELECT event, type, page, properties, context, ts, {lts} AS lts {events}");
     }
     let people = format!(
-        "SELECT event, type, page, properties, context, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
+        "SELECT event, type, page, properties, context, session_id, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
                 if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id, \
                 if(isNotNull(user_id), assumeNotNull(user_id), linked) AS uid, group_id \
-         FROM (SELECT event, type, page, properties, context, ts, user_id, visitor_id, group_id, ifNull(device_id, '') AS dev \
+         FROM (SELECT event, type, page, properties, context, session_id, ts, user_id, visitor_id, group_id, ifNull(device_id, '') AS dev \
                {events}) AS e \
          ANY LEFT JOIN (SELECT device_id AS dev, argMin(user_id, linked_at) AS linked \
                         FROM identities WHERE project_id = {project} GROUP BY device_id) AS l \
@@ -346,7 +351,7 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, unit: Unit, b: &mut Binder)
         return people;
     }
     format!(
-        "SELECT event, type, page, properties, context, ts, lts, device, account AS person_id FROM \
+        "SELECT event, type, page, properties, context, session_id, ts, lts, device, account AS person_id FROM \
            (SELECT *, if(isNotNull(group_id), assumeNotNull(group_id), member_of) AS account \
             FROM ({people}) AS p \
             ANY LEFT JOIN (SELECT user_id AS uid, argMax(group_id, last_seen) AS member_of \
@@ -399,8 +404,46 @@ fn rollup_scan(project: &str, start: i64, end: i64, tz: Tz, b: &mut Binder) -> S
     )
 }
 
+/// `x` rounded to `digits` decimals as DuckDB's `round` does for the non-negative values
+/// it is used on here (half away from zero; ClickHouse's own rounds floats half to even).
+fn round_half_up(x: &str, digits: u32) -> String {
+    let scale = 10u64.pow(digits);
+    if digits == 0 {
+        format!("floor({x} + 0.5)")
+    } else {
+        format!("floor({x} * {scale} + 0.5) / {scale}")
+    }
+}
+
+/// DuckDB's `quantile_cont(v, q)`: linear interpolation between the closest ranks of the
+/// numbers among `v`, NULL without any.
+fn quantile_cont(v: &str, q: f64) -> String {
+    let a = format!("arraySort(groupArray({v}))");
+    let pos = format!("((length({a}) - 1) * {q:?})");
+    let at = |i: String| format!("arrayElement({a}, toUInt64({i}) + 1)");
+    format!(
+        "if(length({a}) = 0, CAST(NULL AS Nullable(Float64)), \
+         toNullable({lo} + ({pos} - floor({pos})) * ({hi} - {lo})))",
+        lo = at(format!("floor({pos})")),
+        hi = at(format!("ceil({pos})")),
+    )
+}
+
+/// The metrics that need each person's events cut into visits.
+fn is_visit_metric(m: &str) -> bool {
+    matches!(
+        m,
+        "visits" | "bounce_rate" | "visit_duration" | "views_per_visit"
+    )
+}
+
 /// A `stats` query over `[start, end)` as ClickHouse SQL: columns `d<i>...`, `m<i>...`,
 /// one row per group, every group, in the requested order.
+///
+/// Two plans, as on DuckDB: counts over the events (read from the hourly rollup where
+/// that is exact), or, for visit metrics and the entry/exit page, the visit plan: each
+/// person's events cut into visits (the session id, else 30 minutes of silence ends
+/// one), then filtered, then counted per visit.
 pub(crate) fn stats_sql(
     q: StatsParts<'_>,
     project: &str,
@@ -408,45 +451,150 @@ pub(crate) fn stats_sql(
     end: i64,
 ) -> Result<tally_store::Sql, QueryError> {
     let mut b = Binder::numbered();
-    let rollup = rollup_answers(&q, start, end);
-    let metrics = q
-        .metrics
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let sql = match (m.as_str(), rollup) {
-                ("events", false) => "count()",
-                ("events", true) => "sum(events)",
-                ("visitors", _) => "uniqExact(person_id)",
-                ("pageviews", false) => "countIf(type = 'page' OR event = 'page_visit')",
-                ("pageviews", true) => "sum(pageviews)",
-                (other, _) => return Err(unsupported(format!("the metric {other}"))),
-            };
-            Ok(format!("{sql} AS m{i}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let visits = q.metrics.iter().any(|m| is_visit_metric(m))
+        || q.dimensions
+            .iter()
+            .chain(q.filters.iter().flat_map(Filter::dimensions))
+            .any(Dimension::needs_visits);
+    let rollup = !visits && rollup_answers(&q, start, end);
+    let goal = q.goal.map(|g| b.text(g));
     let dims = q
         .dimensions
         .iter()
         .enumerate()
         .map(|(i, d)| Ok(format!("{} AS d{i}", dimension(d)?)))
         .collect::<Result<Vec<_>, QueryError>>()?;
+    let group: Vec<String> = (0..q.dimensions.len()).map(|i| format!("d{i}")).collect();
     let wheres = filters_sql(q.filters, &mut b)?;
-    let scan = if rollup {
-        rollup_scan(project, start, end, q.tz, &mut b)
-    } else {
-        let unit = if q.metrics.iter().any(|m| m == "visitors") {
-            Unit::People
-        } else {
-            Unit::Events
-        };
-        scan(project, start, end, q.tz, unit, &mut b)
-    };
     let where_ = where_of(&wheres);
-    let select: Vec<String> = dims.iter().chain(&metrics).cloned().collect();
-    let mut text = format!("SELECT {} FROM ({scan}) AS s{where_}", select.join(", "));
+    let people = |m: &str| matches!(m, "visitors" | "percentage" | "conversion_rate");
+    let unit = if visits || q.metrics.iter().any(|m| people(m)) {
+        Unit::People
+    } else {
+        Unit::Events
+    };
+    let mut text = if visits {
+        let scan = scan(project, start, end, q.tz, unit, &mut b);
+        // Each person's events in time order, a visit number that grows after 30
+        // minutes of silence, and the visit id DuckDB gives: the session, else the
+        // person and that number.
+        let cut = format!(
+            "SELECT person_id, tup.1 AS ts, tup.2 AS event, tup.3 AS type, tup.4 AS page, \
+                    tup.5 AS properties, tup.6 AS context, tup.7 AS lts, \
+                    if(isNotNull(tup.8), concat('s:', assumeNotNull(tup.8)), \
+                       concat('v:', person_id, ':', toString(vn))) AS visit_id \
+             FROM (SELECT person_id, \
+                          arraySort(x -> x.1, groupArray(tuple(ts, event, type, page, properties, context, lts, session_id))) AS evs, \
+                          arrayCumSum(arrayMap(i -> if(i = 1 OR evs[i].1 - evs[i - 1].1 > 1800000000, 1, 0), \
+                                               arrayEnumerate(evs))) AS vns \
+                   FROM ({scan}) AS s GROUP BY person_id) AS g \
+             ARRAY JOIN evs AS tup, vns AS vn"
+        );
+        let per_visit = format!(
+            "SELECT visit_id, (max(ts) - min(ts)) / 1000000 AS visit_duration, \
+                    countIf(type = 'page' OR event = 'page_visit') AS visit_pageviews, count() AS visit_events, \
+                    argMinIf(page, ts, isNotNull(page)) AS entry_page, argMaxIf(page, ts, isNotNull(page)) AS exit_page \
+             FROM ({cut}) AS c GROUP BY visit_id"
+        );
+        let converted = match &goal {
+            Some(g) => format!("max(event = {g})"),
+            None => "0".into(),
+        };
+        let visit_dims = if dims.is_empty() {
+            String::new()
+        } else {
+            format!("{}, ", dims.join(", "))
+        };
+        // No alias here repeats a column's name (18.16 resolves it in the whole SELECT).
+        let pv = format!(
+            "SELECT {visit_dims}visit_id, any(person_id) AS pid, any(visit_duration) AS vdur, \
+                    any(visit_pageviews) AS vpv, any(visit_events) AS vev, count() AS n_events, \
+                    countIf(type = 'page' OR event = 'page_visit') AS n_pageviews, {converted} AS conv \
+             FROM ({cut}) AS c ANY LEFT JOIN ({per_visit}) AS v USING visit_id{where_} \
+             GROUP BY {}visit_id",
+            group.iter().map(|g| format!("{g}, ")).collect::<String>(),
+        );
+        let metrics = q
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let sql = match m.as_str() {
+                    "visitors" => "uniqExact(pid)".to_owned(),
+                    "visits" => "count()".to_owned(),
+                    "events" => "sum(n_events)".to_owned(),
+                    "pageviews" => "sum(n_pageviews)".to_owned(),
+                    "views_per_visit" => round_half_up("sum(n_pageviews) / count()", 2),
+                    "bounce_rate" => {
+                        round_half_up("100.0 * avg(if(vpv <= 1 AND vev <= 1, 1, 0))", 0)
+                    }
+                    "visit_duration" => round_half_up("avg(vdur)", 0),
+                    "percentage" => round_half_up(
+                        &format!(
+                            "100.0 * uniqExact(pid) / nullIf((SELECT uniqExact(pid) FROM ({pv}) AS all_visits), 0)"
+                        ),
+                        2,
+                    ),
+                    "conversion_rate" => round_half_up(
+                        "100.0 * uniqExactIf(pid, conv = 1) / nullIf(uniqExact(pid), 0)",
+                        2,
+                    ),
+                    other => return Err(unsupported(format!("the metric {other} with visits"))),
+                };
+                Ok(format!("{sql} AS m{i}"))
+            })
+            .collect::<Result<Vec<_>, QueryError>>()?;
+        let select: Vec<String> = group.iter().chain(&metrics).cloned().collect();
+        format!("SELECT {} FROM ({pv}) AS pv", select.join(", "))
+    } else {
+        let scan = if rollup {
+            rollup_scan(project, start, end, q.tz, &mut b)
+        } else {
+            scan(project, start, end, q.tz, unit, &mut b)
+        };
+        let metrics = q
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let number = |key: &str| format!("toFloat64OrNull({})", json_text("properties", key));
+                let sql = match (m.as_str(), rollup) {
+                    ("events", false) => "count()".to_owned(),
+                    ("events", true) => "sum(events)".to_owned(),
+                    ("visitors", _) => "uniqExact(person_id)".to_owned(),
+                    ("pageviews", false) => "countIf(type = 'page' OR event = 'page_visit')".to_owned(),
+                    ("pageviews", true) => "sum(pageviews)".to_owned(),
+                    ("percentage", _) => round_half_up(
+                        &format!(
+                            "100.0 * uniqExact(person_id) / nullIf((SELECT uniqExact(person_id) FROM ({scan}) AS t{where_}), 0)"
+                        ),
+                        2,
+                    ),
+                    ("conversion_rate", _) => round_half_up(
+                        &format!(
+                            "100.0 * uniqExactIf(person_id, event = {}) / nullIf(uniqExact(person_id), 0)",
+                            goal.as_deref().unwrap_or("NULL")
+                        ),
+                        2,
+                    ),
+                    (other, _) => match other.split_once(':') {
+                        Some((f @ ("sum" | "avg" | "min" | "max"), key)) => {
+                            format!("{f}({})", number(key))
+                        }
+                        Some((p @ ("p50" | "p90" | "p95" | "p99"), key)) => {
+                            let q: f64 = p[1..].parse::<f64>().unwrap_or(50.0) / 100.0;
+                            quantile_cont(&number(key), q)
+                        }
+                        _ => return Err(unsupported(format!("the metric {other}"))),
+                    },
+                };
+                Ok(format!("{sql} AS m{i}"))
+            })
+            .collect::<Result<Vec<_>, QueryError>>()?;
+        let select: Vec<String> = dims.iter().chain(&metrics).cloned().collect();
+        format!("SELECT {} FROM ({scan}) AS s{where_}", select.join(", "))
+    };
     if !q.dimensions.is_empty() {
-        let group: Vec<String> = (0..q.dimensions.len()).map(|i| format!("d{i}")).collect();
         let mut order: Vec<String> = q
             .order
             .iter()

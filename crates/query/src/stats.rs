@@ -525,6 +525,7 @@ impl StatsQuery {
                             .collect::<Vec<_>>(),
                         tz: self.tz,
                         rollups: store.rollups(),
+                        goal: self.goal.as_deref(),
                     },
                     project,
                     start,
