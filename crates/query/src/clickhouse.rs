@@ -1,13 +1,9 @@
 //! The part of the engine that compiles to ClickHouse SQL (the scale-out store).
 //!
-//! So far: `stats` with the metrics `events`, `visitors` and `pageviews`, every
-//! dimension of a single event (name, page, properties, hostname, source, referrer,
-//! UTM, device, browser, OS, country) and `time:*`, and filter trees of every operator
-//! on those; and `trends` with `total`, `unique`,
-//! `dau`, `wau`, `mau`, `sum`, `avg`, `min` and `max` series (with their event filters, a formula, any interval and
-//! week start) and breakdowns by those dimensions; `stickiness`
-//! `lifecycle`, `retention` and `funnel`s (ordered, strict or unordered, with
-//! exclusions and breakdowns) counted per person or per account; `paths`; `realtime`; and `events` (raw events with the filters above). Anything else is refused with
+//! Every report kind but `accounts`: `stats` (the event plan, read from the hourly
+//! rollup where that is exact, and the visit plan), `trends`, `funnel`s, `retention`,
+//! `lifecycle` and `stickiness` counted per person or per account, `paths`, `realtime`
+//! and `events`, with every dimension and filter operator. `accounts` is refused with
 //! [`QueryError::Unsupported`] (HTTP 501), never answered differently from DuckDB:
 //! `tests/conformance` runs the same queries on both stores.
 //!
@@ -40,7 +36,7 @@ pub(crate) struct StatsParts<'a> {
 
 fn unsupported(what: impl std::fmt::Display) -> QueryError {
     QueryError::Unsupported(format!(
-        "{what} is not available on the ClickHouse store yet; it answers stats with the metrics events, visitors and pageviews, every dimension of a single event (not the visit's entry or exit page, nor person properties) and time:*, and every filter operator on those; trends with total, unique, dau, wau, mau, sum, avg, min and max series, broken down by those; funnels, retention, lifecycle and stickiness, counted per person or account; paths, realtime and events"
+        "{what} is not available on the ClickHouse store yet; every other report kind is"
     ))
 }
 
@@ -214,6 +210,7 @@ fn dimension(d: &Dimension) -> Result<String, QueryError> {
             "Other",
         ),
         // Columns of the visit plan.
+        Dimension::PersonProp(key) => json_text("person_traits", key),
         Dimension::EntryPage => "entry_page".into(),
         Dimension::ExitPage => "exit_page".into(),
         Dimension::Country => first_of(&[
@@ -231,7 +228,6 @@ fn dimension(d: &Dimension) -> Result<String, QueryError> {
             };
             time_label(interval, WeekStart::Monday)
         }
-        other => return Err(unsupported(format!("the dimension {}", other.name()))),
     })
 }
 
@@ -298,6 +294,15 @@ fn join(items: &[Filter], sep: &str, b: &mut Binder) -> Result<String, QueryErro
     Ok(format!("({})", parts.join(sep)))
 }
 
+/// Whether any of `dims` is a person's trait (the scan then joins the persons).
+fn reads_persons<'a>(dims: impl IntoIterator<Item = &'a Dimension>) -> bool {
+    dims.into_iter().any(Dimension::needs_person)
+}
+
+fn filters_read_persons(filters: &[Filter]) -> bool {
+    reads_persons(filters.iter().flat_map(Filter::dimensions))
+}
+
 /// Who a query counts: nobody (counts of events), people, or accounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unit {
@@ -325,7 +330,15 @@ impl From<crate::common::CountBy> for Unit {
 /// out when counting accounts, as on DuckDB. FINAL reads each event once even before
 /// ReplacingMergeTree has merged away a replayed copy. Counts of events skip the joins.
 /// 18.16 allows one JOIN per SELECT, so each join is a level of its own.
-fn scan(project: &str, start: i64, end: i64, tz: Tz, unit: Unit, b: &mut Binder) -> String {
+fn scan(
+    project: &str,
+    start: i64,
+    end: i64,
+    tz: Tz,
+    unit: Unit,
+    persons: bool,
+    b: &mut Binder,
+) -> String {
     let lts = local_us(tz, start, end);
     let project = b.text(project);
     let (start, end) = (b.ts(start), b.ts(end));
@@ -334,10 +347,12 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, unit: Unit, b: &mut Binder)
          WHERE project_id = {project} AND ts >= {start} AND ts < {end} \
            AND type NOT IN ('identify', 'group', 'alias')"
     );
-    if unit == Unit::Events {
-        return format!("SELECT event, type, page, properties, context, ts, {lts} AS lts {events}");
+    if unit == Unit::Events && !persons {
+        return format!(
+            "SELECT event, type, page, properties, context, session_id, ts, {lts} AS lts {events}"
+        );
     }
-    let people = format!(
+    let mut people = format!(
         "SELECT event, type, page, properties, context, session_id, ts, {lts} AS lts, if(dev != '', dev, visitor_id) AS device, \
                 if(isNotNull(user_id), assumeNotNull(user_id), if(linked != '', linked, visitor_id)) AS person_id, \
                 if(isNotNull(user_id), assumeNotNull(user_id), linked) AS uid, group_id \
@@ -347,11 +362,23 @@ fn scan(project: &str, start: i64, end: i64, tz: Tz, unit: Unit, b: &mut Binder)
                         FROM identities WHERE project_id = {project} GROUP BY device_id) AS l \
          USING dev"
     );
-    if unit == Unit::People {
+    let mut traits_col = "";
+    if persons {
+        // The person's current traits (the last written row), by the signed-in or
+        // linked user; '' when there is none.
+        people = format!(
+            "SELECT * FROM ({people}) AS pp \
+             ANY LEFT JOIN (SELECT user_id AS uid, argMax(traits, written_at) AS person_traits \
+                            FROM persons WHERE project_id = {project} GROUP BY user_id) AS pr \
+             USING uid"
+        );
+        traits_col = ", person_traits";
+    }
+    if unit != Unit::Accounts {
         return people;
     }
     format!(
-        "SELECT event, type, page, properties, context, session_id, ts, lts, device, account AS person_id FROM \
+        "SELECT event, type, page, properties, context, session_id, ts, lts, device{traits_col}, account AS person_id FROM \
            (SELECT *, if(isNotNull(group_id), assumeNotNull(group_id), member_of) AS account \
             FROM ({people}) AS p \
             ANY LEFT JOIN (SELECT user_id AS uid, argMax(group_id, last_seen) AS member_of \
@@ -468,27 +495,30 @@ pub(crate) fn stats_sql(
     let wheres = filters_sql(q.filters, &mut b)?;
     let where_ = where_of(&wheres);
     let people = |m: &str| matches!(m, "visitors" | "percentage" | "conversion_rate");
+    let persons = reads_persons(q.dimensions) || filters_read_persons(q.filters);
     let unit = if visits || q.metrics.iter().any(|m| people(m)) {
         Unit::People
     } else {
         Unit::Events
     };
     let mut text = if visits {
-        let scan = scan(project, start, end, q.tz, unit, &mut b);
+        let scan = scan(project, start, end, q.tz, unit, persons, &mut b);
         // Each person's events in time order, a visit number that grows after 30
         // minutes of silence, and the visit id DuckDB gives: the session, else the
         // person and that number.
         let cut = format!(
             "SELECT person_id, tup.1 AS ts, tup.2 AS event, tup.3 AS type, tup.4 AS page, \
-                    tup.5 AS properties, tup.6 AS context, tup.7 AS lts, \
+                    tup.5 AS properties, tup.6 AS context, tup.7 AS lts{traits_out}, \
                     if(isNotNull(tup.8), concat('s:', assumeNotNull(tup.8)), \
                        concat('v:', person_id, ':', toString(vn))) AS visit_id \
              FROM (SELECT person_id, \
-                          arraySort(x -> x.1, groupArray(tuple(ts, event, type, page, properties, context, lts, session_id))) AS evs, \
+                          arraySort(x -> x.1, groupArray(tuple(ts, event, type, page, properties, context, lts, session_id{traits_in}))) AS evs, \
                           arrayCumSum(arrayMap(i -> if(i = 1 OR evs[i].1 - evs[i - 1].1 > 1800000000, 1, 0), \
                                                arrayEnumerate(evs))) AS vns \
                    FROM ({scan}) AS s GROUP BY person_id) AS g \
-             ARRAY JOIN evs AS tup, vns AS vn"
+             ARRAY JOIN evs AS tup, vns AS vn",
+            traits_in = if persons { ", person_traits" } else { "" },
+            traits_out = if persons { ", tup.9 AS person_traits" } else { "" },
         );
         let per_visit = format!(
             "SELECT visit_id, (max(ts) - min(ts)) / 1000000 AS visit_duration, \
@@ -550,7 +580,7 @@ pub(crate) fn stats_sql(
         let scan = if rollup {
             rollup_scan(project, start, end, q.tz, &mut b)
         } else {
-            scan(project, start, end, q.tz, unit, &mut b)
+            scan(project, start, end, q.tz, unit, persons, &mut b)
         };
         let metrics = q
             .metrics
@@ -655,7 +685,9 @@ pub(crate) fn trends_series_sql(
     } else {
         Unit::Events
     };
-    let scan = scan(project, start, end, q.tz, unit, &mut b);
+    let persons =
+        reads_persons(q.breakdown) || filters_read_persons(q.filters) || q.matcher.needs_persons();
+    let scan = scan(project, start, end, q.tz, unit, persons, &mut b);
     let label = time_label(q.interval, q.week);
     if q.breakdown.is_empty() {
         let text = format!(
@@ -725,7 +757,7 @@ pub(crate) fn realtime_sql(project: &str, start: i64, end: i64) -> Vec<tally_sto
     .into_iter()
     .map(|text| {
         let mut b = Binder::numbered();
-        let scan = scan(project, start, end, chrono_tz::UTC, Unit::People, &mut b);
+        let scan = scan(project, start, end, chrono_tz::UTC, Unit::People, false, &mut b);
         b.finish(text.replace("{scan}", &scan))
     })
     .collect()
@@ -783,7 +815,16 @@ fn rolling_sql(
     let mut b = Binder::numbered();
     let lookback = (days - 1) * 86_400 * MICROS_PER_SEC;
     let where_ = where_clause(q.matcher, q.filters, &mut b)?;
-    let scan = scan(project, start - lookback, end, q.tz, Unit::People, &mut b);
+    let persons = filters_read_persons(q.filters) || q.matcher.needs_persons();
+    let scan = scan(
+        project,
+        start - lookback,
+        end,
+        q.tz,
+        Unit::People,
+        persons,
+        &mut b,
+    );
     let day_of = |t: i64| {
         let local =
             t + i64::from(time::offset_at(q.tz, t.div_euclid(MICROS_PER_SEC))) * MICROS_PER_SEC;
@@ -824,7 +865,8 @@ pub(crate) fn stickiness_sql(
 ) -> Result<tally_store::Sql, QueryError> {
     let mut b = Binder::numbered();
     let where_ = where_clause(q.target, q.filters, &mut b)?;
-    let scan = scan(project, start, end, q.tz, q.unit, &mut b);
+    let persons = filters_read_persons(q.filters) || q.target.needs_persons();
+    let scan = scan(project, start, end, q.tz, q.unit, persons, &mut b);
     let label = time_label(q.interval, q.week);
     let text = format!(
         "SELECT active, count() FROM \
@@ -880,7 +922,8 @@ pub(crate) fn lifecycle_sql(
     let mut b = Binder::numbered();
     let where_ = where_clause(q.target, q.filters, &mut b)?;
     // All history: "new" means the first activity ever.
-    let scan = scan(project, 0, end, q.tz, q.unit, &mut b);
+    let persons = filters_read_persons(q.filters) || q.target.needs_persons();
+    let scan = scan(project, 0, end, q.tz, q.unit, persons, &mut b);
     let (bucket, step, label) = bucket_number(q.interval, q.week);
     let label = label.replace("{n}", "n");
     let acts = format!(
@@ -978,7 +1021,9 @@ pub(crate) fn retention_sql(
     wheres.extend(filters_sql(q.filters, &mut b)?);
     // "First time" means first ever, so the history before the range counts.
     let scan_start = if q.first_time { 0 } else { start };
-    let scan = scan(project, scan_start, scan_end, q.tz, q.unit, &mut b);
+    let persons =
+        filters_read_persons(q.filters) || q.target.needs_persons() || q.returning.needs_persons();
+    let scan = scan(project, scan_start, scan_end, q.tz, q.unit, persons, &mut b);
     let (bucket, step, label) = bucket_number(q.interval, q.week);
     let (start, end) = (b.ts(start), b.ts(end));
     let ev = format!(
@@ -1041,7 +1086,8 @@ pub(crate) fn paths_sql(
         ("event", "1")
     };
     wheres.push(keep.to_owned());
-    let scan = scan(project, start, end, q.tz, Unit::People, &mut b);
+    let persons = filters_read_persons(q.filters) || q.start_at.needs_persons();
+    let scan = scan(project, start, end, q.tz, Unit::People, persons, &mut b);
     let depth = b.int(q.depth as i64);
     // Positions in the person's sorted events: the start `s`, the step's item and the
     // one before it on the path.
@@ -1150,7 +1196,11 @@ pub(crate) fn funnel_sql(
         wheres.push(format!("({})", any.join(" OR ")));
     }
     wheres.extend(filters_sql(q.filters, &mut b)?);
-    let scan = scan(project, start, end, q.tz, q.unit, &mut b);
+    let persons = filters_read_persons(q.filters)
+        || reads_persons(q.breakdown)
+        || q.steps.iter().any(EventMatch::needs_persons)
+        || q.exclusions.iter().any(|(x, _, _)| x.needs_persons());
+    let scan = scan(project, start, end, q.tz, q.unit, persons, &mut b);
     let window = b.int(q.window);
     // Tuple fields: 1 = time, s_k = k + 2, x_i = n + 2 + i, breakdown = n + m + 2.
     let (sf, xf, bdf) = (|k: usize| k + 2, |i: usize| n + 2 + i, n + m + 2);

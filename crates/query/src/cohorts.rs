@@ -74,7 +74,22 @@ impl Frame {
     }
 
     /// The scan of `[start, end)` (`start` None: from the first event).
-    fn scan(&self, project: &str, start: Option<i64>, end: i64, b: &mut Binder) -> String {
+    /// `matchers`: the events the report matches, whose person traits the scan then
+    /// joins if any of them (or the report's filters) read one.
+    fn scan(
+        &self,
+        project: &str,
+        start: Option<i64>,
+        end: i64,
+        matchers: &[&EventMatch],
+        b: &mut Binder,
+    ) -> String {
+        let persons = matchers.iter().any(|m| m.needs_persons())
+            || self
+                .filters
+                .iter()
+                .flat_map(Filter::dimensions)
+                .any(|d| d.needs_person());
         Scan {
             project,
             start,
@@ -85,7 +100,7 @@ impl Frame {
                 end.max(self.end),
             ),
             filters: &self.filters,
-            persons: false,
+            persons,
             accounts: self.count_by == CountBy::Account,
         }
         .sql(b)
@@ -213,7 +228,13 @@ impl RetentionQuery {
             RetentionType::FirstTime => None,
             RetentionType::Recurring => Some(f.start),
         };
-        let scan = f.scan(project, scan_start, self.scan_end(), &mut b);
+        let scan = f.scan(
+            project,
+            scan_start,
+            self.scan_end(),
+            &[&self.target, &self.returning],
+            &mut b,
+        );
         let agg = f.count_by.column();
         let t = self.target.sql("lts", &mut b);
         let r = self.returning.sql("lts", &mut b);
@@ -376,7 +397,7 @@ impl LifecycleQuery {
         let f = &self.0.frame;
         let mut b = Binder::numbered();
         // All history: "new" means the first activity ever.
-        let scan = f.scan(project, None, f.end, &mut b);
+        let scan = f.scan(project, None, f.end, &[&self.0.target], &mut b);
         let agg = f.count_by.column();
         let t = self.0.target.sql("lts", &mut b);
         let step = f.step_sql();
@@ -456,7 +477,7 @@ impl StickinessQuery {
     pub(crate) fn compile(&self, project: &str) -> tally_store::Sql {
         let f = &self.0.frame;
         let mut b = Binder::numbered();
-        let scan = f.scan(project, Some(f.start), f.end, &mut b);
+        let scan = f.scan(project, Some(f.start), f.end, &[&self.0.target], &mut b);
         let agg = f.count_by.column();
         let t = self.0.target.sql("lts", &mut b);
         let text = format!(

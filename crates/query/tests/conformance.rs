@@ -239,6 +239,37 @@ fn events() -> Vec<Event> {
             e.group_id = Some("initech".into());
         }
     }
+    // People's traits: alice's plan changes (the later call wins), bob's device is
+    // anonymous until he signs in; carol has none.
+    for (n, (user, traits, ts)) in [
+        (
+            "alice",
+            json!({"plan": "pro", "role": "admin"}),
+            "2026-10-24T21:00:00Z",
+        ),
+        ("alice", json!({"plan": "team"}), "2026-11-10T00:00:00Z"),
+        ("bob", json!({"plan": "free"}), "2026-11-04T08:00:00Z"),
+        ("dora", json!({"plan": "pro"}), "2026-11-20T11:58:00Z"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        all.push(Event {
+            uuid: uuid::Uuid::from_u128(2_000 + n as u128),
+            kind: EventType::Identify,
+            event: "identify".into(),
+            user_id: Some(user.into()),
+            device_id: None,
+            session_id: None,
+            group_id: None,
+            previous_id: None,
+            timestamp: at(ts),
+            received_at: at(ts),
+            properties: Map::new(),
+            traits: traits.as_object().unwrap().clone(),
+            context: Map::new(),
+        });
+    }
     for (n, (user, group, ts)) in [
         ("alice", "acme", "2026-10-24T22:00:00Z"),
         ("bob", "globex", "2026-11-04T08:01:00Z"),
@@ -405,6 +436,14 @@ fn queries() -> Vec<Value> {
         ),
         q(json!({"metrics": ["p50:seats", "events"], "dimensions": ["event:name"]})),
         q(json!({"dimensions": ["visit:browser", "visit:os"]})),
+        q(json!({"dimensions": ["person:props:plan"]})),
+        q(
+            json!({"filters": [["is", "person:props:plan", ["team"]]], "dimensions": ["event:name"]}),
+        ),
+        q(
+            json!({"metrics": ["visits", "visitors"], "dimensions": ["person:props:role"],
+                 "filters": [["is_set", "person:props:plan"]]}),
+        ),
         q(
             json!({"dimensions": ["visit:device"], "filters": [["is_not", "visit:browser", ["Chrome"]]]}),
         ),
@@ -451,6 +490,13 @@ fn queries() -> Vec<Value> {
         json!({"kind": "trends", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
                "interval": "month", "series": [{"math": "avg", "property": "seats"}],
                "breakdown": ["event:name"]}),
+        json!({"kind": "trends", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
+               "interval": "week", "series": [{"math": "unique"}], "breakdown": ["person:props:plan"]}),
+        json!({"kind": "funnel", "date_range": "all", "steps": [{"event": "page_visit"}, {"event": "signup"}],
+               "breakdown": "person:props:plan"}),
+        json!({"kind": "retention", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
+               "period": "week", "intervals": 3,
+               "target": {"event": "$any", "filters": [["is_not", "person:props:plan", ["free"]]]}}),
         json!({"kind": "stickiness", "date_range": serde_json::from_str::<Value>(RANGE).unwrap()}),
         json!({"kind": "stickiness", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
                "count_by": "account"}),
@@ -698,14 +744,7 @@ fn duckdb_and_clickhouse_answer_the_same() {
 fn what_clickhouse_cannot_answer_yet_is_refused_not_answered_differently() {
     let (_dir, duck, ch) = stores("refused");
     let range: Value = serde_json::from_str(RANGE).unwrap();
-    for query in [
-        json!({"kind": "stats", "metrics": ["events"], "date_range": range, "dimensions": ["person:props:plan"]}),
-        json!({"kind": "trends", "date_range": range, "series": [{"event": "signup"}],
-               "breakdown": ["person:props:plan"]}),
-        json!({"kind": "accounts", "date_range": range}),
-        json!({"kind": "funnel", "date_range": range, "breakdown": "person:props:plan",
-               "steps": [{"event": "page_visit"}, {"event": "signup"}]}),
-    ] {
+    for query in [json!({"kind": "accounts", "date_range": range})] {
         assert!(
             run(&duck, "p", &query, now()).is_ok(),
             "duckdb answers {query}"
