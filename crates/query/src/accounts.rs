@@ -352,6 +352,9 @@ impl crate::Report for AccountsQuery {
     }
 
     fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+        if store.dialect() == tally_store::Dialect::ClickHouse {
+            return self.execute_clickhouse(store, project);
+        }
         if let Some(account) = &self.account_id {
             let rows = store.query(&self.compile_users(project, account))?;
             let total = rows.first().map(|r| num(&r[5]) as u64).unwrap_or(0);
@@ -393,6 +396,343 @@ impl crate::Report for AccountsQuery {
             })
             .collect();
         Ok(json!({ "results": accounts, "total_rows": total }))
+    }
+}
+
+/// One row of the accounts view, as the DuckDB compiler computes it.
+struct AccountRow {
+    account_id: String,
+    name: Option<String>,
+    traits: Option<String>,
+    users: u64,
+    dau: u64,
+    wau: u64,
+    mau: u64,
+    stickiness: f64,
+    events: u64,
+    previous_events: u64,
+    trend: Option<f64>,
+    last_active: Option<i64>,
+    first_seen: i64,
+    health: &'static str,
+}
+
+/// A value of a sort key: numbers and texts order as in SQL, NULL last either way.
+#[derive(PartialEq, PartialOrd)]
+enum SortValue {
+    Num(f64),
+    Text(String),
+}
+
+impl AccountRow {
+    fn sort_value(&self, key: &str) -> Option<SortValue> {
+        use SortValue::{Num, Text};
+        Some(match key {
+            "account_id" => Text(self.account_id.clone()),
+            "name" => Text(self.name.clone()?),
+            "users" => Num(self.users as f64),
+            "dau" => Num(self.dau as f64),
+            "wau" => Num(self.wau as f64),
+            "mau" => Num(self.mau as f64),
+            "stickiness" => Num(self.stickiness),
+            "events" => Num(self.events as f64),
+            "previous_events" => Num(self.previous_events as f64),
+            "trend" => Num(self.trend?),
+            "last_active" => Num(self.last_active? as f64),
+            _ => Text(self.health.to_owned()),
+        })
+    }
+
+    /// The value an account filter compares (a trait as DuckDB's `json_extract_string`).
+    fn field(&self, field: &AccountField) -> Option<String> {
+        match field {
+            AccountField::Id => Some(self.account_id.clone()),
+            AccountField::Health => Some(self.health.to_owned()),
+            AccountField::Trait(t) => trait_text(self.traits.as_deref()?, t),
+        }
+    }
+}
+
+/// `json_extract_string(traits, '$."key"')`: a string as is, any other value as its
+/// JSON text, NULL when missing or null.
+fn trait_text(traits: &str, key: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(traits).ok()?;
+    match v.get(key)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// DuckDB's `round(x, digits)` on a double: half away from zero.
+fn round_to(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+fn utc_text(micros: i64) -> Value {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .map(|t| json!(t.format("%Y-%m-%dT%H:%M:%SZ").to_string()))
+        .unwrap_or(Value::Null)
+}
+
+impl AccountsQuery {
+    /// The accounts view on ClickHouse: three aggregates from the store (activity per
+    /// account, the accounts' current traits, the accounts named on events) and the
+    /// memberships, put together here by the DuckDB compiler's rules (18.16 allows one
+    /// JOIN per SELECT; an account list is small).
+    fn execute_clickhouse(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+        use crate::clickhouse as ch;
+        let parts = ch::AccountsParts {
+            scan_start: self.scan_start(),
+            start: self.start,
+            end: self.end,
+            since: [self.end - DAY, self.end - 7 * DAY, self.end - 30 * DAY],
+            tz: self.tz,
+        };
+        let int = |v: &Value| num(v) as i64;
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        if let Some(account) = &self.account_id {
+            return self.account_users_clickhouse(store, project, account, &parts);
+        }
+        struct Activity {
+            dau: u64,
+            wau: u64,
+            mau: u64,
+            events: u64,
+            previous: u64,
+            last: i64,
+            first: i64,
+        }
+        let mut activity = std::collections::HashMap::new();
+        let mut users: std::collections::HashMap<String, std::collections::BTreeSet<String>> =
+            std::collections::HashMap::new();
+        for r in store.query(&ch::accounts_activity_sql(&parts, project))? {
+            let Some(id) = text(&r[0]) else { continue };
+            let active = users.entry(id.clone()).or_default();
+            for p in r[8].as_array().into_iter().flatten() {
+                if let Some(p) = p.as_str() {
+                    active.insert(p.to_owned());
+                }
+            }
+            activity.insert(
+                id,
+                Activity {
+                    dau: num(&r[1]) as u64,
+                    wau: num(&r[2]) as u64,
+                    mau: num(&r[3]) as u64,
+                    events: num(&r[4]) as u64,
+                    previous: num(&r[5]) as u64,
+                    last: int(&r[6]),
+                    first: int(&r[7]),
+                },
+            );
+        }
+        for r in store.query(&ch::account_members_sql(project, None))? {
+            if let (Some(g), Some(u)) = (text(&r[0]), text(&r[1])) {
+                if int(&r[2]) < self.end {
+                    users.entry(g).or_default().insert(u);
+                }
+            }
+        }
+        let mut tagged = std::collections::HashMap::new();
+        for r in store.query(&ch::accounts_tagged_sql(project, self.end))? {
+            if let Some(g) = text(&r[0]) {
+                tagged.insert(g, (int(&r[1]), int(&r[2])));
+            }
+        }
+        // Known accounts, then those only seen on events.
+        let mut accounts: Vec<(String, Option<String>, i64)> = store
+            .query(&ch::accounts_known_sql(project, self.end))?
+            .into_iter()
+            .filter_map(|r| Some((text(&r[0])?, text(&r[1]), int(&r[2]))))
+            .collect();
+        let known: std::collections::HashSet<String> =
+            accounts.iter().map(|(id, _, _)| id.clone()).collect();
+        for (id, a) in &activity {
+            if !known.contains(id) {
+                accounts.push((id.clone(), None, a.first));
+            }
+        }
+        let h = &self.health;
+        let new_since = self.end - (h.new_days * DAY as f64) as i64;
+        let mut rows: Vec<AccountRow> = accounts
+            .into_iter()
+            .map(|(id, traits, created)| {
+                let a = activity.get(&id);
+                let t = tagged.get(&id);
+                let (dau, wau, mau) = a.map_or((0, 0, 0), |a| (a.dau, a.wau, a.mau));
+                let (events, previous) = a.map_or((0, 0), |a| (a.events, a.previous));
+                let name = traits
+                    .as_deref()
+                    .and_then(|t| trait_text(t, "name").or_else(|| trait_text(t, "account_name")));
+                let first_seen = created
+                    .min(a.map_or(created, |a| a.first))
+                    .min(t.map_or(created, |t| t.0));
+                let stickiness = if mau == 0 {
+                    0.0
+                } else {
+                    round_to(dau as f64 / mau as f64, 4)
+                };
+                let trend = (previous != 0).then(|| {
+                    round_to(
+                        (events as f64 - previous as f64) * 100.0 / previous as f64,
+                        2,
+                    )
+                });
+                let last_active = match (a.map(|a| a.last), t.map(|t| t.1)) {
+                    (Some(x), Some(y)) => Some(x.max(y)),
+                    (x, y) => x.or(y),
+                };
+                let health = if first_seen >= new_since {
+                    "New"
+                } else if events == 0 {
+                    "Inactive"
+                } else if trend.is_some_and(|t| t <= -h.critical_drop) {
+                    "Critical"
+                } else if trend.is_some_and(|t| t <= -h.at_risk_drop)
+                    || stickiness < h.min_stickiness
+                {
+                    "At Risk"
+                } else {
+                    "Healthy"
+                };
+                AccountRow {
+                    users: users.get(&id).map_or(0, |u| u.len() as u64),
+                    account_id: id,
+                    name,
+                    traits,
+                    dau,
+                    wau,
+                    mau,
+                    stickiness,
+                    events,
+                    previous_events: previous,
+                    trend,
+                    last_active,
+                    first_seen,
+                    health,
+                }
+            })
+            .filter(|row| {
+                self.filters.iter().all(|f| {
+                    let v = row.field(&f.field);
+                    match f.op {
+                        "is" => v.is_some_and(|v| f.values.contains(&v)),
+                        "is_not" => v.is_none_or(|v| !f.values.contains(&v)),
+                        _ => v.is_some_and(|v| {
+                            let v = v.to_lowercase();
+                            f.values.iter().any(|x| v.contains(&x.to_lowercase()))
+                        }),
+                    }
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            for (key, desc) in &self.order_by {
+                let (x, y) = (a.sort_value(key), b.sort_value(key));
+                let ord = match (x, y) {
+                    (None, None) => std::cmp::Ordering::Equal,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (Some(x), Some(y)) => {
+                        let o = x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal);
+                        if *desc {
+                            o.reverse()
+                        } else {
+                            o
+                        }
+                    }
+                };
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+            }
+            a.account_id.cmp(&b.account_id)
+        });
+        let total = rows.len();
+        let page: Vec<Value> = rows
+            .into_iter()
+            .skip(self.offset as usize)
+            .take(self.limit as usize)
+            .map(|r| {
+                json!({
+                    "account_id": r.account_id,
+                    "name": r.name,
+                    "traits": r.traits.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()).unwrap_or(json!({})),
+                    "users": r.users,
+                    "dau": r.dau,
+                    "wau": r.wau,
+                    "mau": r.mau,
+                    "stickiness": r.stickiness,
+                    "events": r.events,
+                    "previous_events": r.previous_events,
+                    "trend": r.trend,
+                    "last_active": r.last_active.map_or(Value::Null, utc_text),
+                    "first_seen": utc_text(r.first_seen),
+                    "health": r.health,
+                })
+            })
+            .collect();
+        // As DuckDB's `count(*) OVER ()` on the page: 0 when the page is empty.
+        let total = if page.is_empty() { 0 } else { total };
+        Ok(json!({ "results": page, "total_rows": total }))
+    }
+
+    /// One account's people on ClickHouse: its members and everyone active for it in the
+    /// range, with their events, days active and traits.
+    fn account_users_clickhouse(
+        &self,
+        store: &dyn Store,
+        project: &str,
+        account: &str,
+        parts: &crate::clickhouse::AccountsParts,
+    ) -> Result<Value, QueryError> {
+        use crate::clickhouse as ch;
+        let mut people: std::collections::BTreeMap<String, (u64, u64, Option<i64>)> =
+            std::collections::BTreeMap::new();
+        for r in store.query(&ch::account_people_sql(parts, project, account))? {
+            if let Some(p) = r[0].as_str() {
+                people.insert(
+                    p.to_owned(),
+                    (
+                        num(&r[1]) as u64,
+                        num(&r[2]) as u64,
+                        Some(num(&r[3]) as i64),
+                    ),
+                );
+            }
+        }
+        for r in store.query(&ch::account_members_sql(project, Some(account)))? {
+            if let Some(u) = r[1].as_str() {
+                people.entry(u.to_owned()).or_insert((0, 0, None));
+            }
+        }
+        let ids: Vec<String> = people.keys().cloned().collect();
+        let traits: std::collections::HashMap<String, String> = store
+            .query(&ch::person_traits_sql(project, &ids))?
+            .into_iter()
+            .filter_map(|r| Some((r[0].as_str()?.to_owned(), r[1].as_str()?.to_owned())))
+            .collect();
+        let mut rows: Vec<(String, (u64, u64, Option<i64>))> = people.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+        let total = rows.len();
+        let page: Vec<Value> = rows
+            .into_iter()
+            .skip(self.offset as usize)
+            .take(self.limit as usize)
+            .map(|(id, (events, days, last))| {
+                json!({
+                    "user_id": id,
+                    "traits": traits.get(&id).and_then(|t| serde_json::from_str::<Value>(t).ok()).unwrap_or(json!({})),
+                    "events": events,
+                    "days_active": days,
+                    "last_active": last.map_or(Value::Null, utc_text),
+                })
+            })
+            .collect();
+        let total = if page.is_empty() { 0 } else { total };
+        Ok(json!({ "results": page, "total_rows": total }))
     }
 }
 

@@ -378,8 +378,8 @@ fn scan(
         return people;
     }
     format!(
-        "SELECT event, type, page, properties, context, session_id, ts, lts, device{traits_col}, account AS person_id FROM \
-           (SELECT *, if(isNotNull(group_id), assumeNotNull(group_id), member_of) AS account \
+        "SELECT event, type, page, properties, context, session_id, ts, lts, device{traits_col}, member, account AS person_id FROM \
+           (SELECT *, if(isNotNull(group_id), assumeNotNull(group_id), member_of) AS account, person_id AS member \
             FROM ({people}) AS p \
             ANY LEFT JOIN (SELECT user_id AS uid, argMax(group_id, last_seen) AS member_of \
                            FROM group_members WHERE project_id = {project} GROUP BY user_id) AS g \
@@ -1368,4 +1368,117 @@ pub(crate) fn funnel_sql(
         format!("SELECT CAST(NULL AS Nullable(String)) AS bd, {cols} FROM ({best}) AS bs")
     };
     Ok(b.finish(text))
+}
+
+/// The accounts view's activity: per account, from its events in `[scan_start, end)`
+/// (an event's account as everywhere: its group, else its user's), rows `(account,
+/// people active since d1, d7, d30, events since start, events before start, last
+/// event, first event, people with an event since start)`. The view itself (traits,
+/// members, health, filters, order) is put together by the caller: 18.16 allows one
+/// JOIN per SELECT, and an account list is small.
+pub(crate) struct AccountsParts {
+    pub scan_start: i64,
+    pub start: i64,
+    pub end: i64,
+    pub since: [i64; 3],
+    pub tz: Tz,
+}
+
+pub(crate) fn accounts_activity_sql(q: &AccountsParts, project: &str) -> tally_store::Sql {
+    let mut b = Binder::numbered();
+    let scan = scan(
+        project,
+        q.scan_start,
+        q.end,
+        q.tz,
+        Unit::Accounts,
+        false,
+        &mut b,
+    );
+    let start = b.ts(q.start);
+    let [d1, d7, d30] = q.since.map(|t| b.ts(t));
+    let text = format!(
+        "SELECT acct, countIf(last_ts >= {d1}), countIf(last_ts >= {d7}), countIf(last_ts >= {d30}), \
+                sum(ev), sum(prev), max(last_ts), min(first_ts), groupArrayIf(member, ev > 0) \
+         FROM (SELECT person_id AS acct, member, max(ts) AS last_ts, min(ts) AS first_ts, \
+                      countIf(ts >= {start}) AS ev, countIf(ts < {start}) AS prev \
+               FROM ({scan}) AS s GROUP BY acct, member) AS pa \
+         GROUP BY acct"
+    );
+    b.finish(text)
+}
+
+/// The accounts known before `end`: `(account, current traits, created_at µs)`.
+pub(crate) fn accounts_known_sql(project: &str, end: i64) -> tally_store::Sql {
+    let mut b = Binder::numbered();
+    let (p, end) = (b.text(project), b.ts(end));
+    b.finish(format!(
+        "SELECT group_id, argMax(traits, written_at), min(created_at) FROM groups \
+         WHERE project_id = {p} GROUP BY group_id HAVING min(created_at) < {end}"
+    ))
+}
+
+/// Accounts named on events before `end`: `(account, first, last event µs)`.
+pub(crate) fn accounts_tagged_sql(project: &str, end: i64) -> tally_store::Sql {
+    let mut b = Binder::numbered();
+    let (p, end) = (b.text(project), b.ts(end));
+    b.finish(format!(
+        "SELECT assumeNotNull(group_id) AS g, min(ts), max(ts) FROM events FINAL \
+         WHERE project_id = {p} AND isNotNull(group_id) AND ts < {end} \
+           AND type NOT IN ('identify', 'group', 'alias') GROUP BY g"
+    ))
+}
+
+/// The members of every account (or of `account`), with the time each was first seen:
+/// `(account, user, first seen µs)`.
+pub(crate) fn account_members_sql(project: &str, account: Option<&str>) -> tally_store::Sql {
+    let mut b = Binder::numbered();
+    let p = b.text(project);
+    let one = account
+        .map(|a| format!(" AND group_id = {}", b.text(a)))
+        .unwrap_or_default();
+    b.finish(format!(
+        "SELECT group_id, user_id, min(first_seen) FROM group_members \
+         WHERE project_id = {p}{one} GROUP BY group_id, user_id"
+    ))
+}
+
+/// One account's people active in `[start, end)`: `(person, events, local days active,
+/// last event µs)`.
+pub(crate) fn account_people_sql(
+    q: &AccountsParts,
+    project: &str,
+    account: &str,
+) -> tally_store::Sql {
+    let mut b = Binder::numbered();
+    let scan = scan(
+        project,
+        q.scan_start,
+        q.end,
+        q.tz,
+        Unit::Accounts,
+        false,
+        &mut b,
+    );
+    let (a, start) = (b.text(account), b.ts(q.start));
+    b.finish(format!(
+        "SELECT member, count(), uniqExact(intDiv(lts, 86400000000)), max(ts) FROM ({scan}) AS s \
+         WHERE person_id = {a} AND ts >= {start} GROUP BY member"
+    ))
+}
+
+/// The current traits of `users`: `(user, traits)`.
+pub(crate) fn person_traits_sql(project: &str, users: &[String]) -> tally_store::Sql {
+    let mut b = Binder::numbered();
+    let p = b.text(project);
+    let list: Vec<String> = users.iter().map(|u| b.text(u)).collect();
+    let list = if list.is_empty() {
+        "''".to_owned()
+    } else {
+        list.join(", ")
+    };
+    b.finish(format!(
+        "SELECT user_id, argMax(traits, written_at) FROM persons \
+         WHERE project_id = {p} AND user_id IN ({list}) GROUP BY user_id"
+    ))
 }

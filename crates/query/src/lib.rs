@@ -73,25 +73,6 @@ pub fn run(
         }
     };
     let first_event = || first_event_time(store, project);
-    if store.dialect() == Dialect::ClickHouse
-        && ![
-            "stats",
-            "trends",
-            "funnel",
-            "retention",
-            "lifecycle",
-            "paths",
-            "stickiness",
-            "realtime",
-            "events",
-        ]
-        .contains(&kind)
-        && KINDS.contains(&kind)
-    {
-        return Err(QueryError::Unsupported(format!(
-            "the {kind} kind is not available on the ClickHouse store yet; stats and trends (in part), ordered funnels, retention, lifecycle and stickiness (per person), paths, realtime and events are"
-        )));
-    }
     let query: Box<dyn Report> = match kind {
         "stats" => Box::new(StatsQuery::parse(
             obj,
