@@ -1,5 +1,6 @@
 //! Every report kind against a small dataset whose answers are worked out by hand in
-//! the comments below, on a real DuckDB store.
+//! the comments below, on a real DuckDB store and on a real ClickHouse (Debian's 18.16
+//! on loopback): the same answers from both.
 //!
 //! The people (UTC times, week of Monday 2026-11-02):
 //! - alice (user): Mon 09:00 page_visit /home, 09:05 signup, 09:10 purchase {amount 30};
@@ -15,10 +16,13 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tally_model::{Event, EventBatch, EventType};
 use tally_query::run;
+use tally_store::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use tally_store::duckdb::{DuckConfig, DuckStore};
 use tally_store::Store;
+use tally_testkit::ClickHouse;
 
 fn at(s: &str) -> i64 {
     DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
@@ -135,34 +139,63 @@ fn dataset() -> Vec<Event> {
     .collect()
 }
 
+/// The dataset in one store: every test runs on each (DuckDB, and ClickHouse 18.16 on
+/// loopback, which scripts/test.sh installs), with the same hand-worked answers.
 struct Fixture {
     _dir: tempfile::TempDir,
-    store: DuckStore,
+    name: &'static str,
+    store: Box<dyn Store>,
 }
 
-fn fixture() -> Fixture {
+fn fixtures() -> Vec<Fixture> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = tempfile::tempdir().unwrap();
-    let store = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
+    let duck = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
+    let ch = ClickHouseStore::open(ClickHouseConfig {
+        url: ClickHouse::shared().url(),
+        database: format!(
+            "reports_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ),
+        ..ClickHouseConfig::default()
+    })
+    .unwrap();
+    let stores: Vec<(&'static str, Box<dyn Store>)> =
+        vec![("duckdb", Box::new(duck)), ("clickhouse", Box::new(ch))];
     // Two batches: the identity link arrives in a later batch than bob's anonymous visit.
     let events = dataset();
     let (first, second) = events.split_at(7);
-    for (i, part) in [first, second].into_iter().enumerate() {
-        let batch = EventBatch {
-            project_id: "p".into(),
-            events: part.to_vec(),
-        };
-        store.insert(&[batch], i as u64 + 1).unwrap();
+    let mut out = Vec::new();
+    let mut dir = Some(dir);
+    for (name, store) in stores {
+        for (i, part) in [first, second].into_iter().enumerate() {
+            let batch = EventBatch {
+                project_id: "p".into(),
+                events: part.to_vec(),
+            };
+            store.insert(&[batch], i as u64 + 1).unwrap();
+        }
+        out.push(Fixture {
+            _dir: dir.take().unwrap_or_else(|| tempfile::tempdir().unwrap()),
+            name,
+            store,
+        });
     }
-    Fixture { _dir: dir, store }
+    out
 }
 
 impl Fixture {
     fn q(&self, body: Value) -> Value {
-        run(&self.store, "p", &body, now()).unwrap_or_else(|e| panic!("{body}: {e}"))
+        eprintln!("on {}: {body}", self.name);
+        run(self.store.as_ref(), "p", &body, now())
+            .unwrap_or_else(|e| panic!("{} {body}: {e}", self.name))
     }
 
     fn err(&self, body: Value) -> String {
-        run(&self.store, "p", &body, now()).unwrap_err().to_string()
+        run(self.store.as_ref(), "p", &body, now())
+            .unwrap_err()
+            .to_string()
     }
 }
 
@@ -170,90 +203,94 @@ const MON_WED: [&str; 2] = ["2026-11-02", "2026-11-04"];
 
 #[test]
 fn trends_totals_uniques_sums_and_a_formula() {
-    let f = fixture();
-    let r = f.q(json!({
-        "kind": "trends", "date_range": MON_WED, "interval": "day",
-        "series": [
-            {"event": "signup"},
-            {"event": "page_visit", "math": "unique"},
-            {"event": "purchase", "math": "sum", "property": "amount"},
-        ],
-        "formula": "A / B",
-    }));
-    let res = &r["results"];
-    assert_eq!(
-        res[0]["labels"],
-        json!(["2026-11-02", "2026-11-03", "2026-11-04"])
-    );
-    assert_eq!(res[0]["data"], json!([1, 2, 0]));
-    assert_eq!(res[0]["total"], json!(3));
-    // Mon: alice, bob (seen as d-bob, linked later), d-anon. Tue: carol. Unique over
-    // the range: 4 people, not 5 devices-and-users.
-    assert_eq!(res[1]["data"], json!([3, 1, 0]));
-    assert_eq!(res[1]["total"], json!(4));
-    assert_eq!(res[2]["data"], json!([30, 0, 20]));
-    assert_eq!(res[2]["total"], json!(50));
-    let formula = &r["formula"]["results"][0];
-    assert_eq!(formula["data"], json!([0.3333, 2, null]));
-    assert_eq!(formula["total"], json!(0.75));
-    assert_eq!(r["query"]["series"][1]["name"], "B");
+    for f in fixtures() {
+        let r = f.q(json!({
+            "kind": "trends", "date_range": MON_WED, "interval": "day",
+            "series": [
+                {"event": "signup"},
+                {"event": "page_visit", "math": "unique"},
+                {"event": "purchase", "math": "sum", "property": "amount"},
+            ],
+            "formula": "A / B",
+        }));
+        let res = &r["results"];
+        assert_eq!(
+            res[0]["labels"],
+            json!(["2026-11-02", "2026-11-03", "2026-11-04"])
+        );
+        assert_eq!(res[0]["data"], json!([1, 2, 0]));
+        assert_eq!(res[0]["total"], json!(3));
+        // Mon: alice, bob (seen as d-bob, linked later), d-anon. Tue: carol. Unique over
+        // the range: 4 people, not 5 devices-and-users.
+        assert_eq!(res[1]["data"], json!([3, 1, 0]));
+        assert_eq!(res[1]["total"], json!(4));
+        assert_eq!(res[2]["data"], json!([30, 0, 20]));
+        assert_eq!(res[2]["total"], json!(50));
+        let formula = &r["formula"]["results"][0];
+        assert_eq!(formula["data"], json!([0.3333, 2, null]));
+        assert_eq!(formula["total"], json!(0.75));
+        assert_eq!(r["query"]["series"][1]["name"], "B");
+    }
 }
 
 #[test]
 fn trends_breakdown_keeps_the_top_values_and_folds_the_rest() {
-    let f = fixture();
-    let r = f.q(json!({
-        "kind": "trends", "date_range": MON_WED,
-        "series": [{"event": "page_visit"}],
-        "breakdown": ["event:page"], "breakdown_limit": 1,
-    }));
-    let res = r["results"].as_array().unwrap();
-    assert_eq!(res.len(), 2);
-    assert_eq!(res[0]["breakdown"], json!(["/home"]));
-    assert_eq!(res[0]["data"], json!([2, 1, 0]));
-    assert_eq!(res[1]["breakdown"], json!(["$other"]));
-    assert_eq!(res[1]["data"], json!([1, 0, 0]));
+    for f in fixtures() {
+        let r = f.q(json!({
+            "kind": "trends", "date_range": MON_WED,
+            "series": [{"event": "page_visit"}],
+            "breakdown": ["event:page"], "breakdown_limit": 1,
+        }));
+        let res = r["results"].as_array().unwrap();
+        assert_eq!(res.len(), 2);
+        assert_eq!(res[0]["breakdown"], json!(["/home"]));
+        assert_eq!(res[0]["data"], json!([2, 1, 0]));
+        assert_eq!(res[1]["breakdown"], json!(["$other"]));
+        assert_eq!(res[1]["data"], json!([1, 0, 0]));
+    }
 }
 
 #[test]
 fn trends_rolling_weekly_actives() {
-    let f = fixture();
-    let r = f.q(json!({
-        "kind": "trends", "date_range": ["2026-11-08", "2026-11-10"],
-        "series": [{"math": "wau"}],
-    }));
-    // 11-08 looks back to 11-02: alice, bob, carol, d-anon = 4. 11-09 (11-03..11-09):
-    // bob, carol, alice = 3 (d-anon's only day fell out). 11-10 (11-04..11-10): bob,
-    // alice, carol = 3.
-    assert_eq!(r["results"][0]["data"], json!([4, 3, 3]));
+    for f in fixtures() {
+        let r = f.q(json!({
+            "kind": "trends", "date_range": ["2026-11-08", "2026-11-10"],
+            "series": [{"math": "wau"}],
+        }));
+        // 11-08 looks back to 11-02: alice, bob, carol, d-anon = 4. 11-09 (11-03..11-09):
+        // bob, carol, alice = 3 (d-anon's only day fell out). 11-10 (11-04..11-10): bob,
+        // alice, carol = 3.
+        assert_eq!(r["results"][0]["data"], json!([4, 3, 3]));
+    }
 }
 
 #[test]
 fn trends_days_follow_the_local_clock_across_dst() {
-    let f = fixture();
-    let events = vec![
-        // 00:30 CEST on 10-25 (still summer time) and 23:30 CET the same local day.
-        build(ev("signup", "zed", "2026-10-24T22:30:00Z")),
-        build(ev("signup", "zed", "2026-10-25T22:30:00Z")),
-    ];
-    f.store
-        .insert(
-            &[EventBatch {
-                project_id: "p".into(),
-                events,
-            }],
-            3,
-        )
-        .unwrap();
-    let r = f.q(json!({
-        "kind": "trends", "date_range": ["2026-10-24", "2026-10-26"],
-        "timezone": "Europe/Berlin", "series": [{"event": "signup"}],
-    }));
-    assert_eq!(
-        r["results"][0]["labels"],
-        json!(["2026-10-24", "2026-10-25", "2026-10-26"])
-    );
-    assert_eq!(r["results"][0]["data"], json!([0, 2, 0]));
+    for f in fixtures() {
+        let events = vec![
+            // 00:30 CEST on 10-25 (still summer time) and 23:30 CET the same local day.
+            build(ev("signup", "zed", "2026-10-24T22:30:00Z")),
+            build(ev("signup", "zed", "2026-10-25T22:30:00Z")),
+        ];
+        f.store
+            .insert(
+                &[EventBatch {
+                    project_id: "p".into(),
+                    events,
+                }],
+                3,
+            )
+            .unwrap();
+        let r = f.q(json!({
+            "kind": "trends", "date_range": ["2026-10-24", "2026-10-26"],
+            "timezone": "Europe/Berlin", "series": [{"event": "signup"}],
+        }));
+        assert_eq!(
+            r["results"][0]["labels"],
+            json!(["2026-10-24", "2026-10-25", "2026-10-26"])
+        );
+        assert_eq!(r["results"][0]["data"], json!([0, 2, 0]));
+    }
 }
 
 fn counts(r: &Value, i: usize) -> Vec<u64> {
@@ -267,317 +304,327 @@ fn counts(r: &Value, i: usize) -> Vec<u64> {
 
 #[test]
 fn funnel_ordered_joins_the_anonymous_visit_to_the_signup() {
-    let f = fixture();
-    let body = |days: u64| {
-        json!({
-            "kind": "funnel", "date_range": MON_WED,
-            "steps": [{"event": "page_visit"}, {"event": "signup"}, {"event": "purchase"}],
-            "window": {"value": days, "unit": "day"},
-        })
-    };
-    // 1 day: alice 3 steps; bob pv (as d-bob) -> signup 22 h later, purchase 50 h after
-    // the pv is outside; carol 2; d-anon 1.
-    let r = f.q(body(1));
-    assert_eq!(counts(&r, 0), vec![4, 3, 1]);
-    let steps = &r["results"][0]["steps"];
-    assert_eq!(steps[1]["conversion_rate"], json!(75.0));
-    assert_eq!(steps[2]["step_conversion_rate"], json!(33.33));
-    // pv -> signup: alice 300 s, bob 79,200 s, carol 1,800 s.
-    assert_eq!(steps[1]["median_time_to_convert_s"], json!(1800.0));
-    assert_eq!(steps[1]["avg_time_to_convert_s"], json!(27100.0));
-    assert_eq!(steps[2]["median_time_to_convert_s"], json!(300.0));
-    // 3 days: bob's purchase is in; signup -> purchase 28 h.
-    let r = f.q(body(3));
-    assert_eq!(counts(&r, 0), vec![4, 3, 2]);
-    assert_eq!(
-        r["results"][0]["steps"][2]["avg_time_to_convert_s"],
-        json!((300.0 + 100_800.0) / 2.0)
-    );
+    for f in fixtures() {
+        let body = |days: u64| {
+            json!({
+                "kind": "funnel", "date_range": MON_WED,
+                "steps": [{"event": "page_visit"}, {"event": "signup"}, {"event": "purchase"}],
+                "window": {"value": days, "unit": "day"},
+            })
+        };
+        // 1 day: alice 3 steps; bob pv (as d-bob) -> signup 22 h later, purchase 50 h after
+        // the pv is outside; carol 2; d-anon 1.
+        let r = f.q(body(1));
+        assert_eq!(counts(&r, 0), vec![4, 3, 1]);
+        let steps = &r["results"][0]["steps"];
+        assert_eq!(steps[1]["conversion_rate"], json!(75.0));
+        assert_eq!(steps[2]["step_conversion_rate"], json!(33.33));
+        // pv -> signup: alice 300 s, bob 79,200 s, carol 1,800 s.
+        assert_eq!(steps[1]["median_time_to_convert_s"], json!(1800.0));
+        assert_eq!(steps[1]["avg_time_to_convert_s"], json!(27100.0));
+        assert_eq!(steps[2]["median_time_to_convert_s"], json!(300.0));
+        // 3 days: bob's purchase is in; signup -> purchase 28 h.
+        let r = f.q(body(3));
+        assert_eq!(counts(&r, 0), vec![4, 3, 2]);
+        assert_eq!(
+            r["results"][0]["steps"][2]["avg_time_to_convert_s"],
+            json!((300.0 + 100_800.0) / 2.0)
+        );
+    }
 }
 
 #[test]
 fn funnel_strict_unordered_and_exclusions() {
-    let f = fixture();
-    let steps = json!([{"event": "page_visit"}, {"event": "purchase"}]);
-    let ordered = f.q(json!({"kind": "funnel", "date_range": MON_WED, "steps": steps}));
-    assert_eq!(counts(&ordered, 0), vec![4, 2]);
-    // Strict: a signup always comes between the visit and the purchase.
-    let strict =
-        f.q(json!({"kind": "funnel", "date_range": MON_WED, "steps": steps, "order": "strict"}));
-    assert_eq!(counts(&strict, 0), vec![4, 0]);
-    // Excluding signup between the steps voids alice's and bob's conversions; they
-    // leave the funnel. carol and d-anon never purchased, so nothing is voided.
-    let excluded = f.q(json!({
-        "kind": "funnel", "date_range": MON_WED, "steps": steps,
-        "exclusions": [{"event": "signup", "from_step": 0, "to_step": 1}],
-    }));
-    assert_eq!(counts(&excluded, 0), vec![2, 0]);
-    // Purchase before signup: ordered finds nobody doing both in that order...
-    let reversed = json!([{"event": "purchase"}, {"event": "signup"}]);
-    let r = f.q(json!({"kind": "funnel", "date_range": MON_WED, "steps": reversed}));
-    assert_eq!(counts(&r, 0), vec![2, 0]);
-    // ...unordered counts alice and bob for both, carol for one step.
-    let r = f.q(
+    for f in fixtures() {
+        let steps = json!([{"event": "page_visit"}, {"event": "purchase"}]);
+        let ordered = f.q(json!({"kind": "funnel", "date_range": MON_WED, "steps": steps}));
+        assert_eq!(counts(&ordered, 0), vec![4, 2]);
+        // Strict: a signup always comes between the visit and the purchase.
+        let strict = f
+            .q(json!({"kind": "funnel", "date_range": MON_WED, "steps": steps, "order": "strict"}));
+        assert_eq!(counts(&strict, 0), vec![4, 0]);
+        // Excluding signup between the steps voids alice's and bob's conversions; they
+        // leave the funnel. carol and d-anon never purchased, so nothing is voided.
+        let excluded = f.q(json!({
+            "kind": "funnel", "date_range": MON_WED, "steps": steps,
+            "exclusions": [{"event": "signup", "from_step": 0, "to_step": 1}],
+        }));
+        assert_eq!(counts(&excluded, 0), vec![2, 0]);
+        // Purchase before signup: ordered finds nobody doing both in that order...
+        let reversed = json!([{"event": "purchase"}, {"event": "signup"}]);
+        let r = f.q(json!({"kind": "funnel", "date_range": MON_WED, "steps": reversed}));
+        assert_eq!(counts(&r, 0), vec![2, 0]);
+        // ...unordered counts alice and bob for both, carol for one step.
+        let r = f.q(
         json!({"kind": "funnel", "date_range": MON_WED, "steps": reversed, "order": "unordered"}),
     );
-    assert_eq!(counts(&r, 0), vec![3, 2]);
+        assert_eq!(counts(&r, 0), vec![3, 2]);
+    }
 }
 
 #[test]
 fn funnel_by_account_and_with_a_breakdown() {
-    let f = fixture();
-    let r = f.q(json!({
-        "kind": "funnel", "date_range": MON_WED, "count_by": "account",
-        "steps": [{"event": "page_visit"}, {"event": "signup"}, {"event": "purchase"}],
-        "window": {"value": 1, "unit": "day"},
-    }));
-    // acme (alice + bob): all three on Monday; globex (carol): two; d-anon has no account.
-    assert_eq!(counts(&r, 0), vec![2, 2, 1]);
+    for f in fixtures() {
+        let r = f.q(json!({
+            "kind": "funnel", "date_range": MON_WED, "count_by": "account",
+            "steps": [{"event": "page_visit"}, {"event": "signup"}, {"event": "purchase"}],
+            "window": {"value": 1, "unit": "day"},
+        }));
+        // acme (alice + bob): all three on Monday; globex (carol): two; d-anon has no account.
+        assert_eq!(counts(&r, 0), vec![2, 2, 1]);
 
-    let r = f.q(json!({
-        "kind": "funnel", "date_range": MON_WED, "breakdown": "event:page",
-        "steps": [{"event": "page_visit"}, {"event": "signup"}],
-    }));
-    assert_eq!(r["results"][0]["breakdown"], Value::Null);
-    assert_eq!(counts(&r, 0), vec![4, 3]);
-    assert_eq!(r["results"][1]["breakdown"], "/home");
-    assert_eq!(counts(&r, 1), vec![3, 3]);
-    assert_eq!(r["results"][2]["breakdown"], "/pricing");
-    assert_eq!(counts(&r, 2), vec![1, 0]);
+        let r = f.q(json!({
+            "kind": "funnel", "date_range": MON_WED, "breakdown": "event:page",
+            "steps": [{"event": "page_visit"}, {"event": "signup"}],
+        }));
+        assert_eq!(r["results"][0]["breakdown"], Value::Null);
+        assert_eq!(counts(&r, 0), vec![4, 3]);
+        assert_eq!(r["results"][1]["breakdown"], "/home");
+        assert_eq!(counts(&r, 1), vec![3, 3]);
+        assert_eq!(r["results"][2]["breakdown"], "/pricing");
+        assert_eq!(counts(&r, 2), vec![1, 0]);
+    }
 }
 
 #[test]
 fn retention_first_time_and_recurring() {
-    let f = fixture();
-    let r = f.q(json!({
-        "kind": "retention", "date_range": ["2026-11-02", "2026-11-22"], "period": "week",
-        "intervals": 3, "target": {"event": "signup"},
-    }));
-    let rows = r["results"].as_array().unwrap();
-    assert_eq!(rows.len(), 3);
-    // Week of 11-02: alice, bob, carol signed up. Week +1: alice and carol came back.
-    // Week +2: alice.
-    assert_eq!(rows[0]["cohort"], "2026-11-02");
-    assert_eq!(rows[0]["size"], 3);
-    let values: Vec<(u64, f64)> = rows[0]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            (
-                v["count"].as_u64().unwrap(),
-                v["percentage"].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(values, vec![(3, 100.0), (2, 66.67), (1, 33.33)]);
-    // Later cohorts are empty and only list the intervals that have begun.
-    assert_eq!(rows[1]["size"], 0);
-    assert_eq!(rows[1]["values"].as_array().unwrap().len(), 2);
-    assert_eq!(rows[2]["values"].as_array().unwrap().len(), 1);
+    for f in fixtures() {
+        let r = f.q(json!({
+            "kind": "retention", "date_range": ["2026-11-02", "2026-11-22"], "period": "week",
+            "intervals": 3, "target": {"event": "signup"},
+        }));
+        let rows = r["results"].as_array().unwrap();
+        assert_eq!(rows.len(), 3);
+        // Week of 11-02: alice, bob, carol signed up. Week +1: alice and carol came back.
+        // Week +2: alice.
+        assert_eq!(rows[0]["cohort"], "2026-11-02");
+        assert_eq!(rows[0]["size"], 3);
+        let values: Vec<(u64, f64)> = rows[0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["count"].as_u64().unwrap(),
+                    v["percentage"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(values, vec![(3, 100.0), (2, 66.67), (1, 33.33)]);
+        // Later cohorts are empty and only list the intervals that have begun.
+        assert_eq!(rows[1]["size"], 0);
+        assert_eq!(rows[1]["values"].as_array().unwrap().len(), 2);
+        assert_eq!(rows[2]["values"].as_array().unwrap().len(), 1);
 
-    let r = f.q(json!({
-        "kind": "retention", "date_range": ["2026-11-02", "2026-11-22"], "period": "week",
-        "intervals": 3, "type": "recurring",
-        "target": {"event": "feature_used"}, "returning": {"event": "feature_used"},
-    }));
-    let sizes: Vec<u64> = r["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["size"].as_u64().unwrap())
-        .collect();
-    assert_eq!(sizes, vec![1, 2, 1]);
-    assert_eq!(r["results"][0]["values"][1]["count"], 1);
-    assert_eq!(r["results"][0]["values"][2]["count"], 1);
-    assert_eq!(r["results"][1]["values"][1]["count"], 1);
+        let r = f.q(json!({
+            "kind": "retention", "date_range": ["2026-11-02", "2026-11-22"], "period": "week",
+            "intervals": 3, "type": "recurring",
+            "target": {"event": "feature_used"}, "returning": {"event": "feature_used"},
+        }));
+        let sizes: Vec<u64> = r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["size"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sizes, vec![1, 2, 1]);
+        assert_eq!(r["results"][0]["values"][1]["count"], 1);
+        assert_eq!(r["results"][0]["values"][2]["count"], 1);
+        assert_eq!(r["results"][1]["values"][1]["count"], 1);
+    }
 }
 
 #[test]
 fn lifecycle_new_returning_resurrecting_dormant() {
-    let f = fixture();
-    let r = f.q(json!({"kind": "lifecycle", "date_range": MON_WED, "interval": "day"}));
-    let res = &r["results"];
-    assert_eq!(res["new"], json!([3, 1, 0]));
-    assert_eq!(res["returning"], json!([0, 1, 1]));
-    assert_eq!(res["resurrecting"], json!([0, 0, 1]));
-    assert_eq!(res["dormant"], json!([0, -2, -1]));
+    for f in fixtures() {
+        let r = f.q(json!({"kind": "lifecycle", "date_range": MON_WED, "interval": "day"}));
+        let res = &r["results"];
+        assert_eq!(res["new"], json!([3, 1, 0]));
+        assert_eq!(res["returning"], json!([0, 1, 1]));
+        assert_eq!(res["resurrecting"], json!([0, 0, 1]));
+        assert_eq!(res["dormant"], json!([0, -2, -1]));
+    }
 }
 
 #[test]
 fn stickiness_counts_active_days() {
-    let f = fixture();
-    let r = f.q(json!({"kind": "stickiness", "date_range": ["2026-11-02", "2026-11-08"]}));
-    // alice 2 days, bob 3, carol 1, d-anon 1.
-    let counts: Vec<u64> = r["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["count"].as_u64().unwrap())
-        .collect();
-    assert_eq!(counts, vec![2, 1, 1, 0, 0, 0, 0]);
-    assert_eq!(r["results"][0]["percentage"], json!(50.0));
-    assert_eq!(r["periods"], 7);
+    for f in fixtures() {
+        let r = f.q(json!({"kind": "stickiness", "date_range": ["2026-11-02", "2026-11-08"]}));
+        // alice 2 days, bob 3, carol 1, d-anon 1.
+        let counts: Vec<u64> = r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["count"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, vec![2, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(r["results"][0]["percentage"], json!(50.0));
+        assert_eq!(r["periods"], 7);
+    }
 }
 
 #[test]
 fn paths_after_and_before_signup() {
-    let f = fixture();
-    let r = f.q(json!({
-        "kind": "paths", "date_range": ["2026-11-02", "2026-11-22"],
-        "start": {"event": "signup"}, "depth": 2,
-    }));
-    let res = &r["results"];
-    assert_eq!(res["people"], 3);
-    assert_eq!(
-        res["steps"][0]["edges"],
-        json!([
-            {"from": "signup", "to": "purchase", "count": 2},
-            {"from": "signup", "to": "feature_used", "count": 1},
-        ])
-    );
-    assert_eq!(
-        res["steps"][1]["edges"],
-        json!([{"from": "purchase", "to": "feature_used", "count": 1}])
-    );
-    let r = f.q(json!({
-        "kind": "paths", "date_range": ["2026-11-02", "2026-11-22"],
-        "start": {"event": "signup"}, "depth": 1, "direction": "previous",
-    }));
-    assert_eq!(
-        r["results"]["steps"][0]["edges"],
-        json!([{"from": "signup", "to": "page_visit", "count": 3}])
-    );
+    for f in fixtures() {
+        let r = f.q(json!({
+            "kind": "paths", "date_range": ["2026-11-02", "2026-11-22"],
+            "start": {"event": "signup"}, "depth": 2,
+        }));
+        let res = &r["results"];
+        assert_eq!(res["people"], 3);
+        assert_eq!(
+            res["steps"][0]["edges"],
+            json!([
+                {"from": "signup", "to": "purchase", "count": 2},
+                {"from": "signup", "to": "feature_used", "count": 1},
+            ])
+        );
+        assert_eq!(
+            res["steps"][1]["edges"],
+            json!([{"from": "purchase", "to": "feature_used", "count": 1}])
+        );
+        let r = f.q(json!({
+            "kind": "paths", "date_range": ["2026-11-02", "2026-11-22"],
+            "start": {"event": "signup"}, "depth": 1, "direction": "previous",
+        }));
+        assert_eq!(
+            r["results"]["steps"][0]["edges"],
+            json!([{"from": "signup", "to": "page_visit", "count": 3}])
+        );
+    }
 }
 
 #[test]
 fn accounts_health_activity_and_users() {
-    let f = fixture();
-    let week1 = ["2026-11-02", "2026-11-08"];
-    let r = f.q(json!({"kind": "accounts", "date_range": week1}));
-    let rows = r["results"].as_array().unwrap();
-    assert_eq!(r["total_rows"], 2);
-    assert_eq!(rows[0]["account_id"], "acme");
-    assert_eq!(rows[0]["name"], "Acme");
-    // acme: alice 4 events + bob 3 (his anonymous visit included); globex: carol 2.
-    assert_eq!(rows[0]["events"], 7);
-    assert_eq!(rows[0]["users"], 2);
-    assert_eq!(rows[0]["wau"], 2);
-    assert_eq!(rows[0]["dau"], 0);
-    assert_eq!(rows[0]["health"], "New");
-    assert_eq!(rows[1]["events"], 2);
+    for f in fixtures() {
+        let week1 = ["2026-11-02", "2026-11-08"];
+        let r = f.q(json!({"kind": "accounts", "date_range": week1}));
+        let rows = r["results"].as_array().unwrap();
+        assert_eq!(r["total_rows"], 2);
+        assert_eq!(rows[0]["account_id"], "acme");
+        assert_eq!(rows[0]["name"], "Acme");
+        // acme: alice 4 events + bob 3 (his anonymous visit included); globex: carol 2.
+        assert_eq!(rows[0]["events"], 7);
+        assert_eq!(rows[0]["users"], 2);
+        assert_eq!(rows[0]["wau"], 2);
+        assert_eq!(rows[0]["dau"], 0);
+        assert_eq!(rows[0]["health"], "New");
+        assert_eq!(rows[1]["events"], 2);
 
-    let r = f.q(json!({
-        "kind": "accounts", "date_range": week1,
-        "health": {"new_days": 0, "min_stickiness": 0},
-        "filters": [["is", "account:props:plan", ["pro"]]],
-    }));
-    assert_eq!(r["total_rows"], 1);
-    assert_eq!(r["results"][0]["health"], "Healthy");
+        let r = f.q(json!({
+            "kind": "accounts", "date_range": week1,
+            "health": {"new_days": 0, "min_stickiness": 0},
+            "filters": [["is", "account:props:plan", ["pro"]]],
+        }));
+        assert_eq!(r["total_rows"], 1);
+        assert_eq!(r["results"][0]["health"], "Healthy");
 
-    // The next week against this one: acme 7 -> 1 (-85.71 %), globex 2 -> 1 (-50 %).
-    let r = f.q(json!({
-        "kind": "accounts", "date_range": ["2026-11-09", "2026-11-15"],
-        "health": {"new_days": 0}, "order_by": [["trend", "asc"]],
-    }));
-    let rows = r["results"].as_array().unwrap();
-    assert_eq!(rows[0]["account_id"], "acme");
-    assert_eq!(rows[0]["trend"], json!(-85.71));
-    assert_eq!(rows[0]["health"], "Critical");
-    assert_eq!(rows[1]["trend"], json!(-50.0));
-    assert_eq!(rows[1]["health"], "Critical");
+        // The next week against this one: acme 7 -> 1 (-85.71 %), globex 2 -> 1 (-50 %).
+        let r = f.q(json!({
+            "kind": "accounts", "date_range": ["2026-11-09", "2026-11-15"],
+            "health": {"new_days": 0}, "order_by": [["trend", "asc"]],
+        }));
+        let rows = r["results"].as_array().unwrap();
+        assert_eq!(rows[0]["account_id"], "acme");
+        assert_eq!(rows[0]["trend"], json!(-85.71));
+        assert_eq!(rows[0]["health"], "Critical");
+        assert_eq!(rows[1]["trend"], json!(-50.0));
+        assert_eq!(rows[1]["health"], "Critical");
 
-    let r = f.q(json!({"kind": "accounts", "date_range": week1, "account_id": "acme"}));
-    let users = r["results"].as_array().unwrap();
-    assert_eq!(users.len(), 2);
-    assert_eq!(
-        (users[0]["user_id"].as_str(), users[0]["events"].as_u64()),
-        (Some("alice"), Some(4))
-    );
-    assert_eq!(
-        (users[1]["user_id"].as_str(), users[1]["events"].as_u64()),
-        (Some("bob"), Some(3))
-    );
-    assert_eq!(users[1]["days_active"], 3);
+        let r = f.q(json!({"kind": "accounts", "date_range": week1, "account_id": "acme"}));
+        let users = r["results"].as_array().unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(
+            (users[0]["user_id"].as_str(), users[0]["events"].as_u64()),
+            (Some("alice"), Some(4))
+        );
+        assert_eq!(
+            (users[1]["user_id"].as_str(), users[1]["events"].as_u64()),
+            (Some("bob"), Some(3))
+        );
+        assert_eq!(users[1]["days_active"], 3);
+    }
 }
 
 #[test]
 fn realtime_counts_the_last_minutes_only() {
-    let f = fixture();
-    let events = vec![
-        build(ev("feature_used", "alice", "2026-11-20T11:59:00Z")),
-        build(ev("feature_used", "carol", "2026-11-20T11:50:00Z")),
-    ];
-    f.store
-        .insert(
-            &[EventBatch {
-                project_id: "p".into(),
-                events,
-            }],
-            3,
-        )
-        .unwrap();
-    let r = f.q(json!({"kind": "realtime", "minutes": 5}));
-    assert_eq!(r["results"]["visitors"], 1);
-    assert_eq!(r["results"]["events"], 1);
-    assert_eq!(r["results"]["top_events"][0]["event"], "feature_used");
+    for f in fixtures() {
+        let events = vec![
+            build(ev("feature_used", "alice", "2026-11-20T11:59:00Z")),
+            build(ev("feature_used", "carol", "2026-11-20T11:50:00Z")),
+        ];
+        f.store
+            .insert(
+                &[EventBatch {
+                    project_id: "p".into(),
+                    events,
+                }],
+                3,
+            )
+            .unwrap();
+        let r = f.q(json!({"kind": "realtime", "minutes": 5}));
+        assert_eq!(r["results"]["visitors"], 1);
+        assert_eq!(r["results"]["events"], 1);
+        assert_eq!(r["results"]["top_events"][0]["event"], "feature_used");
+    }
 }
 
 #[test]
 fn bad_report_queries_name_the_field() {
-    let f = fixture();
-    let cases = [
-        (json!({"kind": "trends", "date_range": "7d"}), "series"),
-        (
-            json!({"kind": "trends", "date_range": "7d", "series": [{"math": "sum"}]}),
-            "series[0].property",
-        ),
-        (
-            json!({"kind": "trends", "date_range": "7d", "series": [{"event": "a"}], "formula": "A / Q"}),
-            "formula",
-        ),
-        (
-            json!({"kind": "trends", "date_range": "7d", "series": [{"math": "wau"}], "interval": "week"}),
-            "series[0].math",
-        ),
-        (
-            json!({"kind": "funnel", "date_range": "7d", "steps": [{"event": "a"}]}),
-            "steps",
-        ),
-        (
-            json!({"kind": "funnel", "date_range": "7d", "steps": [{"event": "a"}, {"event": 3}]}),
-            "steps[1].event",
-        ),
-        (
-            json!({"kind": "funnel", "date_range": "7d", "steps": [{"event": "a"}, {"event": "b"}], "window": {"value": 1, "unit": "year"}}),
-            "window.unit",
-        ),
-        (
-            json!({"kind": "funnel", "date_range": "7d", "steps": [{"event": "a"}, {"event": "b"}], "exclusions": [{"event": "x", "from_step": 1, "to_step": 1}]}),
-            "exclusions[0].to_step",
-        ),
-        (
-            json!({"kind": "retention", "date_range": "7d", "period": "year"}),
-            "period",
-        ),
-        (json!({"kind": "paths", "date_range": "7d"}), "start"),
-        (
-            json!({"kind": "accounts", "order_by": [["revenue", "desc"]]}),
-            "order_by[0][0]",
-        ),
-        (json!({"kind": "realtime", "minutes": 0}), "minutes"),
-        (
-            json!({"kind": "lifecycle", "date_range": "7d", "bogus": 1}),
-            "bogus",
-        ),
-        (json!({"kind": "nope"}), "kind"),
-    ];
-    for (body, field) in cases {
-        let err = f.err(body.clone());
-        assert!(
-            err.starts_with(&format!("{field}: ")),
-            "{body} gave {err:?}, expected the field {field}"
-        );
+    for f in fixtures() {
+        let cases = [
+            (json!({"kind": "trends", "date_range": "7d"}), "series"),
+            (
+                json!({"kind": "trends", "date_range": "7d", "series": [{"math": "sum"}]}),
+                "series[0].property",
+            ),
+            (
+                json!({"kind": "trends", "date_range": "7d", "series": [{"event": "a"}], "formula": "A / Q"}),
+                "formula",
+            ),
+            (
+                json!({"kind": "trends", "date_range": "7d", "series": [{"math": "wau"}], "interval": "week"}),
+                "series[0].math",
+            ),
+            (
+                json!({"kind": "funnel", "date_range": "7d", "steps": [{"event": "a"}]}),
+                "steps",
+            ),
+            (
+                json!({"kind": "funnel", "date_range": "7d", "steps": [{"event": "a"}, {"event": 3}]}),
+                "steps[1].event",
+            ),
+            (
+                json!({"kind": "funnel", "date_range": "7d", "steps": [{"event": "a"}, {"event": "b"}], "window": {"value": 1, "unit": "year"}}),
+                "window.unit",
+            ),
+            (
+                json!({"kind": "funnel", "date_range": "7d", "steps": [{"event": "a"}, {"event": "b"}], "exclusions": [{"event": "x", "from_step": 1, "to_step": 1}]}),
+                "exclusions[0].to_step",
+            ),
+            (
+                json!({"kind": "retention", "date_range": "7d", "period": "year"}),
+                "period",
+            ),
+            (json!({"kind": "paths", "date_range": "7d"}), "start"),
+            (
+                json!({"kind": "accounts", "order_by": [["revenue", "desc"]]}),
+                "order_by[0][0]",
+            ),
+            (json!({"kind": "realtime", "minutes": 0}), "minutes"),
+            (
+                json!({"kind": "lifecycle", "date_range": "7d", "bogus": 1}),
+                "bogus",
+            ),
+            (json!({"kind": "nope"}), "kind"),
+        ];
+        for (body, field) in cases {
+            let err = f.err(body.clone());
+            assert!(
+                err.starts_with(&format!("{field}: ")),
+                "{body} gave {err:?}, expected the field {field}"
+            );
+        }
     }
 }
 
@@ -587,201 +634,206 @@ fn metrics(r: &Value) -> Value {
 
 #[test]
 fn stats_counts_people_not_ids_and_cuts_visits() {
-    let f = fixture();
-    let base = json!({"kind": "stats", "date_range": MON_WED});
-    let q = |extra: Value| {
-        let mut body = base.clone();
-        body.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        f.q(body)
-    };
-    // d-bob and bob are one visitor.
-    let r = q(json!({"metrics": ["visitors", "events", "pageviews"]}));
-    assert_eq!(metrics(&r), json!([4, 10, 4]));
-    // Visits (30 minutes of silence ends one): alice Mon 09:00-09:10 and Wed; bob Mon,
-    // Tue, Wed; carol Tue 08:30-09:00 (exactly 30 minutes: still one); d-anon Mon = 7.
-    // Bounces (one event, at most one page view): alice Wed, bob x3, d-anon = 5 of 7.
-    // Duration: (600 + 1800) / 7 = 342.9 s.
-    let r = q(
-        json!({"metrics": ["visits", "bounce_rate", "visit_duration", "views_per_visit", "visitors"]}),
-    );
-    assert_eq!(metrics(&r), json!([7, 71, 343, 0.57, 4]));
-    let r = q(json!({"metrics": ["visits"], "dimensions": ["visit:entry_page"]}));
-    assert_eq!(
-        r["results"],
-        json!([
-            {"dimensions": ["/home"], "metrics": [3]},
-            {"dimensions": ["(none)"], "metrics": [3]},
-            {"dimensions": ["/pricing"], "metrics": [1]},
-        ])
-    );
+    for f in fixtures() {
+        let base = json!({"kind": "stats", "date_range": MON_WED});
+        let q = |extra: Value| {
+            let mut body = base.clone();
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            f.q(body)
+        };
+        // d-bob and bob are one visitor.
+        let r = q(json!({"metrics": ["visitors", "events", "pageviews"]}));
+        assert_eq!(metrics(&r), json!([4, 10, 4]));
+        // Visits (30 minutes of silence ends one): alice Mon 09:00-09:10 and Wed; bob Mon,
+        // Tue, Wed; carol Tue 08:30-09:00 (exactly 30 minutes: still one); d-anon Mon = 7.
+        // Bounces (one event, at most one page view): alice Wed, bob x3, d-anon = 5 of 7.
+        // Duration: (600 + 1800) / 7 = 342.9 s.
+        let r = q(
+            json!({"metrics": ["visits", "bounce_rate", "visit_duration", "views_per_visit", "visitors"]}),
+        );
+        assert_eq!(metrics(&r), json!([7, 71, 343, 0.57, 4]));
+        let r = q(json!({"metrics": ["visits"], "dimensions": ["visit:entry_page"]}));
+        assert_eq!(
+            r["results"],
+            json!([
+                {"dimensions": ["/home"], "metrics": [3]},
+                {"dimensions": ["(none)"], "metrics": [3]},
+                {"dimensions": ["/pricing"], "metrics": [1]},
+            ])
+        );
+    }
 }
 
 #[test]
 fn stats_filter_trees_and_operators() {
-    let f = fixture();
-    let events = |filters: Value| {
-        let r = f.q(json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"], "filters": filters}));
-        metrics(&r)[0].as_u64().unwrap()
-    };
-    let or = json!([[
-        "or",
-        [
-            ["is", "event:name", ["signup"]],
-            ["gt", "event:props:amount", [25]]
-        ]
-    ]]);
-    assert_eq!(events(or), 4);
-    assert_eq!(
-        events(json!([["not", ["is", "event:name", ["page_visit"]]]])),
-        6
-    );
-    assert_eq!(events(json!([["is_set", "event:props:amount"]])), 2);
-    assert_eq!(events(json!([["is_not_set", "event:props:amount"]])), 8);
-    assert_eq!(events(json!([["lt", "event:props:amount", ["25"]]])), 1);
-    assert_eq!(events(json!([["matches", "event:page", ["^/pr"]]])), 1);
-    assert_eq!(events(json!([["contains_not", "event:name", ["SIGN"]]])), 7);
-    let nested = json!([[
-        "and",
-        [
-            ["is", "event:page", ["/home"]],
-            ["not", ["is", "event:name", ["signup"]]]
-        ]
-    ]]);
-    assert_eq!(events(nested), 3);
+    for f in fixtures() {
+        let events = |filters: Value| {
+            let r = f.q(json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"], "filters": filters}));
+            metrics(&r)[0].as_u64().unwrap()
+        };
+        let or = json!([[
+            "or",
+            [
+                ["is", "event:name", ["signup"]],
+                ["gt", "event:props:amount", [25]]
+            ]
+        ]]);
+        assert_eq!(events(or), 4);
+        assert_eq!(
+            events(json!([["not", ["is", "event:name", ["page_visit"]]]])),
+            6
+        );
+        assert_eq!(events(json!([["is_set", "event:props:amount"]])), 2);
+        assert_eq!(events(json!([["is_not_set", "event:props:amount"]])), 8);
+        assert_eq!(events(json!([["lt", "event:props:amount", ["25"]]])), 1);
+        assert_eq!(events(json!([["matches", "event:page", ["^/pr"]]])), 1);
+        assert_eq!(events(json!([["contains_not", "event:name", ["SIGN"]]])), 7);
+        let nested = json!([[
+            "and",
+            [
+                ["is", "event:page", ["/home"]],
+                ["not", ["is", "event:name", ["signup"]]]
+            ]
+        ]]);
+        assert_eq!(events(nested), 3);
+    }
 }
 
 #[test]
 fn stats_person_traits_property_metrics_percentages_and_goals() {
-    let f = fixture();
-    let identify = Event {
-        traits: json!({"plan": "pro"}).as_object().unwrap().clone(),
-        ..build(E {
-            kind: EventType::Identify,
-            ..ev("$identify", "alice", "2026-11-02T08:59:00Z")
-        })
-    };
-    f.store
-        .insert(
-            &[EventBatch {
-                project_id: "p".into(),
-                events: vec![identify],
-            }],
-            3,
-        )
-        .unwrap();
-    let r = f.q(
-        json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"],
+    for f in fixtures() {
+        let identify = Event {
+            traits: json!({"plan": "pro"}).as_object().unwrap().clone(),
+            ..build(E {
+                kind: EventType::Identify,
+                ..ev("$identify", "alice", "2026-11-02T08:59:00Z")
+            })
+        };
+        f.store
+            .insert(
+                &[EventBatch {
+                    project_id: "p".into(),
+                    events: vec![identify],
+                }],
+                3,
+            )
+            .unwrap();
+        let r = f.q(
+            json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"],
         "filters": [["is", "person:props:plan", ["pro"]]]}),
-    );
-    assert_eq!(metrics(&r), json!([4]));
-    let r = f.q(
-        json!({"kind": "stats", "date_range": MON_WED, "metrics": ["visitors"],
+        );
+        assert_eq!(metrics(&r), json!([4]));
+        let r = f.q(
+            json!({"kind": "stats", "date_range": MON_WED, "metrics": ["visitors"],
         "dimensions": ["person:props:plan"]}),
-    );
-    assert_eq!(
-        r["results"],
-        json!([{"dimensions": ["(none)"], "metrics": [3]}, {"dimensions": ["pro"], "metrics": [1]}])
-    );
-    let r = f.q(json!({"kind": "stats", "date_range": MON_WED,
+        );
+        assert_eq!(
+            r["results"],
+            json!([{"dimensions": ["(none)"], "metrics": [3]}, {"dimensions": ["pro"], "metrics": [1]}])
+        );
+        let r = f.q(json!({"kind": "stats", "date_range": MON_WED,
         "metrics": ["sum:amount", "p50:amount", "max:amount"]}));
-    assert_eq!(metrics(&r), json!([50, 25, 30]));
-    let r = f.q(
-        json!({"kind": "stats", "date_range": MON_WED, "metrics": ["visitors", "percentage"],
+        assert_eq!(metrics(&r), json!([50, 25, 30]));
+        let r = f.q(
+            json!({"kind": "stats", "date_range": MON_WED, "metrics": ["visitors", "percentage"],
         "dimensions": ["event:page"]}),
-    );
-    assert_eq!(r["results"][0]["dimensions"], json!(["/home"]));
-    assert_eq!(r["results"][0]["metrics"], json!([3, 75]));
-    // 3 of the 4 people signed up.
-    let r = f.q(json!({"kind": "stats", "date_range": MON_WED, "metrics": ["conversion_rate"], "goal": "signup"}));
-    assert_eq!(metrics(&r), json!([75]));
+        );
+        assert_eq!(r["results"][0]["dimensions"], json!(["/home"]));
+        assert_eq!(r["results"][0]["metrics"], json!([3, 75]));
+        // 3 of the 4 people signed up.
+        let r = f.q(json!({"kind": "stats", "date_range": MON_WED, "metrics": ["conversion_rate"], "goal": "signup"}));
+        assert_eq!(metrics(&r), json!([75]));
+    }
 }
 
 #[test]
 fn stats_time_labels_total_rows_and_comparison() {
-    let f = fixture();
-    let r = f.q(
+    for f in fixtures() {
+        let r = f.q(
         json!({"kind": "stats", "date_range": ["2026-11-02", "2026-11-06"], "metrics": ["events"],
         "dimensions": ["time:day"], "include": {"time_labels": true}}),
     );
-    let series: Vec<u64> = r["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["metrics"][0].as_u64().unwrap())
-        .collect();
-    assert_eq!(series, vec![5, 3, 2, 0, 0]);
-    assert_eq!(r["meta"]["time_labels"].as_array().unwrap().len(), 5);
+        let series: Vec<u64> = r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["metrics"][0].as_u64().unwrap())
+            .collect();
+        assert_eq!(series, vec![5, 3, 2, 0, 0]);
+        assert_eq!(r["meta"]["time_labels"].as_array().unwrap().len(), 5);
 
-    let r = f.q(
-        json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"],
+        let r = f.q(
+            json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"],
         "dimensions": ["event:name"], "pagination": {"limit": 1}, "include": {"total_rows": true}}),
-    );
-    assert_eq!(
-        r["results"],
-        json!([{"dimensions": ["page_visit"], "metrics": [4]}])
-    );
-    assert_eq!(r["meta"]["total_rows"], 4);
+        );
+        assert_eq!(
+            r["results"],
+            json!([{"dimensions": ["page_visit"], "metrics": [4]}])
+        );
+        assert_eq!(r["meta"]["total_rows"], 4);
 
-    let r = f.q(
+        let r = f.q(
         json!({"kind": "stats", "date_range": ["2026-11-09", "2026-11-15"], "metrics": ["events"],
         "compare": "previous_period"}),
     );
-    assert_eq!(metrics(&r), json!([2]));
-    assert_eq!(r["results"][0]["comparison"]["metrics"], json!([10]));
-    assert_eq!(r["results"][0]["comparison"]["change"], json!([-80.0]));
+        assert_eq!(metrics(&r), json!([2]));
+        assert_eq!(r["results"][0]["comparison"]["metrics"], json!([10]));
+        assert_eq!(r["results"][0]["comparison"]["change"], json!([-80.0]));
+    }
 }
 
 #[test]
 fn stats_reads_hosts_sources_and_user_agents_from_every_format() {
-    let f = fixture();
-    let obj = |v: Value| v.as_object().unwrap().clone();
-    let posthog_like = Event {
-        properties: obj(
-            json!({"page_url": "https://shop.example.com/a?x=1", "utm_source": "news"}),
-        ),
-        context: obj(
-            json!({"user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"}),
-        ),
-        ..build(ev("page_visit", "zed", "2026-11-05T10:00:00Z"))
-    };
-    let segment_like = Event {
-        context: obj(json!({
-            "page": {"url": "https://www.example.org/b", "referrer": "https://www.google.com/search?q=x"},
-            "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
-        })),
-        ..build(ev("page_visit", "yan", "2026-11-05T11:00:00Z"))
-    };
-    f.store
-        .insert(
-            &[EventBatch {
-                project_id: "p".into(),
-                events: vec![posthog_like, segment_like],
-            }],
-            3,
-        )
-        .unwrap();
-    let r = f.q(
+    for f in fixtures() {
+        let obj = |v: Value| v.as_object().unwrap().clone();
+        let posthog_like = Event {
+            properties: obj(
+                json!({"page_url": "https://shop.example.com/a?x=1", "utm_source": "news"}),
+            ),
+            context: obj(
+                json!({"user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"}),
+            ),
+            ..build(ev("page_visit", "zed", "2026-11-05T10:00:00Z"))
+        };
+        let segment_like = Event {
+            context: obj(json!({
+                "page": {"url": "https://www.example.org/b", "referrer": "https://www.google.com/search?q=x"},
+                "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+            })),
+            ..build(ev("page_visit", "yan", "2026-11-05T11:00:00Z"))
+        };
+        f.store
+            .insert(
+                &[EventBatch {
+                    project_id: "p".into(),
+                    events: vec![posthog_like, segment_like],
+                }],
+                3,
+            )
+            .unwrap();
+        let r = f.q(
         json!({"kind": "stats", "date_range": ["2026-11-05", "2026-11-05"], "metrics": ["events"],
         "dimensions": ["event:hostname", "visit:source", "visit:browser", "visit:os"]}),
     );
-    assert_eq!(
-        r["results"],
-        json!([
-            {"dimensions": ["shop.example.com", "news", "Safari", "iOS"], "metrics": [1]},
-            {"dimensions": ["www.example.org", "google.com", "Chrome", "Windows"], "metrics": [1]},
-        ])
-    );
-    let r = f.q(
+        assert_eq!(
+            r["results"],
+            json!([
+                {"dimensions": ["shop.example.com", "news", "Safari", "iOS"], "metrics": [1]},
+                {"dimensions": ["www.example.org", "google.com", "Chrome", "Windows"], "metrics": [1]},
+            ])
+        );
+        let r = f.q(
         json!({"kind": "stats", "date_range": ["2026-11-05", "2026-11-05"], "metrics": ["events"],
         "dimensions": ["visit:device", "visit:utm_source", "visit:referrer"]}),
     );
-    assert_eq!(
-        r["results"],
-        json!([
-            {"dimensions": ["Desktop", "(none)", "https://www.google.com/search?q=x"], "metrics": [1]},
-            {"dimensions": ["Mobile", "news", "(none)"], "metrics": [1]},
-        ])
-    );
+        assert_eq!(
+            r["results"],
+            json!([
+                {"dimensions": ["Desktop", "(none)", "https://www.google.com/search?q=x"], "metrics": [1]},
+                {"dimensions": ["Mobile", "news", "(none)"], "metrics": [1]},
+            ])
+        );
+    }
 }
