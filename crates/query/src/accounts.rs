@@ -689,7 +689,9 @@ impl AccountsQuery {
         parts: &crate::clickhouse::AccountsParts,
     ) -> Result<Value, QueryError> {
         use crate::clickhouse as ch;
-        let mut people: std::collections::BTreeMap<String, (u64, u64, Option<i64>)> =
+        // Person -> (events, days active, last event).
+        type Activity = (u64, u64, Option<i64>);
+        let mut people: std::collections::BTreeMap<String, Activity> =
             std::collections::BTreeMap::new();
         for r in store.query(&ch::account_people_sql(parts, project, account))? {
             if let Some(p) = r[0].as_str() {
@@ -714,7 +716,7 @@ impl AccountsQuery {
             .into_iter()
             .filter_map(|r| Some((r[0].as_str()?.to_owned(), r[1].as_str()?.to_owned())))
             .collect();
-        let mut rows: Vec<(String, (u64, u64, Option<i64>))> = people.into_iter().collect();
+        let mut rows: Vec<(String, Activity)> = people.into_iter().collect();
         rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
         let total = rows.len();
         let page: Vec<Value> = rows

@@ -498,7 +498,7 @@ impl FunnelQuery {
             let (ka, kb) = (key(a), key(b));
             kb.0.cmp(&ka.0).then(ka.1.cmp(&kb.1)).then(ka.2.cmp(&kb.2))
         });
-        if rows.first().map_or(true, |total| num(&total[1]) == 0.0) {
+        if rows.first().is_none_or(|total| num(&total[1]) == 0.0) {
             return Ok(Vec::new());
         }
         Ok(rows
