@@ -107,15 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let http = reqwest::blocking::Client::new();
-    let run_sql = |q: &str| -> Result<String, Box<dyn std::error::Error>> {
-        let r = http.post(&args.url).body(q.to_owned()).send()?;
-        let ok = r.status().is_success();
-        let text = r.text()?;
-        if !ok {
-            return Err(text.into());
-        }
-        Ok(text)
-    };
+    let run_sql = |q: &str| tally_bench::clickhouse_sql(&http, &args.url, q);
 
     let (mut store_rates, mut client_rates) = (Vec::new(), Vec::new());
     for run in 0..args.runs {

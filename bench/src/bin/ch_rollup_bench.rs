@@ -2,7 +2,7 @@
 //! `tally_query::run`, once reading the events (`clickhouse.rollups = "never"`) and once
 //! the rollup (`"always"`), alternating, on one database. A raw `count()` over the same
 //! 30 days is timed in the same run as the baseline of simply reading the rows. Prints
-//! p50/p95 as a Markdown table. Run by bench/rollup.sh, which starts the server.
+//! p50/p95 as a Markdown table. Run by bench/clickhouse.sh rollup, which starts the server.
 //!
 //! The events are generated inside ClickHouse (`INSERT ... SELECT FROM numbers(n)`), so
 //! the rollup's materialized view fills as it would from writers' inserts, and loading
@@ -60,15 +60,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let http = reqwest::blocking::Client::new();
-    let run_sql = |q: &str| -> Result<String, Box<dyn std::error::Error>> {
-        let r = http.post(&args.url).body(q.to_owned()).send()?;
-        let ok = r.status().is_success();
-        let text = r.text()?;
-        if !ok {
-            return Err(text.into());
-        }
-        Ok(text)
-    };
+    let run_sql = |q: &str| tally_bench::clickhouse_sql(&http, &args.url, q);
     let open = |rollups| {
         ClickHouseStore::open(ClickHouseConfig {
             url: args.url.clone(),

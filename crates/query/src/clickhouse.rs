@@ -1384,17 +1384,25 @@ pub(crate) struct AccountsParts {
     pub tz: Tz,
 }
 
+impl AccountsParts {
+    /// The events of `[scan_start, end)` with their account (`person_id`) and person
+    /// (`member`).
+    fn scan(&self, project: &str, b: &mut Binder) -> String {
+        scan(
+            project,
+            self.scan_start,
+            self.end,
+            self.tz,
+            Unit::Accounts,
+            false,
+            b,
+        )
+    }
+}
+
 pub(crate) fn accounts_activity_sql(q: &AccountsParts, project: &str) -> tally_store::Sql {
     let mut b = Binder::numbered();
-    let scan = scan(
-        project,
-        q.scan_start,
-        q.end,
-        q.tz,
-        Unit::Accounts,
-        false,
-        &mut b,
-    );
+    let scan = q.scan(project, &mut b);
     let start = b.ts(q.start);
     let [d1, d7, d30] = q.since.map(|t| b.ts(t));
     let text = format!(
@@ -1451,15 +1459,7 @@ pub(crate) fn account_people_sql(
     account: &str,
 ) -> tally_store::Sql {
     let mut b = Binder::numbered();
-    let scan = scan(
-        project,
-        q.scan_start,
-        q.end,
-        q.tz,
-        Unit::Accounts,
-        false,
-        &mut b,
-    );
+    let scan = q.scan(project, &mut b);
     let (a, start) = (b.text(account), b.ts(q.start));
     b.finish(format!(
         "SELECT member, count(), uniqExact(intDiv(lts, 86400000000)), max(ts) FROM ({scan}) AS s \

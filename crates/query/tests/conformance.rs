@@ -360,15 +360,18 @@ fn stores_on(
 
 const RANGE: &str = r#"["2026-10-20", "2026-11-19"]"#;
 
+/// A `stats` query over `RANGE` for `metrics`, with `extra`'s keys set (they win).
+fn stats_query(metrics: Value, extra: Value) -> Value {
+    let mut base = json!({"kind": "stats", "metrics": metrics,
+                          "date_range": serde_json::from_str::<Value>(RANGE).unwrap()});
+    for (k, v) in extra.as_object().unwrap() {
+        base[k] = v.clone();
+    }
+    base
+}
+
 fn queries() -> Vec<Value> {
-    let q = |extra: Value| {
-        let mut base = json!({"kind": "stats", "metrics": ["events", "visitors", "pageviews"],
-                              "date_range": serde_json::from_str::<Value>(RANGE).unwrap()});
-        for (k, v) in extra.as_object().unwrap() {
-            base[k] = v.clone();
-        }
-        base
-    };
+    let q = |extra: Value| stats_query(json!(["events", "visitors", "pageviews"]), extra);
     vec![
         q(json!({})),
         q(json!({"dimensions": ["event:name"]})),
@@ -591,14 +594,7 @@ fn queries() -> Vec<Value> {
 /// `stats` queries of event and page-view counts, which the rollup answers where the
 /// zone's hours are whole (all but the Kolkata and minute ones).
 fn rollup_queries() -> Vec<Value> {
-    let q = |extra: Value| {
-        let mut base = json!({"kind": "stats", "metrics": ["events", "pageviews"],
-                              "date_range": serde_json::from_str::<Value>(RANGE).unwrap()});
-        for (k, v) in extra.as_object().unwrap() {
-            base[k] = v.clone();
-        }
-        base
-    };
+    let q = |extra: Value| stats_query(json!(["events", "pageviews"]), extra);
     vec![
         q(json!({})),
         q(json!({"dimensions": ["event:name"]})),

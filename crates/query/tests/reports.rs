@@ -186,6 +186,15 @@ fn fixtures() -> Vec<Fixture> {
 }
 
 impl Fixture {
+    /// Stores `events` as one more batch.
+    fn add(&self, events: Vec<Event>) {
+        let batch = EventBatch {
+            project_id: "p".into(),
+            events,
+        };
+        self.store.insert(&[batch], 3).unwrap();
+    }
+
     fn q(&self, body: Value) -> Value {
         eprintln!("on {}: {body}", self.name);
         run(self.store.as_ref(), "p", &body, now())
@@ -272,15 +281,7 @@ fn trends_days_follow_the_local_clock_across_dst() {
             build(ev("signup", "zed", "2026-10-24T22:30:00Z")),
             build(ev("signup", "zed", "2026-10-25T22:30:00Z")),
         ];
-        f.store
-            .insert(
-                &[EventBatch {
-                    project_id: "p".into(),
-                    events,
-                }],
-                3,
-            )
-            .unwrap();
+        f.add(events);
         let r = f.q(json!({
             "kind": "trends", "date_range": ["2026-10-24", "2026-10-26"],
             "timezone": "Europe/Berlin", "series": [{"event": "signup"}],
@@ -553,15 +554,7 @@ fn realtime_counts_the_last_minutes_only() {
             build(ev("feature_used", "alice", "2026-11-20T11:59:00Z")),
             build(ev("feature_used", "carol", "2026-11-20T11:50:00Z")),
         ];
-        f.store
-            .insert(
-                &[EventBatch {
-                    project_id: "p".into(),
-                    events,
-                }],
-                3,
-            )
-            .unwrap();
+        f.add(events);
         let r = f.q(json!({"kind": "realtime", "minutes": 5}));
         assert_eq!(r["results"]["visitors"], 1);
         assert_eq!(r["results"]["events"], 1);
@@ -711,15 +704,7 @@ fn stats_person_traits_property_metrics_percentages_and_goals() {
                 ..ev("$identify", "alice", "2026-11-02T08:59:00Z")
             })
         };
-        f.store
-            .insert(
-                &[EventBatch {
-                    project_id: "p".into(),
-                    events: vec![identify],
-                }],
-                3,
-            )
-            .unwrap();
+        f.add(vec![identify]);
         let r = f.q(
             json!({"kind": "stats", "date_range": MON_WED, "metrics": ["events"],
         "filters": [["is", "person:props:plan", ["pro"]]]}),
@@ -804,15 +789,7 @@ fn stats_reads_hosts_sources_and_user_agents_from_every_format() {
             })),
             ..build(ev("page_visit", "yan", "2026-11-05T11:00:00Z"))
         };
-        f.store
-            .insert(
-                &[EventBatch {
-                    project_id: "p".into(),
-                    events: vec![posthog_like, segment_like],
-                }],
-                3,
-            )
-            .unwrap();
+        f.add(vec![posthog_like, segment_like]);
         let r = f.q(
         json!({"kind": "stats", "date_range": ["2026-11-05", "2026-11-05"], "metrics": ["events"],
         "dimensions": ["event:hostname", "visit:source", "visit:browser", "visit:os"]}),
