@@ -27,6 +27,9 @@ struct Args {
     /// Timed runs per query and path.
     #[arg(long, default_value_t = 10)]
     runs: usize,
+    /// Timed runs of each other report kind (0: skip them).
+    #[arg(long, default_value_t = 3)]
+    other_runs: usize,
 }
 
 const QUERIES: &[(&str, &str)] = &[
@@ -45,6 +48,47 @@ const QUERIES: &[(&str, &str)] = &[
     (
         "signups per hour, 7d",
         r#"{"kind":"stats","metrics":["events"],"date_range":"7d","dimensions":["time:hour"],"filters":[["is","event:name",["signup"]]]}"#,
+    ),
+];
+
+/// Report kinds no rollup answers, timed on the events: what a dashboard on ClickHouse
+/// costs beyond the hottest counts.
+const OTHER_QUERIES: &[(&str, &str)] = &[
+    (
+        "visitors per day, 30d",
+        r#"{"kind":"stats","metrics":["visitors"],"date_range":"30d","dimensions":["time:day"]}"#,
+    ),
+    (
+        "visits, bounce rate, duration, 7d",
+        r#"{"kind":"stats","metrics":["visits","bounce_rate","visit_duration"],"date_range":"7d"}"#,
+    ),
+    (
+        "top 10 entry pages by visits, 7d",
+        r#"{"kind":"stats","metrics":["visits"],"date_range":"7d","dimensions":["visit:entry_page"],"pagination":{"limit":10}}"#,
+    ),
+    (
+        "DAU of signup, daily, 30d",
+        r#"{"kind":"trends","date_range":"30d","interval":"day","series":[{"event":"signup","math":"dau"}]}"#,
+    ),
+    (
+        "WAU of any event, daily, 30d",
+        r#"{"kind":"trends","date_range":"30d","interval":"day","series":[{"math":"wau"}]}"#,
+    ),
+    (
+        "page_visit → signup → purchase, 14d window, 30d",
+        r#"{"kind":"funnel","date_range":"30d","steps":[{"event":"page_visit"},{"event":"signup"},{"event":"purchase"}],"window":{"value":14,"unit":"day"}}"#,
+    ),
+    (
+        "signup → any event, weekly cohorts, 30d",
+        r#"{"kind":"retention","date_range":"30d","period":"week","intervals":4,"target":{"event":"signup"},"returning":{"event":"$any"}}"#,
+    ),
+    (
+        "lifecycle, daily, 30d",
+        r#"{"kind":"lifecycle","date_range":"30d","interval":"day"}"#,
+    ),
+    (
+        "3 steps after signup, 7d",
+        r#"{"kind":"paths","date_range":"7d","start":{"event":"signup"},"depth":3,"limit":10}"#,
     ),
 ];
 
@@ -160,6 +204,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             percentile(&on_rollup, 0.95),
             e50 / r50
         );
+    }
+    if args.other_runs > 0 {
+        println!(
+            "\nOther report kinds, from the events (no rollup applies), {} runs each, ms:\n",
+            args.other_runs
+        );
+        println!("| query | p50 | max |");
+        println!("|---|---:|---:|");
+        for (name, body) in OTHER_QUERIES {
+            let request: Value = serde_json::from_str(body)?;
+            let mut times = Vec::new();
+            let mut failure = None;
+            for _ in 0..args.other_runs {
+                let t = Instant::now();
+                match tally_query::run(&raw, "bench", &request, now) {
+                    Ok(_) => times.push(t.elapsed().as_secs_f64() * 1e3),
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            match failure {
+                Some(e) => println!(
+                    "| {name} | failed: {} | |",
+                    e.chars().take(120).collect::<String>()
+                ),
+                None => println!(
+                    "| {name} | {:.1} | {:.1} |",
+                    percentile(&times, 0.5),
+                    percentile(&times, 1.0)
+                ),
+            }
+        }
     }
     Ok(())
 }

@@ -1118,6 +1118,60 @@ pub(crate) fn paths_sql(
 }
 
 /// What an ordered `funnel` asks, for the ClickHouse compiler.
+/// The aliased columns of a funnel's per-unit SELECT (over `evs`, the unit's events in
+/// time order), with the lookup arrays they need.
+#[derive(Default)]
+struct Stages {
+    columns: Vec<String>,
+    indexed: std::collections::BTreeSet<String>,
+}
+
+impl Stages {
+    fn push(&mut self, column: String) {
+        self.columns.push(column);
+    }
+
+    /// For a condition on an event, two arrays per unit: `cnt_<name>[i]`, how many of the
+    /// first i events meet it, and `pos_<name>`, the positions that do. The next such
+    /// position after p is then `pos[cnt[p] + 1]`: a lookup, where searching a slice of
+    /// the events from every start costs memory by the square of a unit's events (the
+    /// first version ran out of memory on 10M events).
+    fn index(&mut self, name: &str, cond: &dyn Fn(&str) -> String) {
+        if self.indexed.insert(name.to_owned()) {
+            self.columns.push(format!(
+                "arrayCumSum(arrayMap(x -> toUInt64({}), evs)) AS cnt_{name}",
+                cond("x")
+            ));
+            self.columns.push(format!(
+                "arrayFilter(i -> {}, arrayEnumerate(evs)) AS pos_{name}",
+                cond("evs[i]")
+            ));
+        }
+    }
+
+    /// The first position after `p` (0: none, or `p` is 0) whose event meets `cond`.
+    fn after(&mut self, name: &str, cond: &dyn Fn(&str) -> String, p: &str) -> String {
+        self.index(name, cond);
+        format!(
+            "if({p} = 0, 0, if(cnt_{name}[{p}] < length(pos_{name}), pos_{name}[cnt_{name}[{p}] + 1], 0))"
+        )
+    }
+
+    /// The first position after `p` holding flag field `f`.
+    fn after_flag(&mut self, f: usize, p: &str) -> String {
+        self.after(&format!("f{f}"), &|e| format!("{e}.{f} = 1"), p)
+    }
+
+    /// The first position at or after `p` (≥ 1) holding flag field `f`.
+    fn from_flag(&mut self, f: usize, p: &str) -> String {
+        let name = format!("f{f}");
+        self.index(&name, &|e| format!("{e}.{f} = 1"));
+        // The events before p that hold it, then the next one.
+        let before = format!("(cnt_{name}[{p}] - evs[{p}].{f})");
+        format!("if({before} < length(pos_{name}), pos_{name}[{before} + 1], 0)")
+    }
+}
+
 pub(crate) struct FunnelParts<'a> {
     pub unit: Unit,
     pub steps: &'a [EventMatch],
@@ -1215,38 +1269,23 @@ pub(crate) fn funnel_sql(
             .join(", "),
         where_ = where_of(&wheres),
     );
-    // The first position after `p` (0: none, or `p` is 0) holding flag field `f`.
-    let after = |f: usize, p: &str| {
-        let found = format!("arrayFirstIndex(x -> x.{f} = 1, arraySlice(evs, {p} + 1))");
-        format!("if({p} = 0 OR {found} = 0, 0, {p} + {found})")
-    };
-    // The first position at or after `p` holding flag field `f`.
-    let from = |f: usize, p: &str| {
-        let found = format!("arrayFirstIndex(x -> x.{f} = 1, arraySlice(evs, {p}))");
-        format!("if({found} = 0, 0, {p} - 1 + {found})")
-    };
-    // Every step's positions are an alias of one SELECT over the units' event arrays:
-    // computed once each, and free of 18.16's habit of dropping a subquery's column
-    // that only a lambda names.
-    let mut stages: Vec<String> = Vec::new();
-    let stage = |stages: &mut Vec<String>, column: String| stages.push(column);
+    let mut stages = Stages::default();
     // q0: the starts.
     let starts = match q.order {
         FunnelOrder::Ordered => {
             // A step-0 event shadowed by a later step-0-only event before the next
             // step-1 event can do no better than that later one.
             let s1 = sf(1);
-            let next = "arrayFirstIndex(x -> x.2 = 1 OR x.{s1} = 1, arraySlice(evs, i + 1))"
-                .replace("{s1}", &s1.to_string());
+            let next = stages.after("s01", &|e| format!("({e}.2 = 1 OR {e}.{s1} = 1)"), "i");
             format!(
-                "arrayFilter(i -> evs[i].2 = 1 AND ({next} = 0 OR NOT (evs[i + {next}].2 = 1 \
-                 AND evs[i + {next}].{s1} = 0)), arrayEnumerate(evs))"
+                "arrayFilter(i -> evs[i].2 = 1 AND ({next} = 0 OR NOT (evs[{next}].2 = 1 \
+                 AND evs[{next}].{s1} = 0)), arrayEnumerate(evs))"
             )
         }
         FunnelOrder::Strict => "arrayFilter(i -> evs[i].2 = 1, arrayEnumerate(evs))".to_owned(),
         FunnelOrder::Unordered => "arrayEnumerate(evs)".to_owned(),
     };
-    stage(&mut stages, format!("{starts} AS q0"));
+    stages.push(format!("{starts} AS q0"));
     let mut times = Vec::new();
     let mut level;
     let mut void = "0".to_owned();
@@ -1256,16 +1295,16 @@ pub(crate) fn funnel_sql(
         const NEVER: &str = "toInt64(9223372036854775807)";
         let cs: Vec<String> = (0..n)
             .map(|k| {
-                let pos = from(sf(k), "p");
+                let pos = stages.from_flag(sf(k), "p");
                 format!(
                     "if({pos} > 0 AND evs[{pos}].1 - evs[p].1 <= {window}, evs[{pos}].1, {NEVER})"
                 )
             })
             .collect();
-        stage(
-            &mut stages,
-            format!("arrayMap(p -> arraySort([{}]), q0) AS cs", cs.join(", ")),
-        );
+        stages.push(format!(
+            "arrayMap(p -> arraySort([{}]), q0) AS cs",
+            cs.join(", ")
+        ));
         level = format!("arrayCount(t -> t != {NEVER}, c)");
         for k in 0..n {
             times.push(format!("c[{}]", k + 1));
@@ -1276,21 +1315,13 @@ pub(crate) fn funnel_sql(
                 FunnelOrder::Strict => {
                     format!("if(p = 0, 0, if(evs[p + 1].{f} = 1, p + 1, 0))", f = sf(k))
                 }
-                _ => after(sf(k), "p"),
+                _ => stages.after_flag(sf(k), "p"),
             };
-            stage(
-                &mut stages,
-                format!("arrayMap(p -> {next}, q{}) AS q{k}", k - 1),
-            );
+            stages.push(format!("arrayMap(p -> {next}, q{}) AS q{k}", k - 1));
         }
         for (i, (_, from_step, _)) in q.exclusions.iter().enumerate() {
-            stage(
-                &mut stages,
-                format!(
-                    "arrayMap(p -> {}, q{from_step}) AS xq{i}",
-                    after(xf(i), "p")
-                ),
-            );
+            let next = stages.after_flag(xf(i), "p");
+            stages.push(format!("arrayMap(p -> {next}, q{from_step}) AS xq{i}"));
         }
         let reached = |k: usize| format!("(p{k} > 0 AND evs[p{k}].1 - evs[p0].1 <= {window})");
         level = String::from("multiIf(");
@@ -1342,7 +1373,7 @@ pub(crate) fn funnel_sql(
         "SELECT agg, arrayReverseSort(att)[1] AS best FROM \
            (SELECT agg, evs, {stages}, {attempts} AS att FROM ({level_sql}) AS lv) AS la \
          WHERE length(att) > 0",
-        stages = stages.join(", "),
+        stages = stages.columns.join(", "),
     );
     let mut cols = Vec::new();
     for k in 0..n {
