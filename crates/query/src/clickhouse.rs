@@ -505,7 +505,9 @@ pub(crate) fn stats_sql(
         let scan = scan(project, start, end, q.tz, unit, persons, &mut b);
         // Each person's events in time order, a visit number that grows after 30
         // minutes of silence, and the visit id DuckDB gives: the session, else the
-        // person and that number.
+        // person and that number. The gaps come from the times and the times shifted
+        // by one, element by element: a lambda reading `evs` by position would get a
+        // copy of them per event.
         let cut = format!(
             "SELECT person_id, tup.1 AS ts, tup.2 AS event, tup.3 AS type, tup.4 AS page, \
                     tup.5 AS properties, tup.6 AS context, tup.7 AS lts{traits_out}, \
@@ -513,8 +515,9 @@ pub(crate) fn stats_sql(
                        concat('v:', person_id, ':', toString(vn))) AS visit_id \
              FROM (SELECT person_id, \
                           arraySort(x -> x.1, groupArray(tuple(ts, event, type, page, properties, context, lts, session_id{traits_in}))) AS evs, \
-                          arrayCumSum(arrayMap(i -> if(i = 1 OR evs[i].1 - evs[i - 1].1 > 1800000000, 1, 0), \
-                                               arrayEnumerate(evs))) AS vns \
+                          arrayMap(x -> x.1, evs) AS tss, \
+                          arrayCumSum(arrayMap((i, t, prev) -> if(i = 1 OR t - prev > 1800000000, 1, 0), \
+                                               arrayEnumerate(tss), tss, arrayPushFront(arrayPopBack(tss), 0))) AS vns \
                    FROM ({scan}) AS s GROUP BY person_id) AS g \
              ARRAY JOIN evs AS tup, vns AS vn",
             traits_in = if persons { ", person_traits" } else { "" },
@@ -1131,43 +1134,61 @@ impl Stages {
         self.columns.push(column);
     }
 
-    /// For a condition on an event, two arrays per unit: `cnt_<name>[i]`, how many of the
-    /// first i events meet it, and `pos_<name>`, the positions that do. The next such
-    /// position after p is then `pos[cnt[p] + 1]`: a lookup, where searching a slice of
-    /// the events from every start costs memory by the square of a unit's events (the
-    /// first version ran out of memory on 10M events).
-    fn index(&mut self, name: &str, cond: &dyn Fn(&str) -> String) {
+    /// Adds `column` (an alias of the same SELECT) once, under `name`.
+    fn once(&mut self, name: &str, column: impl FnOnce() -> Vec<String>) {
         if self.indexed.insert(name.to_owned()) {
-            self.columns.push(format!(
-                "arrayCumSum(arrayMap(x -> toUInt64({}), evs)) AS cnt_{name}",
-                cond("x")
-            ));
-            self.columns.push(format!(
-                "arrayFilter(i -> {}, arrayEnumerate(evs)) AS pos_{name}",
-                cond("evs[i]")
-            ));
+            self.columns.extend(column());
         }
     }
 
-    /// The first position after `p` (0: none, or `p` is 0) whose event meets `cond`.
-    fn after(&mut self, name: &str, cond: &dyn Fn(&str) -> String, p: &str) -> String {
-        self.index(name, cond);
+    /// `tss`: the unit's event times, in order.
+    fn times(&mut self) -> &'static str {
+        self.once("tss", || vec!["arrayMap(x -> x.1, evs) AS tss".into()]);
+        "tss"
+    }
+
+    /// `fl<f>`: the unit's flag field `f`, one byte per event.
+    fn flag(&mut self, f: usize) -> String {
+        self.once(&format!("fl{f}"), || {
+            vec![format!("arrayMap(x -> x.{f}, evs) AS fl{f}")]
+        });
+        format!("fl{f}")
+    }
+
+    /// For a condition on an event, two arrays per unit: `cnt_<name>[i]`, how many of the
+    /// first i events meet it, and `pos_<name>`, the positions that do, both built
+    /// element by element. The next such position after p is then `pos[cnt[p] + 1]`.
+    fn index(&mut self, name: &str, cond: &dyn Fn(&str) -> String) {
+        self.once(name, || {
+            vec![
+                format!(
+                    "arrayCumSum(arrayMap(x -> toUInt64({}), evs)) AS cnt_{name}",
+                    cond("x")
+                ),
+                format!(
+                    "arrayFilter((i, x) -> {}, arrayEnumerate(evs), evs) AS pos_{name}",
+                    cond("x")
+                ),
+            ]
+        });
+    }
+
+    /// The first position after `p` (0: none, or `p` is 0) holding flag field `f`.
+    fn after_flag(&mut self, f: usize, p: &str) -> String {
+        let name = format!("f{f}");
+        self.index(&name, &|e| format!("{e}.{f} = 1"));
         format!(
             "if({p} = 0, 0, if(cnt_{name}[{p}] < length(pos_{name}), pos_{name}[cnt_{name}[{p}] + 1], 0))"
         )
-    }
-
-    /// The first position after `p` holding flag field `f`.
-    fn after_flag(&mut self, f: usize, p: &str) -> String {
-        self.after(&format!("f{f}"), &|e| format!("{e}.{f} = 1"), p)
     }
 
     /// The first position at or after `p` (≥ 1) holding flag field `f`.
     fn from_flag(&mut self, f: usize, p: &str) -> String {
         let name = format!("f{f}");
         self.index(&name, &|e| format!("{e}.{f} = 1"));
+        let flag = self.flag(f);
         // The events before p that hold it, then the next one.
-        let before = format!("(cnt_{name}[{p}] - evs[{p}].{f})");
+        let before = format!("(cnt_{name}[{p}] - {flag}[{p}])");
         format!("if({before} < length(pos_{name}), pos_{name}[{before} + 1], 0)")
     }
 }
@@ -1258,8 +1279,25 @@ pub(crate) fn funnel_sql(
     let window = b.int(q.window);
     // Tuple fields: 1 = time, s_k = k + 2, x_i = n + 2 + i, breakdown = n + m + 2.
     let (sf, xf, bdf) = (|k: usize| k + 2, |i: usize| n + 2 + i, n + m + 2);
+    // ClickHouse hands a lambda its own copy of every array the lambda reads besides its
+    // arguments, once per element it maps: reading the unit's events (`evs`) from a
+    // lambda over positions would copy them once per position. So lambdas here read
+    // narrow arrays (times, one-byte flags, counts) and only over the starts, and the
+    // events carry no breakdown value unless one is asked for.
+    let mut stages_bd = false;
+    let bd_field = if q.breakdown.is_some() {
+        format!(", {bd}")
+    } else {
+        String::new()
+    };
+    let bd_of_start = if q.breakdown.is_some() {
+        stages_bd = true;
+        "bds[p0]".to_owned()
+    } else {
+        "''".to_owned()
+    };
     let level_sql = format!(
-        "SELECT person_id AS agg, arraySort(groupArray(tuple(ts, {flags}, {bd}))) AS evs \
+        "SELECT person_id AS agg, arraySort(groupArray(tuple(ts, {flags}{bd_field}))) AS evs \
          FROM ({scan}) AS sc{where_} GROUP BY person_id",
         flags = step_flags
             .iter()
@@ -1270,19 +1308,28 @@ pub(crate) fn funnel_sql(
         where_ = where_of(&wheres),
     );
     let mut stages = Stages::default();
+    if stages_bd {
+        stages.push(format!("arrayMap(x -> x.{bdf}, evs) AS bds"));
+    }
     // q0: the starts.
     let starts = match q.order {
         FunnelOrder::Ordered => {
             // A step-0 event shadowed by a later step-0-only event before the next
-            // step-1 event can do no better than that later one.
+            // step-1 event can do no better than that later one. Over the events that
+            // are step 0 or 1 (`k` = 2·s0 + s1), a start is a step 0 whose next one is
+            // not step 0 only: element by element, with the kinds shifted by one.
             let s1 = sf(1);
-            let next = stages.after("s01", &|e| format!("({e}.2 = 1 OR {e}.{s1} = 1)"), "i");
-            format!(
-                "arrayFilter(i -> evs[i].2 = 1 AND ({next} = 0 OR NOT (evs[{next}].2 = 1 \
-                 AND evs[{next}].{s1} = 0)), arrayEnumerate(evs))"
-            )
+            stages.index("s01", &|e| format!("({e}.2 = 1 OR {e}.{s1} = 1)"));
+            stages.push(format!(
+                "arrayFilter(k -> k > 0, arrayMap(x -> x.2 * 2 + x.{s1}, evs)) AS kinds"
+            ));
+            "arrayFilter((p, k, kn) -> k >= 2 AND kn != 2, pos_s01, kinds, \
+             arrayPushBack(arrayPopFront(kinds), 0))"
+                .to_owned()
         }
-        FunnelOrder::Strict => "arrayFilter(i -> evs[i].2 = 1, arrayEnumerate(evs))".to_owned(),
+        FunnelOrder::Strict => {
+            "arrayFilter((i, x) -> x.2 = 1, arrayEnumerate(evs), evs)".to_owned()
+        }
         FunnelOrder::Unordered => "arrayEnumerate(evs)".to_owned(),
     };
     stages.push(format!("{starts} AS q0"));
@@ -1293,11 +1340,12 @@ pub(crate) fn funnel_sql(
         // c_k: the time of the first step-k event at or after the start, within the
         // window, else a time after every other (sorted last).
         const NEVER: &str = "toInt64(9223372036854775807)";
+        let tss = stages.times();
         let cs: Vec<String> = (0..n)
             .map(|k| {
                 let pos = stages.from_flag(sf(k), "p");
                 format!(
-                    "if({pos} > 0 AND evs[{pos}].1 - evs[p].1 <= {window}, evs[{pos}].1, {NEVER})"
+                    "if({pos} > 0 AND {tss}[{pos}] - {tss}[p] <= {window}, {tss}[{pos}], {NEVER})"
                 )
             })
             .collect();
@@ -1313,7 +1361,8 @@ pub(crate) fn funnel_sql(
         for k in 1..n {
             let next = match q.order {
                 FunnelOrder::Strict => {
-                    format!("if(p = 0, 0, if(evs[p + 1].{f} = 1, p + 1, 0))", f = sf(k))
+                    let flag = stages.flag(sf(k));
+                    format!("if(p = 0, 0, if({flag}[p + 1] = 1, p + 1, 0))")
                 }
                 _ => stages.after_flag(sf(k), "p"),
             };
@@ -1323,7 +1372,8 @@ pub(crate) fn funnel_sql(
             let next = stages.after_flag(xf(i), "p");
             stages.push(format!("arrayMap(p -> {next}, q{from_step}) AS xq{i}"));
         }
-        let reached = |k: usize| format!("(p{k} > 0 AND evs[p{k}].1 - evs[p0].1 <= {window})");
+        let tss = stages.times();
+        let reached = |k: usize| format!("(p{k} > 0 AND {tss}[p{k}] - {tss}[p0] <= {window})");
         level = String::from("multiIf(");
         for k in 1..n {
             level.push_str(&format!("NOT {}, {k}, ", reached(k)));
@@ -1331,9 +1381,9 @@ pub(crate) fn funnel_sql(
         level.push_str(&format!("{n})"));
         for k in 0..n {
             times.push(if k == 0 {
-                "evs[p0].1".to_owned()
+                format!("{tss}[p0]")
             } else {
-                format!("if({}, evs[p{k}].1, 0)", reached(k))
+                format!("if({}, {tss}[p{k}], 0)", reached(k))
             });
         }
         let voids: Vec<String> = q
@@ -1361,7 +1411,7 @@ pub(crate) fn funnel_sql(
             .unzip()
     };
     let attempts = format!(
-        "arrayFilter(a -> a.{v} = 0, arrayMap(({params}) -> tuple({level}, -{t0}, {times}, evs[p0].{bdf}, {void}), \
+        "arrayFilter(a -> a.{v} = 0, arrayMap(({params}) -> tuple({level}, -{t0}, {times}, {bd_of_start}, {void}), \
          {arrays}))",
         v = n + 4,
         t0 = times[0],
