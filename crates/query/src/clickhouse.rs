@@ -1183,7 +1183,7 @@ impl Stages {
     }
 
     /// The first position at or after `p` (≥ 1) holding flag field `f`.
-    fn from_flag(&mut self, f: usize, p: &str) -> String {
+    fn at_or_after_flag(&mut self, f: usize, p: &str) -> String {
         let name = format!("f{f}");
         self.index(&name, &|e| format!("{e}.{f} = 1"));
         let flag = self.flag(f);
@@ -1343,7 +1343,7 @@ pub(crate) fn funnel_sql(
         let tss = stages.times();
         let cs: Vec<String> = (0..n)
             .map(|k| {
-                let pos = stages.from_flag(sf(k), "p");
+                let pos = stages.at_or_after_flag(sf(k), "p");
                 format!(
                     "if({pos} > 0 AND {tss}[{pos}] - {tss}[p] <= {window}, {tss}[{pos}], {NEVER})"
                 )
