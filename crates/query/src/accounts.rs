@@ -18,6 +18,8 @@
 //!   `min_stickiness` [0.1].
 //! - **Healthy**: otherwise.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
@@ -504,9 +506,8 @@ impl AccountsQuery {
             last: i64,
             first: i64,
         }
-        let mut activity = std::collections::HashMap::new();
-        let mut users: std::collections::HashMap<String, std::collections::BTreeSet<String>> =
-            std::collections::HashMap::new();
+        let mut activity = HashMap::new();
+        let mut users: HashMap<String, BTreeSet<String>> = HashMap::new();
         for r in store.query(&ch::accounts_activity_sql(&parts, project))? {
             let Some(id) = text(&r[0]) else { continue };
             let active = users.entry(id.clone()).or_default();
@@ -535,7 +536,7 @@ impl AccountsQuery {
                 }
             }
         }
-        let mut tagged = std::collections::HashMap::new();
+        let mut tagged = HashMap::new();
         for r in store.query(&ch::accounts_tagged_sql(project, self.end))? {
             if let Some(g) = text(&r[0]) {
                 tagged.insert(g, (int(&r[1]), int(&r[2])));
@@ -547,8 +548,7 @@ impl AccountsQuery {
             .into_iter()
             .filter_map(|r| Some((text(&r[0])?, text(&r[1]), int(&r[2]))))
             .collect();
-        let known: std::collections::HashSet<String> =
-            accounts.iter().map(|(id, _, _)| id.clone()).collect();
+        let known: HashSet<String> = accounts.iter().map(|(id, _, _)| id.clone()).collect();
         for (id, a) in &activity {
             if !known.contains(id) {
                 accounts.push((id.clone(), None, a.first));
@@ -691,8 +691,7 @@ impl AccountsQuery {
         use crate::clickhouse as ch;
         // Person -> (events, days active, last event).
         type Activity = (u64, u64, Option<i64>);
-        let mut people: std::collections::BTreeMap<String, Activity> =
-            std::collections::BTreeMap::new();
+        let mut people: BTreeMap<String, Activity> = BTreeMap::new();
         for r in store.query(&ch::account_people_sql(parts, project, account))? {
             if let Some(p) = r[0].as_str() {
                 people.insert(
@@ -711,7 +710,7 @@ impl AccountsQuery {
             }
         }
         let ids: Vec<String> = people.keys().cloned().collect();
-        let traits: std::collections::HashMap<String, String> = store
+        let traits: HashMap<String, String> = store
             .query(&ch::person_traits_sql(project, &ids))?
             .into_iter()
             .filter_map(|r| Some((r[0].as_str()?.to_owned(), r[1].as_str()?.to_owned())))

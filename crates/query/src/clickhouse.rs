@@ -1256,10 +1256,6 @@ pub(crate) fn funnel_sql(
         .iter()
         .map(|(x, _, _)| all_of(x, &mut b).map(|c| format!("toUInt8({c})")))
         .collect::<Result<Vec<_>, _>>()?;
-    let bd = match q.breakdown {
-        Some(d) => format!("ifNull(toString({}), '(none)')", dimension(d)?),
-        None => "''".to_owned(),
-    };
     let mut wheres = Vec::new();
     // A strict funnel needs every event, to know what came right after a step.
     if q.order != FunnelOrder::Strict {
@@ -1284,17 +1280,12 @@ pub(crate) fn funnel_sql(
     // lambda over positions would copy them once per position. So lambdas here read
     // narrow arrays (times, one-byte flags, counts) and only over the starts, and the
     // events carry no breakdown value unless one is asked for.
-    let mut stages_bd = false;
-    let bd_field = if q.breakdown.is_some() {
-        format!(", {bd}")
-    } else {
-        String::new()
-    };
-    let bd_of_start = if q.breakdown.is_some() {
-        stages_bd = true;
-        "bds[p0]".to_owned()
-    } else {
-        "''".to_owned()
+    let (bd_field, bd_of_start) = match q.breakdown {
+        Some(d) => (
+            format!(", ifNull(toString({}), '(none)')", dimension(d)?),
+            "bds[p0]",
+        ),
+        None => (String::new(), "''"),
     };
     let level_sql = format!(
         "SELECT person_id AS agg, arraySort(groupArray(tuple(ts, {flags}{bd_field}))) AS evs \
@@ -1308,7 +1299,7 @@ pub(crate) fn funnel_sql(
         where_ = where_of(&wheres),
     );
     let mut stages = Stages::default();
-    if stages_bd {
+    if q.breakdown.is_some() {
         stages.push(format!("arrayMap(x -> x.{bdf}, evs) AS bds"));
     }
     // q0: the starts.
@@ -1334,7 +1325,7 @@ pub(crate) fn funnel_sql(
     };
     stages.push(format!("{starts} AS q0"));
     let mut times = Vec::new();
-    let mut level;
+    let level;
     let mut void = "0".to_owned();
     if q.order == FunnelOrder::Unordered {
         // c_k: the time of the first step-k event at or after the start, within the
@@ -1374,11 +1365,10 @@ pub(crate) fn funnel_sql(
         }
         let tss = stages.times();
         let reached = |k: usize| format!("(p{k} > 0 AND {tss}[p{k}] - {tss}[p0] <= {window})");
-        level = String::from("multiIf(");
-        for k in 1..n {
-            level.push_str(&format!("NOT {}, {k}, ", reached(k)));
-        }
-        level.push_str(&format!("{n})"));
+        let arms: String = (1..n)
+            .map(|k| format!("NOT {}, {k}, ", reached(k)))
+            .collect();
+        level = format!("multiIf({arms}{n})");
         for k in 0..n {
             times.push(if k == 0 {
                 format!("{tss}[p0]")

@@ -363,31 +363,30 @@ async fn two_ingest_two_writers_one_query_store_exactly_what_was_sent() {
     let (count, got) = stored(client, ch_url, 3_000).await;
     assert_eq!(count, 3_000, "writer 1 died holding {held} entries");
     assert_eq!(got, names(0, 3_000), "no event lost, none doubled");
-    let metrics = client
-        .get(format!("http://127.0.0.1:{}/metrics", ports[3]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(client, ports[3]).await;
     assert!(
         metrics.contains("tally_writer_events_total"),
         "the surviving writer wrote"
     );
 }
 
-/// Reads a counter or gauge from a process's `/metrics` (sum over its labels).
-async fn metric(client: &reqwest::Client, port: u16, name: &str) -> f64 {
-    let text = client
+/// A process's `/metrics` page.
+async fn metrics_text(client: &reqwest::Client, port: u16) -> String {
+    client
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// Reads a counter or gauge from a process's `/metrics` (sum over its labels).
+async fn metric(client: &reqwest::Client, port: u16, name: &str) -> f64 {
+    metrics_text(client, port)
+        .await
+        .lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
