@@ -93,3 +93,6 @@ print(f"| WAL: fsyncs/s | {med['fsyncs']:,.0f} |")
 print(f"| WAL: requests per fsync (group commit) | {med['group']:.1f} |")
 print(f"| WAL: mean fsync time | {med['fsync_ms']:.2f} ms |")
 print(f"| writer: events per store insert | {med['batch']:,.0f} |")
+store = [w + d for w, d in zip(rows["writer (store inserts)"], rows["DuckDB threads"])]
+print()
+print("Writer and DuckDB threads per run, as the table grows: " + ", ".join(f"{v:.1f}" for v in store) + " µs per request.")

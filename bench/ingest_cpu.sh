@@ -11,6 +11,7 @@
 #   bench/ingest_cpu.sh
 #   RUNS=5 DURATION=8s bench/ingest_cpu.sh
 #   TALLY_QUEUE_FSYNC=never bench/ingest_cpu.sh     # any TALLY_* setting reaches Tally
+#   TALLY_BIN=/tmp/old/tally bench/ingest_cpu.sh    # another build of Tally (A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -26,6 +27,7 @@ if ! command -v oha >/dev/null; then
     cargo install oha --locked
 fi
 BIN="$CARGO_TARGET_DIR/release"
+TALLY_BIN=${TALLY_BIN:-$BIN/tally}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -34,9 +36,9 @@ wait_up() { for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$1/$2
 
 "$BIN/baseline" "127.0.0.1:$BASE_PORT" & base_pid=$!
 pids+=($base_pid)
-"$BIN/tally" --data-dir "$work/data" project create bench --format json > "$work/keys.json"
+"$TALLY_BIN" --data-dir "$work/data" project create bench --format json > "$work/keys.json"
 WRITE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["write_key"])' "$work/keys.json")
-TALLY_LOG=warn "$BIN/tally" --data-dir "$work/data" serve --listen "127.0.0.1:$TALLY_PORT" & tally_pid=$!
+TALLY_LOG=warn "$TALLY_BIN" --data-dir "$work/data" serve --listen "127.0.0.1:$TALLY_PORT" & tally_pid=$!
 pids+=($tally_pid)
 wait_up "$BASE_PORT" none
 wait_up "$TALLY_PORT" healthz
