@@ -4,8 +4,11 @@ Tally's threads, by name and order of creation:
 - `tokio-rt-worker`: the runtime's workers are the first `workers` of them (tokio starts
   one per core when the runtime is built); the later ones are its blocking pool, where
   the writer's store inserts run;
-- `tally-wal`: the WAL's writer thread (group commit, fsync);
-- `tally`: the main thread (its pid) and DuckDB's own worker threads.
+- `tally-wal`: the WAL's writer thread (group commit, fsync); `tally-wal-spare` zero-fills
+  the next segment ahead of it (counted with it);
+- `tally`: the main thread (its pid) and DuckDB's own worker threads. DuckDB starts them
+  from whichever thread opens or first uses it, so when that is a tokio thread they count
+  as the writer.
 """
 import os
 import statistics
@@ -40,7 +43,7 @@ def answered(path):
 
 
 def role(tid, comm, tokio_tids, main_tid):
-    if comm == "tally-wal":
+    if comm in ("tally-wal", "tally-wal-spare"):
         return "WAL thread"
     if comm == "tokio-rt-worker":
         return "HTTP workers" if tid in tokio_tids[:workers] else "writer (store inserts)"

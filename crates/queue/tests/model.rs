@@ -4,7 +4,7 @@
 mod common;
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,13 +33,16 @@ enum Op {
     Reopen,
     /// Drop without close, then reopen.
     Crash,
-    /// Crash with a partial write at the end of the newest segment.
+    /// Crash with a partial write after the last record of the newest segment (where the
+    /// next write would have gone: into the zeros written ahead, or at the file's end).
     CrashTorn {
         junk: Vec<u8>,
         looks_like_header: bool,
     },
     /// Crash and lose the newest segment's bytes after `pick % (len + 1)`: what a machine
-    /// crash does with fsync=never, or to unacknowledged writes with fsync=always.
+    /// crash does with fsync=never, or to unacknowledged writes with fsync=always. Lost
+    /// bytes read as zeros where they overwrote zeros written ahead (odd `pick`), else
+    /// the file is cut there.
     CrashCut {
         pick: u64,
     },
@@ -141,17 +144,42 @@ async fn check(wal: &Wal, model: &Model, dir: &Path) {
     assert_eq!(actual, expected, "records after the committed lsn");
 }
 
-/// The newest segment's first LSN and the on-disk layout the model predicts for it.
+/// The newest segment's first LSN and the on-disk layout the model predicts for it:
+/// its records, then nothing or zeros written ahead. Every older segment ends with its
+/// last record.
 fn newest_segment(dir: &Path, model: &Model) -> (Lsn, Vec<u64>) {
-    let first = *segments(dir).last().expect("a segment");
+    let files = segments(dir);
+    let first = *files.last().expect("a segment");
     let mut ends = vec![0];
     for (lsn, payload, _) in &model.records {
         if *lsn >= first {
             ends.push(ends.last().unwrap() + HEADER + payload.len() as u64);
         }
     }
-    let len = fs::metadata(segment_path(dir, first)).unwrap().len();
-    assert_eq!(len, *ends.last().unwrap(), "newest segment length");
+    let bytes = fs::read(segment_path(dir, first)).unwrap();
+    let end = *ends.last().unwrap() as usize;
+    assert!(
+        bytes.len() >= end,
+        "newest segment shorter than its records"
+    );
+    assert!(
+        bytes[end..].iter().all(|&b| b == 0),
+        "newest segment: only zeros after the records"
+    );
+    for pair in files.windows(2) {
+        let len = fs::metadata(segment_path(dir, pair[0])).unwrap().len();
+        let records: u64 = model
+            .records
+            .iter()
+            .filter(|r| (pair[0]..pair[1]).contains(&r.0))
+            .map(|r| HEADER + r.1.len() as u64)
+            .sum();
+        assert_eq!(
+            len, records,
+            "older segment {} ends with its records",
+            pair[0]
+        );
+    }
     (first, ends)
 }
 
@@ -225,15 +253,15 @@ async fn run(ops: Vec<Op>) {
                 looks_like_header,
             } => {
                 drop(wal);
-                let (first, _) = newest_segment(dir, &model);
+                let (first, ends) = newest_segment(dir, &model);
                 if looks_like_header {
                     junk.splice(0..0, *b"TWL\x01");
                 }
-                let mut file = OpenOptions::new()
-                    .append(true)
+                let file = OpenOptions::new()
+                    .write(true)
                     .open(segment_path(dir, first))
                     .unwrap();
-                file.write_all(&junk).unwrap();
+                file.write_all_at(&junk, *ends.last().unwrap()).unwrap();
                 drop(file);
                 wal = Wal::open(wal_config(dir), model.committed).unwrap();
                 newest_segment(dir, &model);
@@ -246,7 +274,13 @@ async fn run(ops: Vec<Op>) {
                     .write(true)
                     .open(segment_path(dir, first))
                     .unwrap();
-                file.set_len(cut).unwrap();
+                let end = *ends.last().unwrap();
+                if pick % 2 == 1 && file.metadata().unwrap().len() > end {
+                    file.write_all_at(&vec![0; (end - cut) as usize], cut)
+                        .unwrap();
+                } else {
+                    file.set_len(cut).unwrap();
+                }
                 drop(file);
                 let survivors = ends[1..].iter().filter(|&&end| end <= cut).count() as u64;
                 model.records.retain(|r| r.0 < first + survivors);

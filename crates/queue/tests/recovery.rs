@@ -71,7 +71,7 @@ async fn truncation_at_every_offset_of_the_last_segment() {
     let last_first = *firsts.last().unwrap();
     let offsets = layout(last_first, RECORDS);
     let path = segment_path(original.path(), last_first);
-    assert_eq!(fs::metadata(&path).unwrap().len(), *offsets.last().unwrap());
+    assert_records_then_zeros(&path, *offsets.last().unwrap());
 
     for cut in 0..*offsets.last().unwrap() {
         let dir = copy_dir(original.path());
@@ -114,28 +114,74 @@ async fn flipped_bytes_in_the_last_segment_cut_from_the_damaged_record() {
     }
 }
 
+/// The newest segment at `path` holds `records` bytes of records, then nothing or the
+/// zeros written ahead of the next records.
+fn assert_records_then_zeros(path: &Path, records: u64) {
+    let bytes = fs::read(path).unwrap();
+    assert!(bytes.len() as u64 >= records);
+    assert!(bytes[records as usize..].iter().all(|&b| b == 0));
+}
+
 #[tokio::test]
 async fn garbage_after_the_last_record_is_cut() {
     let original = pristine().await;
     let last_first = *segments(original.path()).last().unwrap();
-    for junk in [
-        vec![0u8; 4096],
-        b"TWL\x01 not really a record".to_vec(),
-        vec![0xff; 7],
-    ] {
+    let end = *layout(last_first, RECORDS).last().unwrap();
+    for junk in [b"TWL\x01 not really a record".to_vec(), vec![0xff; 7]] {
         let dir = copy_dir(original.path());
         let path = segment_path(dir.path(), last_first);
         let mut bytes = fs::read(&path).unwrap();
-        let len = bytes.len() as u64;
+        bytes.truncate(end as usize);
         bytes.extend_from_slice(&junk);
+        bytes.extend_from_slice(&[0; 100]);
         fs::write(&path, bytes).unwrap();
         assert_recovers_to(dir.path(), RECORDS, "junk tail").await;
-        let after = fs::metadata(&path).unwrap().len();
-        assert_eq!(
-            after,
-            len + record_len(RECORDS + 1),
-            "junk cut, new record appended"
-        );
+        assert_next_record_after(&path, end, RECORDS + 1);
+    }
+}
+
+/// After recovery and one append, the segment at `path` holds its `kept` bytes of
+/// records, then either nothing (the append rolled to a new segment, cutting this one to
+/// its records) or the record `lsn` followed by nothing or zeros.
+fn assert_next_record_after(path: &Path, kept: u64, lsn: Lsn) {
+    let bytes = fs::read(path).unwrap();
+    if bytes.len() as u64 == kept {
+        return;
+    }
+    let end = (kept + record_len(lsn)) as usize;
+    assert!(bytes.len() >= end, "record {lsn} follows the kept ones");
+    assert_eq!(&bytes[kept as usize + 32..end], &payload(lsn)[..]);
+    assert!(bytes[end..].iter().all(|&b| b == 0), "only zeros after it");
+}
+
+/// Zeros after the last record are space written ahead (a torn write into it leaves
+/// zeros too): nothing is cut, and the next record goes where they start.
+#[tokio::test]
+async fn zeros_after_the_last_record_are_kept_and_written_over() {
+    let original = pristine().await;
+    let last_first = *segments(original.path()).last().unwrap();
+    let offsets = layout(last_first, RECORDS);
+    let end = *offsets.last().unwrap();
+    // Zeros where the last record was (its write never reached the disk), or after it.
+    for zero_from in [offsets[offsets.len() - 2], end] {
+        let dir = copy_dir(original.path());
+        let path = segment_path(dir.path(), last_first);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.truncate(zero_from as usize);
+        bytes.resize(end as usize + 4096, 0);
+        fs::write(&path, bytes).unwrap();
+        let survivors = if zero_from == end {
+            RECORDS
+        } else {
+            RECORDS - 1
+        };
+        let what = format!("zeros from byte {zero_from}");
+        // Opening is not damage: nothing cut.
+        drop(Wal::open(config(dir.path(), SEGMENT_BYTES), 0).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().len(), end + 4096, "{what}");
+        assert_recovers_to(dir.path(), survivors, &what).await;
+        let kept = offsets[(survivors - last_first + 1) as usize];
+        assert_next_record_after(&path, kept, survivors + 1);
     }
 }
 
@@ -143,8 +189,13 @@ async fn garbage_after_the_last_record_is_cut() {
 async fn damage_in_an_older_segment_is_an_error() {
     let original = pristine().await;
     let firsts = segments(original.path());
-    let second = firsts[1];
-    let offsets = layout(second, firsts[2] - 1);
+    // An older segment of two records or more (one can hold a single record, when a
+    // spare segment took over after it).
+    let k = (0..firsts.len() - 1)
+        .find(|&k| firsts[k + 1] - firsts[k] >= 2)
+        .expect("an older segment of two records or more");
+    let second = firsts[k];
+    let offsets = layout(second, firsts[k + 1] - 1);
 
     // A flipped byte in the middle of the segment.
     let dir = copy_dir(original.path());
@@ -163,11 +214,7 @@ async fn damage_in_an_older_segment_is_an_error() {
         Err(e) => panic!("expected Corrupt, got {e}"),
         Ok(_) => panic!("expected Corrupt, got a log"),
     }
-    assert_eq!(
-        fs::read_dir(dir.path()).unwrap().count(),
-        firsts.len(),
-        "nothing deleted"
-    );
+    assert_eq!(segments(dir.path()), firsts, "nothing deleted");
 
     // A torn tail is not a crash artefact there either: the next segment exists.
     let dir = copy_dir(original.path());

@@ -1,7 +1,7 @@
 //! Segment files: naming, recovery scans and the sequential cursor readers use.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -61,7 +61,8 @@ pub(crate) struct Scan {
 }
 
 /// Reads and verifies every record of the segment starting at `first`, adding those after
-/// `committed` to `pending`. Stops at the first invalid or partial record.
+/// `committed` to `pending`. Stops at the first invalid or partial record, or at zeros:
+/// space written ahead of the records, which is not damage.
 pub(crate) fn scan(
     path: &Path,
     first: Lsn,
@@ -79,11 +80,19 @@ pub(crate) fn scan(
         if remaining == 0 {
             break None;
         }
+        let mut buf = [0; HEADER_LEN];
         if remaining < HEADER_LEN as u64 {
+            let partial = &mut buf[..remaining as usize];
+            reader.read_exact(partial)?;
+            if partial.iter().all(|&b| b == 0) {
+                break None;
+            }
             break Some(format!("partial header of {remaining} bytes"));
         }
-        let mut buf = [0; HEADER_LEN];
         reader.read_exact(&mut buf)?;
+        if buf.iter().all(|&b| b == 0) {
+            break None;
+        }
         let header = match Header::decode(&buf) {
             Ok(header) => header,
             Err(reason) => break Some(reason),
@@ -132,6 +141,8 @@ pub(crate) struct Cursor {
     next_lsn: Lsn,
     /// Header of the record at `next_lsn`, read but its payload not yet consumed.
     peeked: Option<Header>,
+    /// The buffer was dropped and the record at `next_lsn` read again from the file.
+    refreshed: bool,
 }
 
 impl Cursor {
@@ -158,6 +169,7 @@ impl Cursor {
                 offset: 0,
                 next_lsn: first,
                 peeked: None,
+                refreshed: false,
             };
             // Records before `lsn` are durable, hence complete; stop at the segment's end,
             // `next_header` moves on from there.
@@ -188,7 +200,17 @@ impl Cursor {
                 return Ok(Some(header));
             }
             if self.has_more()? {
-                return self.read_header().map(Some);
+                match self.read_header() {
+                    Ok(header) => return Ok(Some(header)),
+                    // The buffer may hold what the file had when it was filled: the zeros
+                    // written ahead of the newest segment's records, or the end of a
+                    // segment since cut to its records. Read once more from the file.
+                    Err(_) if !self.refreshed => {
+                        self.refresh(0)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             // The end of this segment, and the record is durable: it is in a later segment.
             let Some(next) = shared.segment_after(self.segment) else {
@@ -202,6 +224,7 @@ impl Cursor {
                     self.segment = next;
                     self.reader = BufReader::with_capacity(READ_BUFFER, file);
                     self.offset = 0;
+                    self.refreshed = false;
                     // Past a gap left when the store was ahead of the log; all committed.
                     self.next_lsn = next;
                 }
@@ -220,6 +243,11 @@ impl Cursor {
         let header = self.peeked.expect("take_payload without next_header");
         let mut payload = vec![0; header.payload_len as usize];
         self.read_exact(&mut payload)?;
+        if header.verify(&payload).is_err() && !self.refreshed {
+            // As in `next_header`: the buffer may predate the payload.
+            self.refresh(HEADER_LEN as u64)?;
+            self.read_exact(&mut payload)?;
+        }
         header
             .verify(&payload)
             .map_err(|reason| self.corrupt(reason))?;
@@ -269,8 +297,16 @@ impl Cursor {
 
     fn advance(&mut self, header: Header) {
         self.peeked = None;
+        self.refreshed = false;
         self.offset += header.record_len();
         self.next_lsn += 1;
+    }
+
+    /// Drops the buffer and positions the file `skip` bytes into the record at `next_lsn`.
+    fn refresh(&mut self, skip: u64) -> io::Result<()> {
+        self.reader.seek(SeekFrom::Start(self.offset + skip))?;
+        self.refreshed = true;
+        Ok(())
     }
 
     fn has_more(&mut self) -> io::Result<bool> {

@@ -1,9 +1,12 @@
 //! The writer thread: owns the segment being written and group-commits appends.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +27,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// After failing to create a segment, keep writing to the current one for this long.
 const ROLL_RETRY: Duration = Duration::from_secs(5);
 
+/// The zero-filled file that becomes the next segment. Not a segment name, so recovery and
+/// readers ignore it; a leftover from a crash is replaced.
+pub(crate) const SPARE_NAME: &str = "spare-segment.tmp";
+
 pub(crate) struct Append {
     pub(crate) payload: Bytes,
     pub(crate) events: u32,
@@ -40,7 +47,13 @@ pub(crate) struct Writer {
     file: File,
     /// First LSN of the segment being written.
     segment: Lsn,
+    /// Bytes of records in the segment: where the next write goes.
     segment_len: u64,
+    /// The segment file's length: past `segment_len` it holds zeros written ahead, so
+    /// that an fsync of records written there need not also write the file's new size.
+    allocated: u64,
+    /// The thread zero-filling the spare segment, when one is being prepared or is ready.
+    spare: Option<JoinHandle<io::Result<()>>>,
     next_lsn: Lsn,
     buf: Vec<u8>,
     /// Written since the last fsync.
@@ -61,6 +74,7 @@ impl Writer {
         file: File,
         segment: Lsn,
         segment_len: u64,
+        allocated: u64,
         next_lsn: Lsn,
     ) -> Writer {
         Writer {
@@ -69,6 +83,8 @@ impl Writer {
             file,
             segment,
             segment_len,
+            allocated,
+            spare: None,
             next_lsn,
             buf: Vec::new(),
             dirty: false,
@@ -78,8 +94,13 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self) {
+        self.prepare_spare();
         let result = self.serve();
         let result = result.and_then(|()| if self.dirty { self.sync() } else { Ok(()) });
+        if let Some(spare) = self.spare.take() {
+            // Only the zero-filling is lost if this failed; the next open starts again.
+            let _ = spare.join();
+        }
         let mut state = self.shared.state.lock();
         state.closed = true;
         let durable = Durable {
@@ -136,6 +157,15 @@ impl Writer {
         let mut waiters = Vec::with_capacity(group.len());
         let mut events = 0;
         self.buf.clear();
+        // A segment without space written ahead (the first after an open, or one whose
+        // spare was not ready) is left as soon as a spare is.
+        if self.segment_len > 0
+            && self.allocated <= self.segment_len
+            && self.spare_ready()
+            && self.may_roll()
+        {
+            self.roll()?;
+        }
         for append in group {
             let len = (HEADER_LEN + append.payload.len()) as u64;
             let used = self.segment_len + self.buf.len() as u64;
@@ -169,11 +199,12 @@ impl Writer {
         }
         let bytes = self.buf.len() as u64;
         let count = waiters.len() as u64;
-        if let Err(e) = self.file.write_all(&self.buf) {
+        if let Err(e) = self.file.write_all_at(&self.buf, self.segment_len) {
             // Cut whatever part made it to the file so the next record follows a valid one,
             // and hand the LSNs out again: nobody has seen them.
             warn!(error = %e, records = count, "wal write failed");
             let rollback = self.file.set_len(self.segment_len);
+            self.allocated = self.segment_len;
             self.next_lsn -= count;
             self.buf.clear();
             self.shared.state.lock().inflight_bytes -= bytes;
@@ -184,6 +215,7 @@ impl Writer {
         }
         self.buf.clear();
         self.segment_len += bytes;
+        self.allocated = self.allocated.max(self.segment_len);
         self.dirty = true;
         let must_sync = match self.shared.config.fsync {
             FsyncPolicy::Always => true,
@@ -239,19 +271,31 @@ impl Writer {
 
     /// Starts a new segment at `next_lsn`. Failing to create it is not fatal: the current
     /// segment just grows past its target size for a while.
+    ///
+    /// The finished segment is first cut to its records (readers find its end at the end
+    /// of the file) and fsynced. The new one is the spare, if its zero-filling is done,
+    /// else an empty file.
     fn roll(&mut self) -> Result<(), Fatal> {
         let policy = self.shared.config.fsync;
+        if self.allocated > self.segment_len {
+            self.file.set_len(self.segment_len).map_err(Fatal)?;
+            self.allocated = self.segment_len;
+            self.dirty = true;
+        }
         if self.dirty && policy != FsyncPolicy::Never {
             self.sync()?;
         }
         let path = self.shared.segment_path(self.next_lsn);
-        let file = match OpenOptions::new().create_new(true).append(true).open(&path) {
-            Ok(file) => file,
-            Err(e) => {
-                warn!(segment = %path.display(), error = %e, "could not start a new wal segment");
-                self.no_roll_until = Some(Instant::now() + ROLL_RETRY);
-                return Ok(());
-            }
+        let (file, allocated) = match self.take_spare(&path) {
+            Some(taken) => taken,
+            None => match OpenOptions::new().create_new(true).write(true).open(&path) {
+                Ok(file) => (file, 0),
+                Err(e) => {
+                    warn!(segment = %path.display(), error = %e, "could not start a new wal segment");
+                    self.no_roll_until = Some(Instant::now() + ROLL_RETRY);
+                    return Ok(());
+                }
+            },
         };
         if policy != FsyncPolicy::Never {
             segment::sync_dir(&self.shared.config.dir).map_err(Fatal)?;
@@ -259,8 +303,10 @@ impl Writer {
         self.file = file;
         self.segment = self.next_lsn;
         self.segment_len = 0;
+        self.allocated = allocated;
         self.dirty = false;
         self.no_roll_until = None;
+        self.prepare_spare();
         let all_committed = {
             let mut state = self.shared.state.lock();
             state.segments.push(self.segment);
@@ -277,6 +323,78 @@ impl Writer {
         record_gauges(&stats);
         Ok(())
     }
+}
+
+impl Writer {
+    /// Starts zero-filling the spare segment in the background, unless one is already
+    /// being prepared or ready. Without fsyncs there is nothing to gain from it.
+    fn prepare_spare(&mut self) {
+        if self.spare.is_some() || self.shared.config.fsync == FsyncPolicy::Never {
+            return;
+        }
+        let path = self.shared.config.dir.join(SPARE_NAME);
+        let len = self.shared.config.segment_bytes;
+        let spawned = std::thread::Builder::new()
+            .name("tally-wal-spare".into())
+            .spawn(move || zero_fill(&path, len));
+        match spawned {
+            Ok(handle) => self.spare = Some(handle),
+            Err(e) => warn!(error = %e, "could not start preparing a spare wal segment"),
+        }
+    }
+
+    fn spare_ready(&self) -> bool {
+        self.spare.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+
+    /// The spare, renamed to `path` and opened, with its length, if it is ready.
+    fn take_spare(&mut self, path: &Path) -> Option<(File, u64)> {
+        if !self.spare_ready() {
+            return None;
+        }
+        let spare = self.shared.config.dir.join(SPARE_NAME);
+        let taken = match self.spare.take().map(JoinHandle::join) {
+            Some(Ok(Ok(()))) => rename_open(&spare, path),
+            Some(Ok(Err(e))) => Err(e),
+            _ => Err(io::Error::other("the spare segment's thread panicked")),
+        };
+        match taken {
+            Ok(file) => Some((file, self.shared.config.segment_bytes)),
+            Err(e) => {
+                warn!(error = %e, "could not use the spare wal segment; starting an empty one");
+                None
+            }
+        }
+    }
+}
+
+/// Writes a file of `len` zero bytes at `path` and fsyncs it.
+fn zero_fill(path: &Path, len: u64) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()
+}
+
+/// Renames the spare to the new segment's name (never over an existing file) and opens it.
+fn rename_open(spare: &Path, path: &Path) -> io::Result<File> {
+    if path.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists", path.display()),
+        ));
+    }
+    fs::rename(spare, path)?;
+    OpenOptions::new().write(true).open(path)
 }
 
 fn copy_io_error(e: &io::Error) -> WalError {

@@ -8,7 +8,7 @@ mod migrate;
 mod writer;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::duckdb::types::{TimeUnit, Value as DuckValue};
 use ::duckdb::{Config, Connection};
@@ -61,9 +61,15 @@ struct WriterConn {
     conn: Connection,
     /// Rows in `events`, counted at open and kept up to date by inserts.
     event_rows: u64,
-    /// A row group filled and its checkpoint has not succeeded yet.
-    checkpoint_due: bool,
+    /// Since when a row group is full and its checkpoint has not succeeded yet.
+    checkpoint_due: Option<Instant>,
+    /// When a failing checkpoint was last reported as a warning.
+    warned: Option<Instant>,
 }
+
+/// A checkpoint fails while another connection holds DuckDB's checkpoint lock (a query
+/// can); it is retried after each batch, and only failing this long is worth a warning.
+const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct DuckStore {
     writer: Mutex<WriterConn>,
@@ -91,7 +97,8 @@ impl DuckStore {
             writer: Mutex::new(WriterConn {
                 conn,
                 event_rows,
-                checkpoint_due: false,
+                checkpoint_due: None,
+                warned: None,
             }),
             readers: Mutex::new(Vec::new()),
             config,
@@ -142,21 +149,29 @@ impl Store for DuckStore {
         let before = writer.event_rows;
         writer.event_rows += stats.events as u64;
         if writer.event_rows / ROW_GROUP_ROWS > before / ROW_GROUP_ROWS {
-            writer.checkpoint_due = true;
+            writer.checkpoint_due.get_or_insert_with(Instant::now);
         }
-        if writer.checkpoint_due {
+        if let Some(due) = writer.checkpoint_due {
             // The batch is committed whatever happens here. A failed checkpoint is tried
             // again after the next batch; DuckDB's own threshold still bounds its log.
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             match writer.conn.execute_batch("CHECKPOINT") {
                 Ok(()) => {
-                    writer.checkpoint_due = false;
+                    writer.checkpoint_due = None;
                     stats.checkpoint = Some(started.elapsed());
                 }
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "checkpoint after a full row group failed; retrying after the next batch"
-                ),
+                Err(e) => {
+                    let quiet = due.elapsed() < CHECKPOINT_PATIENCE
+                        || writer
+                            .warned
+                            .is_some_and(|w| w.elapsed() < CHECKPOINT_PATIENCE);
+                    if quiet {
+                        tracing::debug!(error = %e, "checkpoint after a full row group failed; retrying after the next batch");
+                    } else {
+                        writer.warned = Some(Instant::now());
+                        tracing::warn!(error = %e, failing_for_s = due.elapsed().as_secs(), "checkpoint after a full row group keeps failing; retrying after each batch");
+                    }
+                }
             }
         }
         Ok(stats)
