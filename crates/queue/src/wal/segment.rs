@@ -204,7 +204,9 @@ impl Cursor {
                     Ok(header) => return Ok(Some(header)),
                     // The buffer may hold what the file had when it was filled: the zeros
                     // written ahead of the newest segment's records, or the end of a
-                    // segment since cut to its records. Read once more from the file.
+                    // segment since cut to its records. Read once more from the file
+                    // (a reader keeping up meets this at almost every read; the callers'
+                    // fallback, a fresh cursor, would walk the segment from its start).
                     Err(_) if !self.refreshed => {
                         self.refresh(0)?;
                         continue;
