@@ -329,7 +329,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Duckdb,
             memory_limit: "2GB".into(),
             threads: 2,
-            checkpoint_threshold: "64MB".into(),
+            checkpoint_threshold: "16MB".into(),
         }
     }
 }

@@ -17,7 +17,6 @@ pub(crate) const EVENTS_ACCEPTED: &str = "tally_events_accepted_total";
 pub(crate) const EVENTS_REJECTED: &str = "tally_events_rejected_total";
 pub(crate) const WRITER_BATCH_EVENTS: &str = "tally_writer_batch_events";
 pub(crate) const WRITER_FLUSH_SECONDS: &str = "tally_writer_flush_seconds";
-pub(crate) const STORE_CHECKPOINT_SECONDS: &str = "tally_store_checkpoint_seconds";
 pub(crate) const WRITER_ERRORS: &str = "tally_writer_errors_total";
 pub(crate) const QUERY_SECONDS: &str = "tally_store_query_seconds";
 

@@ -17,9 +17,7 @@ use tally_store::Store;
 
 use crate::config::WriterConfig;
 use crate::dedup::Dedup;
-use crate::metrics::{
-    STORE_CHECKPOINT_SECONDS, WRITER_BATCH_EVENTS, WRITER_ERRORS, WRITER_FLUSH_SECONDS,
-};
+use crate::metrics::{WRITER_BATCH_EVENTS, WRITER_ERRORS, WRITER_FLUSH_SECONDS};
 
 pub(crate) struct Writer {
     pub wal: Wal,
@@ -116,11 +114,8 @@ async fn insert_until_done(store: &Arc<dyn Store>, batches: Vec<EventBatch>, upt
         let start = Instant::now();
         let result = tokio::task::spawn_blocking(move || store.insert(&b, upto)).await;
         match result {
-            Ok(Ok(stats)) => {
+            Ok(Ok(_stats)) => {
                 metrics::histogram!(WRITER_FLUSH_SECONDS).record(start.elapsed().as_secs_f64());
-                if let Some(took) = stats.checkpoint {
-                    metrics::histogram!(STORE_CHECKPOINT_SECONDS).record(took.as_secs_f64());
-                }
                 metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
                 metrics::counter!("tally_writer_events_total").increment(events as u64);
                 return;

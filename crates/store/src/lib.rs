@@ -49,8 +49,6 @@ pub struct InsertStats {
     pub events: usize,
     pub persons: usize,
     pub groups: usize,
-    /// How long the checkpoint the store ran after this insert took, if it ran one.
-    pub checkpoint: Option<std::time::Duration>,
 }
 
 /// The SQL a store speaks, for the query engine.

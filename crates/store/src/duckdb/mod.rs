@@ -8,7 +8,7 @@ mod migrate;
 mod writer;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::duckdb::types::{TimeUnit, Value as DuckValue};
 use ::duckdb::{Config, Connection};
@@ -27,10 +27,7 @@ pub struct DuckConfig {
     /// Queries running longer are interrupted.
     pub query_timeout: Duration,
     /// DuckDB's `checkpoint_threshold`: the size its own log may reach before its
-    /// contents are written (compressed) into the database file, e.g. "64MB". The store
-    /// checkpoints earlier by itself, each time the events fill a row group (see
-    /// [`ROW_GROUP_ROWS`]); this bounds the log when events are so large that it
-    /// reaches the threshold first.
+    /// contents are written (compressed) into the database file, e.g. "16MB".
     pub checkpoint_threshold: String,
 }
 
@@ -40,39 +37,16 @@ impl Default for DuckConfig {
             memory_limit: "2GB".into(),
             threads: 2,
             query_timeout: Duration::from_secs(30),
-            // A bound, not the usual trigger (full row groups are): a larger log takes
-            // longer to replay after a crash (docs/configuration.md).
-            checkpoint_threshold: "64MB".into(),
+            // DuckDB's own default. Larger thresholds checkpoint less often (less CPU
+            // under a stream of small batches) but each checkpoint then stalls the writer
+            // for seconds (docs/configuration.md).
+            checkpoint_threshold: "16MB".into(),
         }
     }
 }
 
-/// Rows in one DuckDB row group (DuckDB's default `ROW_GROUP_SIZE`).
-///
-/// The store checkpoints after the insert that fills a row group. DuckDB's own trigger,
-/// a log size, falls anywhere in a row group: each checkpoint then writes a partly
-/// filled one, the next appends start another, and later checkpoints rewrite (vacuum)
-/// the partial ones, so rows are compressed more than once and the cost per event grows
-/// with the table (docs/benchmarks.md).
-pub const ROW_GROUP_ROWS: u64 = 122_880;
-
-/// The writer's connection and what it knows of the events table.
-struct WriterConn {
-    conn: Connection,
-    /// Rows in `events`, counted at open and kept up to date by inserts.
-    event_rows: u64,
-    /// Since when a row group is full and its checkpoint has not succeeded yet.
-    checkpoint_due: Option<Instant>,
-    /// When a failing checkpoint was last reported as a warning.
-    warned: Option<Instant>,
-}
-
-/// A checkpoint fails while another connection holds DuckDB's checkpoint lock (a query
-/// can); it is retried after each batch, and only failing this long is worth a warning.
-const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(60);
-
 pub struct DuckStore {
-    writer: Mutex<WriterConn>,
+    writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     config: DuckConfig,
     /// Identity links known to be stored, so a signed-in user's every event does not
@@ -92,14 +66,8 @@ impl DuckStore {
             .with("checkpoint_threshold", &config.checkpoint_threshold)?;
         let conn = Connection::open_with_flags(path, duck_config)?;
         migrate::run(&conn)?;
-        let event_rows: u64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
         Ok(Self {
-            writer: Mutex::new(WriterConn {
-                conn,
-                event_rows,
-                checkpoint_due: None,
-                warned: None,
-            }),
+            writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             config,
             linked: Mutex::new(writer::LinkCache::default()),
@@ -108,7 +76,7 @@ impl DuckStore {
 
     /// Writes the WAL of DuckDB into the main file (on clean shutdown).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.writer.lock().conn.execute_batch("CHECKPOINT")?;
+        self.writer.lock().execute_batch("CHECKPOINT")?;
         Ok(())
     }
 
@@ -116,7 +84,7 @@ impl DuckStore {
         if let Some(conn) = self.readers.lock().pop() {
             return Ok(conn);
         }
-        Ok(self.writer.lock().conn.try_clone()?)
+        Ok(self.writer.lock().try_clone()?)
     }
 
     fn give_back(&self, conn: Connection) {
@@ -129,8 +97,8 @@ impl DuckStore {
 
 impl Store for DuckStore {
     fn committed_lsn(&self) -> Result<Lsn, StoreError> {
-        let writer = self.writer.lock();
-        let lsn: Option<u64> = writer.conn.query_row(
+        let conn = self.writer.lock();
+        let lsn: Option<u64> = conn.query_row(
             "SELECT max(lsn) FROM queue_offsets WHERE queue = 'wal'",
             [],
             |row| row.get(0),
@@ -143,38 +111,9 @@ impl Store for DuckStore {
         batches: &[tally_model::EventBatch],
         upto: Lsn,
     ) -> Result<InsertStats, StoreError> {
-        let mut writer = self.writer.lock();
+        let mut conn = self.writer.lock();
         let mut linked = self.linked.lock();
-        let mut stats = writer::insert(&mut writer.conn, batches, upto, &mut linked)?;
-        let before = writer.event_rows;
-        writer.event_rows += stats.events as u64;
-        if writer.event_rows / ROW_GROUP_ROWS > before / ROW_GROUP_ROWS {
-            writer.checkpoint_due.get_or_insert_with(Instant::now);
-        }
-        if let Some(due) = writer.checkpoint_due {
-            // The batch is committed whatever happens here. A failed checkpoint is tried
-            // again after the next batch; DuckDB's own threshold still bounds its log.
-            let started = Instant::now();
-            match writer.conn.execute_batch("CHECKPOINT") {
-                Ok(()) => {
-                    writer.checkpoint_due = None;
-                    stats.checkpoint = Some(started.elapsed());
-                }
-                Err(e) => {
-                    let quiet = due.elapsed() < CHECKPOINT_PATIENCE
-                        || writer
-                            .warned
-                            .is_some_and(|w| w.elapsed() < CHECKPOINT_PATIENCE);
-                    if quiet {
-                        tracing::debug!(error = %e, "checkpoint after a full row group failed; retrying after the next batch");
-                    } else {
-                        writer.warned = Some(Instant::now());
-                        tracing::warn!(error = %e, failing_for_s = due.elapsed().as_secs(), "checkpoint after a full row group keeps failing; retrying after each batch");
-                    }
-                }
-            }
-        }
-        Ok(stats)
+        writer::insert(&mut conn, batches, upto, &mut linked)
     }
 
     fn query(&self, sql: &Sql) -> Result<Rows, StoreError> {
