@@ -6,44 +6,18 @@
 #
 #   bench/ingest.sh                 # defaults below
 #   RUNS=5 DURATION=20s bench/ingest.sh
+#   TALLY_BIN=/path/to/other/tally bench/ingest.sh   # another build of Tally
 #
 # Prints a Markdown table of medians over RUNS interleaved runs (see docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 RATE=${RATE:-10000}
 BATCH=${BATCH:-100}
-TALLY_PORT=${TALLY_PORT:-18080}
-BASE_PORT=${BASE_PORT:-18081}
 
-ensure_build_deps
-# The same target set as scripts/test.sh and scripts/run.sh, so DuckDB is built once.
-cargo build --release --locked --workspace --all-targets
-if ! command -v oha >/dev/null; then
-    cargo install oha --locked
-fi
-BIN="$CARGO_TARGET_DIR/release"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-# Up means answering HTTP at all (the baseline has no health route).
-wait_up() { for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$1/$2" && return 0; sleep 0.05; done; echo "port $1 never came up" >&2; exit 1; }
-
-"$BIN/baseline" "127.0.0.1:$BASE_PORT" & pids+=($!)
-"$BIN/tally" --data-dir "$work/data" project create bench --format json > "$work/keys.json"
-WRITE=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["write_key"])' "$work/keys.json")
-READ=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["read_key"])' "$work/keys.json")
-TALLY_LOG=warn "$BIN/tally" --data-dir "$work/data" serve --listen "127.0.0.1:$TALLY_PORT" & tally_pid=$!
-pids+=($tally_pid)
-wait_up "$BASE_PORT" none
-wait_up "$TALLY_PORT" healthz
-
-single='[{"event_name":"bench_event","user_id":"u1","context":{"device_id":"d1"},"properties":{"plan":"pro","page_path":"/pricing"}}]'
+source bench/ingest_common.sh
 batch=$(python3 -c "
 import json,sys
 n=int(sys.argv[1])
