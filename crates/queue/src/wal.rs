@@ -65,9 +65,11 @@
 //!   does not check out is read once more from the file before it counts as damage.
 //! - The segment being written is never deleted; any other segment is deleted once every
 //!   record in it is committed.
-//! - Only the newest segment may hold zeros after its records: before a new segment is
-//!   started, the finished one is cut to its last record (and fsynced). A header of 32
-//!   zero bytes is never a record (the magic is not zero), so it marks the end.
+//! - Only the newest segment holds zeros after its records: before a new segment is
+//!   started, the finished one is cut to its last record and fsynced. A header of 32
+//!   zero bytes is never a record (the magic is not zero), so it marks the end of a
+//!   segment's records wherever it is found (also in an older segment, should a cut
+//!   not have reached the disk).
 //!
 //! # Space written ahead
 //!

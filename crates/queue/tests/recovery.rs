@@ -243,3 +243,20 @@ async fn damage_in_an_older_committed_segment_is_still_reported() {
         Err(WalError::Corrupt { .. })
     ));
 }
+
+/// A finished segment is cut to its records before the next one starts; if a crash kept
+/// that cut from the disk, its zeros are still there, and readers go on to the next
+/// segment at them as at its end.
+#[tokio::test]
+async fn zeros_after_an_older_segments_records_are_its_end() {
+    let original = pristine().await;
+    let firsts = segments(original.path());
+    for &older in &firsts[..firsts.len() - 1] {
+        let dir = copy_dir(original.path());
+        let path = segment_path(dir.path(), older);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.resize(bytes.len() + 4096, 0);
+        fs::write(&path, bytes).unwrap();
+        assert_recovers_to(dir.path(), RECORDS, &format!("zeros after segment {older}")).await;
+    }
+}

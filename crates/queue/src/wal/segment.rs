@@ -143,6 +143,8 @@ pub(crate) struct Cursor {
     peeked: Option<Header>,
     /// The buffer was dropped and the record at `next_lsn` read again from the file.
     refreshed: bool,
+    /// The last header read was 32 zero bytes.
+    zero_header: bool,
 }
 
 impl Cursor {
@@ -170,6 +172,7 @@ impl Cursor {
                 next_lsn: first,
                 peeked: None,
                 refreshed: false,
+                zero_header: false,
             };
             // Records before `lsn` are durable, hence complete; stop at the segment's end,
             // `next_header` moves on from there.
@@ -211,6 +214,10 @@ impl Cursor {
                         self.refresh(0)?;
                         continue;
                     }
+                    // Zeros still on disk after a finished segment's records (its cut
+                    // did not reach the disk before a crash): the records go on in the
+                    // next segment, as at its end.
+                    Err(_) if self.zero_header => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -318,6 +325,7 @@ impl Cursor {
     fn read_header(&mut self) -> Result<Header, WalError> {
         let mut buf = [0; HEADER_LEN];
         self.read_exact(&mut buf)?;
+        self.zero_header = buf.iter().all(|&b| b == 0);
         let header = Header::decode(&buf).map_err(|reason| self.corrupt(reason))?;
         if header.lsn != self.next_lsn {
             return Err(self.corrupt(format!(

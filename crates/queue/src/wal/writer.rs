@@ -278,9 +278,14 @@ impl Writer {
     fn roll(&mut self) -> Result<(), Fatal> {
         let policy = self.shared.config.fsync;
         if self.allocated > self.segment_len {
+            // fsync, not fdatasync: the shorter length must be on disk before the next
+            // segment is (readers take a segment's end for its last record's).
             self.file.set_len(self.segment_len).map_err(Fatal)?;
             self.allocated = self.segment_len;
-            self.dirty = true;
+            if policy != FsyncPolicy::Never {
+                self.file.sync_all().map_err(Fatal)?;
+                self.dirty = false;
+            }
         }
         if self.dirty && policy != FsyncPolicy::Never {
             self.sync()?;
