@@ -6,7 +6,7 @@
 //! doubled. Store failures are retried with backoff for as long as it takes; meanwhile
 //! the queue fills and ingest eventually answers 503 — loud, never silent.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,20 +68,37 @@ impl Writer {
 
     async fn write(&mut self, records: Vec<Record>) {
         let upto = records.last().expect("non-empty").lsn;
-        let mut batches = self.decode(records);
-        drop_duplicates(&mut self.dedup, &mut batches);
+        let payloads = records
+            .into_iter()
+            .map(|r| (r.lsn.to_string(), r.payload))
+            .collect();
+        let batches = decode_new(payloads, &self.dead_letter, &mut self.dedup).await;
         insert_until_done(&self.store, batches, upto).await;
         if let Err(e) = self.wal.commit(upto) {
             tracing::error!(error = %e, upto, "wal commit failed; records will be replayed");
         }
     }
+}
 
-    fn decode(&self, records: Vec<Record>) -> Vec<EventBatch> {
-        decode_all(
-            records.into_iter().map(|r| (r.lsn.to_string(), r.payload)),
-            &self.dead_letter,
-        )
-    }
+/// Decodes queue payloads (`(position, bytes)`) and drops the events already stored, on a
+/// blocking thread: a batch of thousands of records is milliseconds of CPU, which on an
+/// async worker would hold up the HTTP requests queued behind it.
+async fn decode_new(
+    payloads: Vec<(String, bytes::Bytes)>,
+    dead_letter: &Path,
+    dedup: &mut Dedup,
+) -> Vec<EventBatch> {
+    let dead_letter = dead_letter.to_owned();
+    let mut owned = std::mem::replace(dedup, Dedup::new(0, 0));
+    let (batches, owned) = tokio::task::spawn_blocking(move || {
+        let mut batches = decode_all(payloads.into_iter(), &dead_letter);
+        drop_duplicates(&mut owned, &mut batches);
+        (batches, owned)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    *dedup = owned;
+    batches
 }
 
 /// Drops the events already stored within the dedup window.
@@ -170,11 +187,11 @@ impl StreamWriter {
             };
             if !entries.is_empty() {
                 let ids: Vec<EntryId> = entries.iter().map(|e: &Entry| e.id).collect();
-                let mut batches = decode_all(
-                    entries.into_iter().map(|e| (e.id.to_string(), e.payload)),
-                    &self.dead_letter,
-                );
-                drop_duplicates(&mut self.dedup, &mut batches);
+                let payloads = entries
+                    .into_iter()
+                    .map(|e| (e.id.to_string(), e.payload))
+                    .collect();
+                let batches = decode_new(payloads, &self.dead_letter, &mut self.dedup).await;
                 // 0: not a WAL position (the stream's ids are acknowledged instead).
                 insert_until_done(&self.store, batches, 0).await;
                 let mut backoff = Duration::from_millis(100);
@@ -207,7 +224,7 @@ impl StreamWriter {
 /// dead letter file.
 fn decode_all(
     payloads: impl Iterator<Item = (String, bytes::Bytes)>,
-    dead_letter: &PathBuf,
+    dead_letter: &Path,
 ) -> Vec<EventBatch> {
     let mut out = Vec::new();
     for (at, payload) in payloads {
@@ -225,7 +242,7 @@ fn decode_all(
     out
 }
 
-fn append_dead_letter(path: &PathBuf, at: &str, payload: &[u8]) -> std::io::Result<()> {
+fn append_dead_letter(path: &Path, at: &str, payload: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
