@@ -275,14 +275,24 @@ async fn run(ops: Vec<Op>) {
                     .open(segment_path(dir, first))
                     .unwrap();
                 let end = *ends.last().unwrap();
-                if pick % 2 == 1 && file.metadata().unwrap().len() > end {
+                let before = fs::read(segment_path(dir, first)).unwrap();
+                let zeroed = pick % 2 == 1 && before.len() as u64 > end;
+                if zeroed {
                     file.write_all_at(&vec![0; (end - cut) as usize], cut)
                         .unwrap();
                 } else {
                     file.set_len(cut).unwrap();
                 }
                 drop(file);
-                let survivors = ends[1..].iter().filter(|&&end| end <= cut).count() as u64;
+                // A record survives whole if it ends before the cut or, when the lost
+                // bytes read as zeros, if those of its bytes were zeros already.
+                let survivors = ends
+                    .windows(2)
+                    .take_while(|r| {
+                        let (start, end) = (r[0].max(cut) as usize, r[1] as usize);
+                        r[1] <= cut || (zeroed && before[start..end].iter().all(|&b| b == 0))
+                    })
+                    .count() as u64;
                 model.records.retain(|r| r.0 < first + survivors);
                 model.next_lsn = (first + survivors).max(model.committed + 1);
                 wal = Wal::open(wal_config(dir), model.committed).unwrap();
