@@ -357,7 +357,6 @@ impl Wal {
             mut segments,
             next_lsn,
             active_len,
-            active_file_len,
             pending,
         } = recovered;
         // Replaced by a freshly zero-filled one; a leftover may be partial.
@@ -373,7 +372,9 @@ impl Wal {
                 let file = OpenOptions::new()
                     .write(true)
                     .open(config.dir.join(segment::file_name(first)))?;
-                (first, file, active_len, active_file_len)
+                // Past the records, zeros written ahead (or nothing).
+                let allocated = file.metadata()?.len();
+                (first, file, active_len, allocated)
             }
             _ => {
                 let path = config.dir.join(segment::file_name(next_lsn));
@@ -651,8 +652,6 @@ struct Recovered {
     next_lsn: Lsn,
     /// Valid length of the newest segment.
     active_len: u64,
-    /// Length of the newest segment's file: past `active_len`, zeros written ahead.
-    active_file_len: u64,
     pending: Pending,
 }
 
@@ -661,7 +660,6 @@ fn recover(config: &WalConfig, committed: Lsn) -> Result<Recovered, WalError> {
     let mut segments = Vec::with_capacity(firsts.len());
     let mut pending = Pending::default();
     let mut active_len = 0;
-    let mut active_file_len = 0;
     let mut prev_end: Option<Lsn> = None;
     for (i, &first) in firsts.iter().enumerate() {
         let name = segment::file_name(first);
@@ -704,11 +702,6 @@ fn recover(config: &WalConfig, committed: Lsn) -> Result<Recovered, WalError> {
             );
         }
         active_len = scan.valid_len;
-        active_file_len = if scan.damage.is_some() {
-            scan.valid_len
-        } else {
-            scan.file_len
-        };
         prev_end = Some(scan.end_lsn);
         segments.push((first, scan.end_lsn));
     }
@@ -734,7 +727,6 @@ fn recover(config: &WalConfig, committed: Lsn) -> Result<Recovered, WalError> {
         segments,
         next_lsn: end.max(committed + 1),
         active_len,
-        active_file_len,
         pending,
     })
 }

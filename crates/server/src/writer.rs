@@ -72,7 +72,7 @@ impl Writer {
             .into_iter()
             .map(|r| (r.lsn.to_string(), r.payload))
             .collect();
-        let batches = decode_new(payloads, &self.dead_letter, &mut self.dedup).await;
+        let batches = decode_unstored(payloads, &self.dead_letter, &mut self.dedup).await;
         insert_until_done(&self.store, batches, upto).await;
         if let Err(e) = self.wal.commit(upto) {
             tracing::error!(error = %e, upto, "wal commit failed; records will be replayed");
@@ -83,15 +83,16 @@ impl Writer {
 /// Decodes queue payloads (`(position, bytes)`) and drops the events already stored, on a
 /// blocking thread: a batch of thousands of records is milliseconds of CPU, which on an
 /// async worker would hold up the HTTP requests queued behind it.
-async fn decode_new(
+async fn decode_unstored(
     payloads: Vec<(String, bytes::Bytes)>,
     dead_letter: &Path,
     dedup: &mut Dedup,
 ) -> Vec<EventBatch> {
     let dead_letter = dead_letter.to_owned();
+    // The dedup sets go to the blocking thread and come back; an empty one holds the place.
     let mut owned = std::mem::replace(dedup, Dedup::new(0, 0));
     let (batches, owned) = tokio::task::spawn_blocking(move || {
-        let mut batches = decode_all(payloads.into_iter(), &dead_letter);
+        let mut batches = decode_all(payloads, &dead_letter);
         drop_duplicates(&mut owned, &mut batches);
         (batches, owned)
     })
@@ -191,7 +192,7 @@ impl StreamWriter {
                     .into_iter()
                     .map(|e| (e.id.to_string(), e.payload))
                     .collect();
-                let batches = decode_new(payloads, &self.dead_letter, &mut self.dedup).await;
+                let batches = decode_unstored(payloads, &self.dead_letter, &mut self.dedup).await;
                 // 0: not a WAL position (the stream's ids are acknowledged instead).
                 insert_until_done(&self.store, batches, 0).await;
                 let mut backoff = Duration::from_millis(100);
@@ -222,10 +223,7 @@ impl StreamWriter {
 
 /// Decodes queue payloads (`(position, bytes)`); one that does not decode goes to the
 /// dead letter file.
-fn decode_all(
-    payloads: impl Iterator<Item = (String, bytes::Bytes)>,
-    dead_letter: &Path,
-) -> Vec<EventBatch> {
+fn decode_all(payloads: Vec<(String, bytes::Bytes)>, dead_letter: &Path) -> Vec<EventBatch> {
     let mut out = Vec::new();
     for (at, payload) in payloads {
         match EventBatch::decode(&payload) {

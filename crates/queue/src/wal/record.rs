@@ -75,6 +75,12 @@ fn checksum(lsn: Lsn, appended_at_ms: u64, events: u32, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// Whether `bytes`, where a header would start, are zeros: space written ahead of the
+/// records, which ends a segment's records (no header is zeros: the magic is not).
+pub(crate) fn is_unwritten(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
 /// Appends the encoded record to `out`. The payload must not exceed [`MAX_PAYLOAD_LEN`].
 pub(crate) fn encode(
     out: &mut Vec<u8>,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::record::{Header, HEADER_LEN};
+use super::record::{self, Header, HEADER_LEN};
 use super::{Lsn, Pending, Record, Shared, WalError};
 
 const EXTENSION: &str = ".wal";
@@ -84,13 +84,13 @@ pub(crate) fn scan(
         if remaining < HEADER_LEN as u64 {
             let partial = &mut buf[..remaining as usize];
             reader.read_exact(partial)?;
-            if partial.iter().all(|&b| b == 0) {
+            if record::is_unwritten(partial) {
                 break None;
             }
             break Some(format!("partial header of {remaining} bytes"));
         }
         reader.read_exact(&mut buf)?;
-        if buf.iter().all(|&b| b == 0) {
+        if record::is_unwritten(&buf) {
             break None;
         }
         let header = match Header::decode(&buf) {
@@ -325,7 +325,7 @@ impl Cursor {
     fn read_header(&mut self) -> Result<Header, WalError> {
         let mut buf = [0; HEADER_LEN];
         self.read_exact(&mut buf)?;
-        self.zero_header = buf.iter().all(|&b| b == 0);
+        self.zero_header = record::is_unwritten(&buf);
         let header = Header::decode(&buf).map_err(|reason| self.corrupt(reason))?;
         if header.lsn != self.next_lsn {
             return Err(self.corrupt(format!(
