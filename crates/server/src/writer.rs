@@ -6,6 +6,7 @@
 //! doubled. Store failures are retried with backoff for as long as it takes; meanwhile
 //! the queue fills and ingest eventually answers 503 — loud, never silent.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,34 +73,80 @@ impl Writer {
             .into_iter()
             .map(|r| (r.lsn.to_string(), r.payload))
             .collect();
-        let batches = decode_unstored(payloads, &self.dead_letter, &mut self.dedup).await;
-        insert_until_done(&self.store, batches, upto).await;
+        store_payloads(
+            &self.store,
+            payloads,
+            &self.dead_letter,
+            &mut self.dedup,
+            upto,
+        )
+        .await;
         if let Err(e) = self.wal.commit(upto) {
             tracing::error!(error = %e, upto, "wal commit failed; records will be replayed");
         }
     }
 }
 
-/// Decodes queue payloads (`(position, bytes)`) and drops the events already stored, on a
-/// blocking thread: a batch of thousands of records is milliseconds of CPU, which on an
-/// async worker would hold up the HTTP requests queued behind it.
-async fn decode_unstored(
+/// Decodes queue payloads (`(position, bytes)`), drops the events already stored and
+/// inserts the rest, on one blocking thread. On an async worker, a batch of thousands of
+/// records (milliseconds of CPU) would hold up the HTTP requests queued behind it; on one
+/// thread, the events are freed by the thread that allocated them. A failed insert is
+/// retried with backoff (up to 5 s apart) for as long as it takes: meanwhile the queue
+/// fills and ingest eventually answers 503.
+async fn store_payloads(
+    store: &Arc<dyn Store>,
     payloads: Vec<(String, bytes::Bytes)>,
     dead_letter: &Path,
     dedup: &mut Dedup,
-) -> Vec<EventBatch> {
+    upto: u64,
+) {
     let dead_letter = dead_letter.to_owned();
+    let mut backoff = Duration::from_millis(100);
     // The dedup sets go to the blocking thread and come back; an empty one holds the place.
     let mut owned = std::mem::replace(dedup, Dedup::new(0, 0));
-    let (batches, owned) = tokio::task::spawn_blocking(move || {
+    let first_store = store.clone();
+    let (owned, mut failed) = tokio::task::spawn_blocking(move || {
         let mut batches = decode_all(payloads, &dead_letter);
         drop_duplicates(&mut owned, &mut batches);
-        (batches, owned)
+        let failed = insert_once(&*first_store, batches, upto, backoff);
+        (owned, failed)
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     *dedup = owned;
-    batches
+    while let Some(batches) = failed {
+        metrics::counter!(WRITER_ERRORS, "stage" => "insert").increment(1);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        let store = store.clone();
+        failed = tokio::task::spawn_blocking(move || insert_once(&*store, batches, upto, backoff))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    }
+}
+
+/// One insert of `batches`: `None` when they are stored (and freed), else the batches back
+/// for another attempt after `retry_in`.
+fn insert_once(
+    store: &dyn Store,
+    batches: Vec<EventBatch>,
+    upto: u64,
+    retry_in: Duration,
+) -> Option<Vec<EventBatch>> {
+    let events: usize = batches.iter().map(|b| b.events.len()).sum();
+    let start = Instant::now();
+    let retry_in_ms = retry_in.as_millis() as u64;
+    match std::panic::catch_unwind(AssertUnwindSafe(|| store.insert(&batches, upto))) {
+        Ok(Ok(_stats)) => {
+            metrics::histogram!(WRITER_FLUSH_SECONDS).record(start.elapsed().as_secs_f64());
+            metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
+            metrics::counter!("tally_writer_events_total").increment(events as u64);
+            return None;
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, upto, retry_in_ms, "store insert failed"),
+        Err(_) => tracing::error!(upto, retry_in_ms, "store insert panicked"),
+    }
+    Some(batches)
 }
 
 /// Drops the events already stored within the dedup window.
@@ -118,35 +165,6 @@ fn drop_duplicates(dedup: &mut Dedup, batches: &mut [EventBatch]) {
     let now = chrono::Utc::now().timestamp_micros();
     metrics::gauge!("tally_dedup_ids").set(dedup.len() as f64);
     metrics::gauge!("tally_dedup_window_seconds").set(dedup.window_secs(now) as f64);
-}
-
-/// Inserts `batches`, retrying with backoff (up to 5 s apart) for as long as it takes:
-/// meanwhile the queue fills and ingest eventually answers 503.
-async fn insert_until_done(store: &Arc<dyn Store>, batches: Vec<EventBatch>, upto: u64) {
-    let events: usize = batches.iter().map(|b| b.events.len()).sum();
-    let batches = Arc::new(batches);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let store = store.clone();
-        let b = batches.clone();
-        let start = Instant::now();
-        let result = tokio::task::spawn_blocking(move || store.insert(&b, upto)).await;
-        match result {
-            Ok(Ok(_stats)) => {
-                metrics::histogram!(WRITER_FLUSH_SECONDS).record(start.elapsed().as_secs_f64());
-                metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
-                metrics::counter!("tally_writer_events_total").increment(events as u64);
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, upto, retry_in_ms = backoff.as_millis() as u64, "store insert failed");
-            }
-            Err(e) => tracing::error!(error = %e, upto, "store insert panicked"),
-        }
-        metrics::counter!(WRITER_ERRORS, "stage" => "insert").increment(1);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
 }
 
 /// The writer of the scale-out mode: reads the Redis stream through the writers'
@@ -192,9 +210,8 @@ impl StreamWriter {
                     .into_iter()
                     .map(|e| (e.id.to_string(), e.payload))
                     .collect();
-                let batches = decode_unstored(payloads, &self.dead_letter, &mut self.dedup).await;
                 // 0: not a WAL position (the stream's ids are acknowledged instead).
-                insert_until_done(&self.store, batches, 0).await;
+                store_payloads(&self.store, payloads, &self.dead_letter, &mut self.dedup, 0).await;
                 let mut backoff = Duration::from_millis(100);
                 while let Err(e) = self.streams.ack(&ids).await {
                     // Unacknowledged entries are delivered again (and deduplicated by
