@@ -101,8 +101,6 @@ async fn thrivestack(
     .await
     .inspect_err(count_refusal)?;
     let meta = request_meta(peer, &headers);
-    // Freed before the WAL's ack is awaited, on the worker that allocated them (see `accept`).
-    drop((uri, headers));
     let limits = state.limits;
     let decoded = decode_off_thread(body, move |b| thrivestack::decode(call, b, &meta, &limits))
         .await?
@@ -145,8 +143,6 @@ pub(crate) async fn segment(
     .inspect_err(count_refusal)?;
     let meta = request_meta(peer, &headers);
     let basic_user = basic_auth_user(&headers);
-    // Freed before the WAL's ack is awaited, on the worker that allocated them (see `accept`).
-    drop(headers);
     let decoded = decode_off_thread(body, move |b| {
         segment::decode(call, b, basic_user.as_deref(), &meta, &limits)
     })
@@ -190,8 +186,6 @@ pub(crate) async fn posthog(
         header(header::CONTENT_ENCODING),
     );
     let (path, query) = (uri.path().to_owned(), uri.query().map(str::to_owned));
-    // Freed before the WAL's ack is awaited, on the worker that allocated them (see `accept`).
-    drop((uri, headers));
     let is_get = method == Method::GET;
     let decoded = decode_off_thread(body, move |b| {
         let req = PostHogRequest {
