@@ -11,7 +11,7 @@ use clap::Parser;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map};
-use tally_model::{Event, EventBatch, EventType};
+use tally_model::{Event, EventBatch, EventType, StoredBatch};
 use tally_store::clickhouse::{schema_sql, ClickHouseConfig, ClickHouseStore};
 use tally_store::{Sql, Store};
 use uuid::Uuid;
@@ -118,8 +118,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             database: "bench_store".into(),
             ..ClickHouseConfig::default()
         })?;
+        // Read back as the writer reads queue records, outside the timing.
+        let records: Vec<Vec<u8>> = batches.iter().map(EventBatch::encode).collect();
+        let stored = records
+            .iter()
+            .map(|r| StoredBatch::decode(r))
+            .collect::<Result<Vec<_>, _>>()?;
         let t = Instant::now();
-        for (i, b) in batches.iter().enumerate() {
+        for (i, b) in stored.iter().enumerate() {
             store.insert(std::slice::from_ref(b), i as u64 + 1)?;
         }
         let store_secs = t.elapsed().as_secs_f64();

@@ -2,11 +2,16 @@
 //!
 //! Every wire format (ThriveStack, Segment, PostHog) is decoded into one [`Event`]. The
 //! ingest layer appends events to the queue as an [`EventBatch`] (one per HTTP request),
-//! and the writer decodes the same batch on the other side. The batch encoding is JSON:
-//! it is self-describing, survives schema additions (new optional fields default), and is
-//! cheap compared with the fsync that follows it.
+//! and the writer reads the same batch on the other side as a [`StoredBatch`]: a view of
+//! the record's bytes that builds no maps. The batch encoding is JSON: it is
+//! self-describing, survives schema additions (new optional fields default), and is cheap
+//! compared with the fsync that follows it.
+
+use std::borrow::Cow;
+use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -163,6 +168,167 @@ impl EventBatch {
     pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+
+    /// Runs `f` on this batch as the writer reads it from the queue: for tests and tools
+    /// that insert into a store directly.
+    pub fn as_stored<R>(&self, f: impl FnOnce(&StoredBatch<'_>) -> R) -> R {
+        let bytes = self.encode();
+        f(&StoredBatch::decode(&bytes).expect("an encoded batch always decodes"))
+    }
+}
+
+/// A queue record's [`EventBatch`] as the writer reads it: a view of the record's bytes.
+///
+/// Strings are borrowed from the record (copied only when they hold JSON escapes), and
+/// the three objects stay the JSON text [`EventBatch::encode`] wrote, which is what the
+/// stores keep. Decoding one builds no maps: for single-event requests, the maps built and
+/// freed again were most of the writer's decoding time.
+#[derive(Debug, Deserialize)]
+pub struct StoredBatch<'a> {
+    #[serde(borrow)]
+    pub project_id: Text<'a>,
+    #[serde(borrow)]
+    pub events: Vec<StoredEvent<'a>>,
+}
+
+impl<'a> StoredBatch<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// A string of a queue record, borrowed from it unless it had to be unescaped.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+impl Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One [`Event`] of a [`StoredBatch`]: the same fields, read without building maps.
+#[derive(Debug, Deserialize)]
+pub struct StoredEvent<'a> {
+    pub uuid: Uuid,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    #[serde(borrow)]
+    pub event: Text<'a>,
+    #[serde(default, borrow)]
+    pub user_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub device_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub session_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub group_id: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub previous_id: Option<Text<'a>>,
+    pub timestamp: i64,
+    pub received_at: i64,
+    /// The objects' JSON text; absent when the event's map was empty.
+    #[serde(default, borrow)]
+    pub properties: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub traits: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub context: Option<&'a RawValue>,
+}
+
+impl StoredEvent<'_> {
+    /// As [`Event::visitor_id`].
+    pub fn visitor_id(&self) -> &str {
+        self.user_id
+            .as_deref()
+            .or(self.device_id.as_deref())
+            .or(self.session_id.as_deref())
+            .unwrap_or("")
+    }
+
+    /// As [`Event::identity_link`].
+    pub fn identity_link(&self) -> Option<(&str, &str)> {
+        let anonymous = match self.kind {
+            EventType::Alias => self.previous_id.as_deref(),
+            _ => self.device_id.as_deref(),
+        }?;
+        let user = self.user_id.as_deref()?;
+        (user != anonymous).then_some((user, anonymous))
+    }
+
+    /// As [`Event::stored_page`].
+    pub fn stored_page(&self) -> Option<Cow<'_, str>> {
+        match self.kind {
+            EventType::Identify | EventType::Group | EventType::Alias => None,
+            _ => self.page_path(),
+        }
+    }
+
+    /// As [`Event::page_path`], reading only the keys it needs from the JSON text.
+    pub fn page_path(&self) -> Option<Cow<'_, str>> {
+        #[derive(Deserialize)]
+        struct Context<'a> {
+            #[serde(default, borrow)]
+            page: Option<&'a RawValue>,
+        }
+        let page = self
+            .context
+            .and_then(|c| serde_json::from_str::<Context<'_>>(c.get()).ok())
+            .and_then(|c| c.page);
+        for source in [self.properties, page].into_iter().flatten() {
+            // Not an object (a context's `page` can be anything): no page there.
+            let Ok(keys) = serde_json::from_str::<PageKeys<'_>>(source.get()) else {
+                continue;
+            };
+            if let Some(p) = keys.page_path.or(keys.path).and_then(as_text) {
+                return Some(p);
+            }
+            if let Some(u) = keys.page_url.or(keys.url).and_then(as_text) {
+                return Some(match u {
+                    Cow::Borrowed(u) => Cow::Borrowed(path_of_url(u)),
+                    Cow::Owned(u) => Cow::Owned(path_of_url(&u).to_owned()),
+                });
+            }
+        }
+        None
+    }
+
+    /// The traits as a map, for the identify and group calls that update them.
+    pub fn traits_map(&self) -> Map<String, Value> {
+        self.traits
+            .and_then(|t| serde_json::from_str(t.get()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The keys [`Event::page_path`] reads, each as its JSON text (a `null` too: a key that is
+/// there hides its alternative, whatever its value).
+#[derive(Deserialize)]
+struct PageKeys<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    page_path: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    path: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    page_url: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    url: Option<&'a RawValue>,
+}
+
+fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The string a JSON text holds, if it is one.
+fn as_text(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<Text<'_>>(raw.get())
+        .ok()
+        .map(|t| t.0)
 }
 
 #[cfg(test)]
@@ -208,6 +374,111 @@ mod tests {
             Some("/blog/x")
         );
         assert_eq!(event(empty.clone(), empty).page_path(), None);
+    }
+
+    /// The writer's view of a record says what the event it was encoded from says.
+    #[test]
+    fn stored_event_reads_what_the_event_says() {
+        let event =
+            |kind, user: Option<&str>, device: Option<&str>, props: Value, ctx: Value| Event {
+                uuid: Uuid::now_v7(),
+                kind,
+                event: "say \"hi\"\n".into(),
+                user_id: user.map(str::to_owned),
+                device_id: device.map(str::to_owned),
+                session_id: Some("s1".into()),
+                group_id: None,
+                previous_id: Some("d0".into()),
+                timestamp: 5,
+                received_at: 6,
+                properties: props.as_object().unwrap().clone(),
+                traits: serde_json::json!({"plan": "pro", "seats": 3})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                context: ctx.as_object().unwrap().clone(),
+            };
+        use serde_json::json;
+        let pages = [
+            (json!({}), json!({})),
+            (json!({"page_path": "/a", "path": "/b"}), json!({})),
+            (json!({"page_path": null, "path": "/b"}), json!({})),
+            (
+                json!({"page_path": 7, "page_url": "https://x.io/c?q"}),
+                json!({}),
+            ),
+            (json!({"path": "/été \"q\""}), json!({})),
+            (json!({"url": "https://x.io/a\\b#f"}), json!({})),
+            (
+                json!({"plan": "x"}),
+                json!({"page": {"url": "https://x.io/docs"}}),
+            ),
+            (json!({"plan": "x"}), json!({"page": "not an object"})),
+            (
+                json!({"plan": "x"}),
+                json!({"page": {"path": ["/no"]}, "ip": "1.2.3.4"}),
+            ),
+            (
+                json!({"nested": {"page_path": "/deep"}}),
+                json!({"page": null}),
+            ),
+        ];
+        let kinds = [
+            EventType::Track,
+            EventType::Page,
+            EventType::Identify,
+            EventType::Alias,
+        ];
+        let ids = [
+            (Some("u1"), Some("d1")),
+            (None, Some("d1")),
+            (Some("u\"1"), None),
+            (None, None),
+        ];
+        for (i, (props, ctx)) in pages.iter().enumerate() {
+            for kind in kinds {
+                for (user, device) in ids {
+                    let e = event(kind, user, device, props.clone(), ctx.clone());
+                    let batch = EventBatch {
+                        project_id: "p\u{1}".into(),
+                        events: vec![e.clone()],
+                    };
+                    batch.as_stored(|b| {
+                        let s = &b.events[0];
+                        let case = format!("case {i}, {kind:?}, {user:?}/{device:?}");
+                        assert_eq!(&*b.project_id, "p\u{1}", "{case}");
+                        assert_eq!(
+                            (s.uuid, s.kind, &*s.event),
+                            (e.uuid, e.kind, &*e.event),
+                            "{case}"
+                        );
+                        assert_eq!(
+                            s.stored_page().as_deref(),
+                            e.stored_page().as_deref(),
+                            "{case}"
+                        );
+                        assert_eq!(s.page_path().as_deref(), e.page_path().as_deref(), "{case}");
+                        assert_eq!(s.visitor_id(), e.visitor_id(), "{case}");
+                        assert_eq!(s.identity_link(), e.identity_link(), "{case}");
+                        assert_eq!(s.traits_map(), e.traits, "{case}");
+                        assert_eq!((s.timestamp, s.received_at), (5, 6), "{case}");
+                        let text = |m: &Map<String, Value>| {
+                            (!m.is_empty()).then(|| serde_json::to_string(m).unwrap())
+                        };
+                        assert_eq!(
+                            s.properties.map(RawValue::get),
+                            text(&e.properties).as_deref(),
+                            "{case}"
+                        );
+                        assert_eq!(
+                            s.context.map(RawValue::get),
+                            text(&e.context).as_deref(),
+                            "{case}"
+                        );
+                    });
+                }
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use std::sync::Mutex;
-use tally_model::{Event, EventBatch, EventType};
+use tally_model::{Event, EventBatch, EventType, StoredBatch};
 use tally_query::run;
 use tally_store::clickhouse::{inline_params, schema_sql, Rollups, Version};
 use tally_store::clickhouse::{ClickHouseConfig, ClickHouseStore};
@@ -338,22 +338,23 @@ fn stores_on(
     let all = events();
     let (first, second) = all.split_at(6);
     for (i, part) in [first, second].iter().enumerate() {
-        let batch = [EventBatch {
+        let batch = EventBatch {
             project_id: "p".into(),
             events: part.to_vec(),
-        }];
-        duck.insert(&batch, i as u64 + 1).unwrap();
-        ch.insert(&batch, i as u64 + 1).unwrap();
+        };
+        batch.as_stored(|b| {
+            duck.insert(std::slice::from_ref(b), i as u64 + 1).unwrap();
+            ch.insert(std::slice::from_ref(b), i as u64 + 1).unwrap();
+        });
     }
     if replay {
-        ch.insert(
-            &[EventBatch {
-                project_id: "p".into(),
-                events: second.to_vec(),
-            }],
-            2,
-        )
-        .unwrap();
+        let batch = EventBatch {
+            project_id: "p".into(),
+            events: second.to_vec(),
+        };
+        batch
+            .as_stored(|b| ch.insert(std::slice::from_ref(b), 2))
+            .unwrap();
     }
     (dir, duck, ch)
 }
@@ -773,7 +774,11 @@ impl Store for Recorder {
     fn committed_lsn(&self) -> Result<u64, StoreError> {
         Ok(0)
     }
-    fn insert(&self, _: &[EventBatch], _: u64) -> Result<tally_store::InsertStats, StoreError> {
+    fn insert(
+        &self,
+        _: &[StoredBatch<'_>],
+        _: u64,
+    ) -> Result<tally_store::InsertStats, StoreError> {
         unreachable!("reads only")
     }
     fn query(&self, sql: &Sql) -> Result<Rows, StoreError> {

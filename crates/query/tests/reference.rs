@@ -105,14 +105,12 @@ fn load(gens: &[Gen]) -> Case {
         })
         .collect();
     let lsn = s.next.fetch_add(1, Ordering::SeqCst) as u64;
-    s.store
-        .insert(
-            &[EventBatch {
-                project_id: project.clone(),
-                events: events.clone(),
-            }],
-            lsn,
-        )
+    let batch = EventBatch {
+        project_id: project.clone(),
+        events: events.clone(),
+    };
+    batch
+        .as_stored(|b| s.store.insert(std::slice::from_ref(b), lsn))
         .unwrap();
     Case { project, events }
 }

@@ -174,7 +174,9 @@ fn fixtures() -> Vec<Fixture> {
                 project_id: "p".into(),
                 events: part.to_vec(),
             };
-            store.insert(&[batch], i as u64 + 1).unwrap();
+            batch
+                .as_stored(|b| store.insert(std::slice::from_ref(b), i as u64 + 1))
+                .unwrap();
         }
         out.push(Fixture {
             _dir: dir.take().unwrap_or_else(|| tempfile::tempdir().unwrap()),
@@ -192,7 +194,9 @@ impl Fixture {
             project_id: "p".into(),
             events,
         };
-        self.store.insert(&[batch], 3).unwrap();
+        batch
+            .as_stored(|b| self.store.insert(std::slice::from_ref(b), 3))
+            .unwrap();
     }
 
     fn q(&self, body: Value) -> Value {

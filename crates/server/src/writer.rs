@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_model::EventBatch;
+use bytes::Bytes;
+use tally_model::StoredBatch;
 use tally_queue::{Entry, EntryId, Record, RedisStreams, StreamReader, Wal, WalReader};
 use tally_store::Store;
 
@@ -89,13 +90,14 @@ impl Writer {
 
 /// Decodes queue payloads (`(position, bytes)`), drops the events already stored and
 /// inserts the rest, on one blocking thread. On an async worker, a batch of thousands of
-/// records (milliseconds of CPU) would hold up the HTTP requests queued behind it; on one
-/// thread, the events are freed by the thread that allocated them. A failed insert is
-/// retried with backoff (up to 5 s apart) for as long as it takes: meanwhile the queue
-/// fills and ingest eventually answers 503.
+/// records (milliseconds of CPU) would hold up the HTTP requests queued behind it. The
+/// events are read in place ([`StoredBatch`]), so they cost no allocations to build and
+/// free. A failed insert is retried with backoff (up to 5 s apart) for as long as it
+/// takes, decoding the payloads again: meanwhile the queue fills and ingest eventually
+/// answers 503.
 async fn store_payloads(
     store: &Arc<dyn Store>,
-    payloads: Vec<(String, bytes::Bytes)>,
+    payloads: Vec<(String, Bytes)>,
     dead_letter: &Path,
     dedup: &mut Dedup,
     upto: u64,
@@ -106,65 +108,92 @@ async fn store_payloads(
     let mut owned = std::mem::replace(dedup, Dedup::new(0, 0));
     let first_store = store.clone();
     let (owned, mut failed) = tokio::task::spawn_blocking(move || {
-        let mut batches = decode_all(payloads, &dead_letter);
-        drop_duplicates(&mut owned, &mut batches);
-        let failed = insert_once(&*first_store, batches, upto, backoff);
+        let (keep, stored) = {
+            let mut batches = decode_all(&payloads, Some(&dead_letter));
+            let keep = drop_duplicates(&mut owned, &mut batches);
+            (keep, insert_once(&*first_store, &batches, upto, backoff))
+        };
+        let failed = (!stored).then_some(Pending { payloads, keep });
         (owned, failed)
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     *dedup = owned;
-    while let Some(batches) = failed {
+    while let Some(pending) = failed {
         metrics::counter!(WRITER_ERRORS, "stage" => "insert").increment(1);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
         let store = store.clone();
-        failed = tokio::task::spawn_blocking(move || insert_once(&*store, batches, upto, backoff))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        failed = tokio::task::spawn_blocking(move || {
+            let stored = {
+                // Records that did not decode went to the dead letter file the first time.
+                let mut batches = decode_all(&pending.payloads, None);
+                retain_kept(&mut batches, &pending.keep);
+                insert_once(&*store, &batches, upto, backoff)
+            };
+            (!stored).then_some(pending)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     }
 }
 
-/// One insert of `batches`: `None` when they are stored (and freed), else the batches back
-/// for another attempt after `retry_in`.
+/// Payloads whose insert failed, kept for the next attempt.
+struct Pending {
+    payloads: Vec<(String, Bytes)>,
+    /// Per event of the payloads that decode, in order: false for the duplicates dropped
+    /// (the dedup window has recorded every id it let through, so it is not asked again).
+    keep: Vec<bool>,
+}
+
+/// One insert of `batches`: whether they are stored. A panic in the store is caught
+/// and counts as a failure, so the batch is retried rather than lost.
 fn insert_once(
     store: &dyn Store,
-    batches: Vec<EventBatch>,
+    batches: &[StoredBatch<'_>],
     upto: u64,
     retry_in: Duration,
-) -> Option<Vec<EventBatch>> {
+) -> bool {
     let events: usize = batches.iter().map(|b| b.events.len()).sum();
     let start = Instant::now();
     let retry_in_ms = retry_in.as_millis() as u64;
-    match std::panic::catch_unwind(AssertUnwindSafe(|| store.insert(&batches, upto))) {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| store.insert(batches, upto))) {
         Ok(Ok(_stats)) => {
             metrics::histogram!(WRITER_FLUSH_SECONDS).record(start.elapsed().as_secs_f64());
             metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
             metrics::counter!("tally_writer_events_total").increment(events as u64);
-            return None;
+            return true;
         }
         Ok(Err(e)) => tracing::error!(error = %e, upto, retry_in_ms, "store insert failed"),
         Err(_) => tracing::error!(upto, retry_in_ms, "store insert panicked"),
     }
-    Some(batches)
+    false
 }
 
-/// Drops the events already stored within the dedup window.
-fn drop_duplicates(dedup: &mut Dedup, batches: &mut [EventBatch]) {
-    let mut duplicates = 0u64;
-    for batch in batches.iter_mut() {
-        batch.events.retain(|e| {
-            let dup = dedup.is_duplicate(&e.uuid, e.received_at);
-            duplicates += u64::from(dup);
-            !dup
-        });
-    }
+/// Drops the events already stored within the dedup window; returns which were kept.
+fn drop_duplicates(dedup: &mut Dedup, batches: &mut [StoredBatch<'_>]) -> Vec<bool> {
+    let keep: Vec<bool> = batches
+        .iter()
+        .flat_map(|b| &b.events)
+        .map(|e| !dedup.is_duplicate(&e.uuid, e.received_at))
+        .collect();
+    let duplicates = keep.iter().filter(|k| !**k).count() as u64;
     if duplicates > 0 {
+        retain_kept(batches, &keep);
         metrics::counter!("tally_events_deduplicated_total").increment(duplicates);
     }
     let now = chrono::Utc::now().timestamp_micros();
     metrics::gauge!("tally_dedup_ids").set(dedup.len() as f64);
     metrics::gauge!("tally_dedup_window_seconds").set(dedup.window_secs(now) as f64);
+    keep
+}
+
+/// Keeps the events whose entry in `keep` (one per event, in order) is true.
+fn retain_kept(batches: &mut [StoredBatch<'_>], keep: &[bool]) {
+    let mut kept = keep.iter().copied();
+    for batch in batches {
+        batch.events.retain(|_| kept.next().unwrap_or(true));
+    }
 }
 
 /// The writer of the scale-out mode: reads the Redis stream through the writers'
@@ -238,19 +267,25 @@ impl StreamWriter {
     }
 }
 
-/// Decodes queue payloads (`(position, bytes)`); one that does not decode goes to the
-/// dead letter file.
-fn decode_all(payloads: Vec<(String, bytes::Bytes)>, dead_letter: &Path) -> Vec<EventBatch> {
-    let mut out = Vec::new();
+/// Decodes queue payloads (`(position, bytes)`); one that does not decode is skipped and,
+/// given a `dead_letter` file, kept there.
+fn decode_all<'a>(
+    payloads: &'a [(String, Bytes)],
+    dead_letter: Option<&Path>,
+) -> Vec<StoredBatch<'a>> {
+    let mut out = Vec::with_capacity(payloads.len());
     for (at, payload) in payloads {
-        match EventBatch::decode(&payload) {
+        match StoredBatch::decode(payload) {
             Ok(b) => out.push(b),
             Err(e) => {
+                let Some(dead_letter) = dead_letter else {
+                    continue;
+                };
                 // Only a bug or a foreign writer could do this: keep the bytes, say so
                 // loudly, and move on so the queue is not stuck.
                 tracing::error!(position = %at, error = %e, path = %dead_letter.display(), "undecodable queue record moved to dead letter file");
                 metrics::counter!(WRITER_ERRORS, "stage" => "decode").increment(1);
-                let _ = append_dead_letter(dead_letter, &at, &payload);
+                let _ = append_dead_letter(dead_letter, at, payload);
             }
         }
     }
@@ -265,4 +300,111 @@ fn append_dead_letter(path: &Path, at: &str, payload: &[u8]) -> std::io::Result<
         .open(path)?;
     writeln!(f, "{at}\t{}", String::from_utf8_lossy(payload))?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use tally_model::{Event, EventBatch, EventType};
+    use tally_store::{InsertStats, Lsn, Rows, Sql, StoreError};
+    use uuid::Uuid;
+
+    /// Fails its first insert with an error and its second with a panic, then keeps what
+    /// it is given: `(project, uuid, event name)`.
+    #[derive(Default)]
+    struct Flaky {
+        calls: Mutex<u32>,
+        stored: Mutex<Vec<(String, Uuid, String)>>,
+    }
+
+    impl Store for Flaky {
+        fn committed_lsn(&self) -> Result<Lsn, StoreError> {
+            Ok(0)
+        }
+
+        fn insert(&self, batches: &[StoredBatch<'_>], _: Lsn) -> Result<InsertStats, StoreError> {
+            let call = {
+                let mut calls = self.calls.lock();
+                *calls += 1;
+                *calls
+            };
+            match call {
+                1 => return Err(StoreError::Io(std::io::Error::other("disk gone"))),
+                2 => panic!("a bug in the store"),
+                _ => {}
+            }
+            let mut stored = self.stored.lock();
+            for b in batches {
+                for e in &b.events {
+                    stored.push((b.project_id.to_string(), e.uuid, e.event.to_string()));
+                }
+            }
+            Ok(InsertStats::default())
+        }
+
+        fn query(&self, _: &Sql) -> Result<Rows, StoreError> {
+            unreachable!("the writer does not read")
+        }
+    }
+
+    fn record(project: &str, events: &[(Uuid, &str)]) -> Bytes {
+        let batch = EventBatch {
+            project_id: project.into(),
+            events: events
+                .iter()
+                .map(|(uuid, name)| Event {
+                    uuid: *uuid,
+                    kind: EventType::Track,
+                    event: (*name).into(),
+                    user_id: Some("u1".into()),
+                    device_id: None,
+                    session_id: None,
+                    group_id: None,
+                    previous_id: None,
+                    timestamp: 1,
+                    received_at: 2,
+                    properties: Default::default(),
+                    traits: Default::default(),
+                    context: Default::default(),
+                })
+                .collect(),
+        };
+        Bytes::from(batch.encode())
+    }
+
+    /// Duplicates are dropped once, an undecodable record goes to the dead letter file
+    /// once, and a failed or panicking insert is retried with the same events until one
+    /// goes through.
+    #[tokio::test]
+    async fn a_failing_insert_is_retried_with_the_same_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead_letter = dir.path().join("dead-letter.jsonl");
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let payloads = vec![
+            (
+                "1".to_owned(),
+                record("p", &[(a, "first"), (b, "with \"quotes\"")]),
+            ),
+            ("2".to_owned(), Bytes::from_static(b"{not json")),
+            // `b` again (a client's retry), next to a new event.
+            ("3".to_owned(), record("q", &[(b, "again"), (c, "third")])),
+        ];
+        let flaky = Arc::new(Flaky::default());
+        let store: Arc<dyn Store> = flaky.clone();
+        let mut dedup = Dedup::new(24, 1_000);
+        store_payloads(&store, payloads, &dead_letter, &mut dedup, 3).await;
+
+        assert_eq!(*flaky.calls.lock(), 3);
+        assert_eq!(
+            *flaky.stored.lock(),
+            vec![
+                ("p".to_owned(), a, "first".to_owned()),
+                ("p".to_owned(), b, "with \"quotes\"".to_owned()),
+                ("q".to_owned(), c, "third".to_owned()),
+            ]
+        );
+        let kept = std::fs::read_to_string(&dead_letter).unwrap();
+        assert_eq!(kept, "2\t{not json\n");
+    }
 }

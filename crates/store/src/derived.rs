@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
-use tally_model::{Event, EventType};
+use tally_model::{EventType, StoredEvent};
 
 /// `(project, id)`.
 pub(crate) type Key = (String, String);
@@ -46,7 +46,7 @@ impl Derived {
     pub(crate) fn add(
         &mut self,
         project: &str,
-        e: &Event,
+        e: &StoredEvent<'_>,
         known_link: impl Fn(&str, &str) -> bool,
     ) {
         if let Some((user, device)) = e.identity_link() {
@@ -71,14 +71,14 @@ impl Derived {
                     first: e.timestamp,
                     last: e.timestamp,
                 })
-                .merge(&e.traits, e.timestamp);
+                .merge(&e.traits_map(), e.timestamp);
         };
-        match (e.kind, &e.user_id, &e.group_id) {
+        match (e.kind, e.user_id.as_deref(), e.group_id.as_deref()) {
             (EventType::Identify, Some(user), _) => merge(&mut self.persons, user),
             (EventType::Group, user, Some(group)) => {
                 merge(&mut self.groups, group);
                 if let Some(user) = user {
-                    let key = (project.to_owned(), group.clone(), user.clone());
+                    let key = (project.to_owned(), group.to_owned(), user.to_owned());
                     let seen = self
                         .members
                         .entry(key)

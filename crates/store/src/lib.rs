@@ -18,7 +18,7 @@ pub mod sql;
 
 pub use error::StoreError;
 use serde_json::Value;
-use tally_model::EventBatch;
+use tally_model::StoredBatch;
 
 /// A queue position: the last queue record whose events are in the store.
 pub type Lsn = u64;
@@ -75,7 +75,8 @@ pub trait Store: Send + Sync + 'static {
     fn committed_lsn(&self) -> Result<Lsn, StoreError>;
 
     /// Inserts the events of `batches` and records `upto` as committed, atomically.
-    fn insert(&self, batches: &[EventBatch], upto: Lsn) -> Result<InsertStats, StoreError>;
+    /// (Tests and tools holding an [`tally_model::EventBatch`] use its `as_stored`.)
+    fn insert(&self, batches: &[StoredBatch<'_>], upto: Lsn) -> Result<InsertStats, StoreError>;
 
     /// Runs a compiled read-only query.
     fn query(&self, sql: &Sql) -> Result<Rows, StoreError>;

@@ -117,7 +117,9 @@ fn a_batch_is_stored_whole_and_a_replayed_batch_is_not_counted_twice() {
         events: vec![page, signup, group],
     };
 
-    let stats = store.insert(std::slice::from_ref(&batch), 7).unwrap();
+    let stats = batch
+        .as_stored(|b| store.insert(std::slice::from_ref(b), 7))
+        .unwrap();
     assert_eq!((stats.events, stats.groups), (3, 1));
     assert_eq!(store.committed_lsn().unwrap(), 7);
     let rows = store
@@ -163,7 +165,9 @@ fn a_batch_is_stored_whole_and_a_replayed_batch_is_not_counted_twice() {
     );
 
     // The writer crashed before its queue position was saved and sends the batch again.
-    store.insert(std::slice::from_ref(&batch), 7).unwrap();
+    batch
+        .as_stored(|b| store.insert(std::slice::from_ref(b), 7))
+        .unwrap();
     assert_eq!(
         one(&store, "SELECT count() FROM t_insert.events FINAL"),
         json!(3),
@@ -184,18 +188,19 @@ fn a_batch_is_stored_whole_and_a_replayed_batch_is_not_counted_twice() {
 
 #[test]
 fn traits_merge_across_batches_with_the_later_call_winning() {
+    let insert_p1 = |store: &ClickHouseStore, events: Vec<Event>, lsn: u64| {
+        let batch = EventBatch {
+            project_id: "p1".into(),
+            events,
+        };
+        batch
+            .as_stored(|b| store.insert(std::slice::from_ref(b), lsn))
+            .unwrap();
+    };
     let store = open("t_traits");
     let mut first = event(EventType::Identify, "$identify", Some("u1"), None, T0);
     first.traits = traits(json!({"plan": "free", "company": "Acme"}));
-    store
-        .insert(
-            &[EventBatch {
-                project_id: "p1".into(),
-                events: vec![first],
-            }],
-            1,
-        )
-        .unwrap();
+    insert_p1(&store, vec![first], 1);
     let mut later = event(
         EventType::Identify,
         "$identify",
@@ -213,24 +218,8 @@ fn traits_merge_across_batches_with_the_later_call_winning() {
         T0 - 10_000,
     );
     stale.traits = traits(json!({"plan": "trial", "country": "DE"}));
-    store
-        .insert(
-            &[EventBatch {
-                project_id: "p1".into(),
-                events: vec![later],
-            }],
-            2,
-        )
-        .unwrap();
-    store
-        .insert(
-            &[EventBatch {
-                project_id: "p1".into(),
-                events: vec![stale],
-            }],
-            3,
-        )
-        .unwrap();
+    insert_p1(&store, vec![later], 2);
+    insert_p1(&store, vec![stale], 3);
     let current = one(
         &store,
         "SELECT argMax(traits, written_at) FROM t_traits.persons WHERE user_id = 'u1'",
@@ -352,7 +341,9 @@ fn the_rollup_counts_events_stored_before_and_after_it() {
             event(EventType::Identify, "identify", Some("u1"), None, at + hour),
         ],
     };
-    store.insert(&[batch(T0)], 1).unwrap();
+    batch(T0)
+        .as_stored(|b| store.insert(std::slice::from_ref(b), 1))
+        .unwrap();
     // Back to the schema before the rollup, with one batch stored.
     for sql in [
         format!("DROP TABLE {db}.events_hourly_mv"),
@@ -381,7 +372,9 @@ fn the_rollup_counts_events_stored_before_and_after_it() {
     }
     drop(store);
     let store = open(db);
-    store.insert(&[batch(T0 + 24 * hour)], 2).unwrap();
+    batch(T0 + 24 * hour)
+        .as_stored(|b| store.insert(std::slice::from_ref(b), 2))
+        .unwrap();
     let rolled = store
         .query(&Sql {
             text: format!(

@@ -29,6 +29,7 @@ mod migrations;
 
 use migrations::Layout;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
@@ -36,9 +37,10 @@ use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use tally_model::EventBatch;
+use tally_model::StoredBatch;
 
 use crate::derived::{Derived, Traits};
 use crate::{InsertStats, Lsn, Param, Rows, Sql, Store, StoreError};
@@ -524,15 +526,16 @@ struct EventRow<'a> {
     visitor_id: &'a str,
     ts: i64,
     received_at: i64,
-    page: Option<String>,
-    properties: String,
-    traits: String,
-    context: String,
+    page: Option<Cow<'a, str>>,
+    properties: &'a str,
+    traits: &'a str,
+    context: &'a str,
     lsn: u64,
 }
 
-fn json_text(map: &Map<String, Value>) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
+/// An object's JSON text, `{}` for an empty one.
+fn json_text(object: Option<&RawValue>) -> &str {
+    object.map_or("{}", RawValue::get)
 }
 
 fn encode_error(e: serde_json::Error) -> StoreError {
@@ -583,14 +586,14 @@ impl Store for ClickHouseStore {
         Ok(text.trim().parse().unwrap_or(0))
     }
 
-    fn insert(&self, batches: &[EventBatch], upto: Lsn) -> Result<InsertStats, StoreError> {
+    fn insert(&self, batches: &[StoredBatch<'_>], upto: Lsn) -> Result<InsertStats, StoreError> {
         let mut stats = InsertStats::default();
         let mut events =
             Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum::<usize>() * 512);
         let mut derived = Derived::default();
         let mut token = Sha256::new();
         for batch in batches {
-            let project = &batch.project_id;
+            let project: &str = &batch.project_id;
             for e in &batch.events {
                 token.update(e.uuid.as_bytes());
                 let row = EventRow {
@@ -606,9 +609,9 @@ impl Store for ClickHouseStore {
                     ts: e.timestamp,
                     received_at: e.received_at,
                     page: e.stored_page(),
-                    properties: json_text(&e.properties),
-                    traits: json_text(&e.traits),
-                    context: json_text(&e.context),
+                    properties: json_text(e.properties),
+                    traits: json_text(e.traits),
+                    context: json_text(e.context),
                     lsn: upto,
                 };
                 serde_json::to_writer(&mut events, &row).map_err(encode_error)?;

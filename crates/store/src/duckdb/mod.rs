@@ -116,7 +116,7 @@ impl Store for DuckStore {
 
     fn insert(
         &self,
-        batches: &[tally_model::EventBatch],
+        batches: &[tally_model::StoredBatch<'_>],
         upto: Lsn,
     ) -> Result<InsertStats, StoreError> {
         let mut conn = self.writer.lock();

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use ::duckdb::types::{TimeUnit, Value as DuckValue};
 use ::duckdb::{params, Connection};
-use serde_json::{Map, Value};
-use tally_model::EventBatch;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tally_model::StoredBatch;
 
 use crate::derived::{Derived, Key, Traits};
 use crate::{InsertStats, Lsn, StoreError};
@@ -43,7 +44,7 @@ impl LinkCache {
 
 pub(super) fn insert(
     conn: &mut Connection,
-    batches: &[EventBatch],
+    batches: &[StoredBatch<'_>],
     upto: Lsn,
     linked: &mut LinkCache,
 ) -> Result<InsertStats, StoreError> {
@@ -54,24 +55,25 @@ pub(super) fn insert(
     {
         let mut app = tx.appender("events")?;
         for batch in batches {
-            let project = &batch.project_id;
+            let project: &str = &batch.project_id;
+            let mut uuid = ::uuid::Uuid::encode_buffer();
             for e in &batch.events {
                 app.append_row(params![
                     project,
-                    e.uuid.to_string(),
+                    &*e.uuid.hyphenated().encode_lower(&mut uuid),
                     e.kind.as_str(),
-                    e.event,
-                    e.user_id,
-                    e.device_id,
-                    e.session_id,
-                    e.group_id,
+                    &*e.event,
+                    e.user_id.as_deref(),
+                    e.device_id.as_deref(),
+                    e.session_id.as_deref(),
+                    e.group_id.as_deref(),
                     e.visitor_id(),
                     DuckValue::Timestamp(TimeUnit::Microsecond, e.timestamp),
                     DuckValue::Timestamp(TimeUnit::Microsecond, e.received_at),
-                    e.stored_page(),
-                    json_text(&e.properties),
-                    json_text(&e.traits),
-                    json_text(&e.context),
+                    e.stored_page().as_deref(),
+                    e.properties.map(RawValue::get),
+                    e.traits.map(RawValue::get),
+                    e.context.map(RawValue::get),
                     upto,
                 ])?;
                 stats.events += 1;
@@ -196,12 +198,4 @@ fn upsert_traits(
 
 fn ts(micros: i64) -> DuckValue {
     DuckValue::Timestamp(TimeUnit::Microsecond, micros)
-}
-
-fn json_text(map: &Map<String, Value>) -> Option<String> {
-    if map.is_empty() {
-        None
-    } else {
-        Some(serde_json::to_string(map).expect("a json map always serializes"))
-    }
 }
