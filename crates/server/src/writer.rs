@@ -355,18 +355,10 @@ mod tests {
                 .iter()
                 .map(|(uuid, name)| Event {
                     uuid: *uuid,
-                    kind: EventType::Track,
-                    event: (*name).into(),
                     user_id: Some("u1".into()),
-                    device_id: None,
-                    session_id: None,
-                    group_id: None,
-                    previous_id: None,
                     timestamp: 1,
                     received_at: 2,
-                    properties: Default::default(),
-                    traits: Default::default(),
-                    context: Default::default(),
+                    ..Event::new(EventType::Track, *name)
                 })
                 .collect(),
         };
