@@ -32,7 +32,7 @@ snapshot() {
     done > "$2.threads"
     if [ "$1" = "$tally_pid" ]; then
         curl -s "http://127.0.0.1:$TALLY_PORT/metrics" |
-            grep -E '^tally_wal_(fsyncs_total|fsync_seconds_sum|group_commit_records_(sum|count)) |^tally_writer_batch_events_(sum|count) ' > "$2.metrics"
+            grep -E '^tally_wal_(fsyncs_total|fsync_seconds_sum|group_commit_records_(sum|count)) |^tally_writer_batch_events_(sum|count) ' > "$2.metrics" || true
     fi
 }
 
