@@ -371,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_insert_is_retried_with_the_same_events() {
         let dir = tempfile::tempdir().unwrap();
-        let dead_letter = dir.path().join("dead-letter.jsonl");
+        let dead_letter = dir.path().join("dead-letter.tsv");
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let payloads = vec![
             (
