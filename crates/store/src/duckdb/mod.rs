@@ -74,6 +74,7 @@ impl DuckStore {
             .with("max_vacuum_tasks", "0")?;
         let conn = Connection::open_with_flags(path, duck_config)?;
         migrate::run(&conn)?;
+        writer::create_stages(&conn)?;
         Ok(Self {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),

@@ -89,26 +89,27 @@ pub(super) fn insert(
         std::mem::take(&mut derived.members),
     );
     stats.persons = persons.len();
-    upsert_traits(&tx, "persons", "user_id", persons)?;
+    staged_upsert(&tx, &PERSONS, traits_rows(persons))?;
     stats.groups = groups.len();
-    upsert_traits(&tx, "groups", "group_id", groups)?;
+    staged_upsert(&tx, &GROUPS, traits_rows(groups))?;
     staged_upsert(
         &tx,
-        "stage_members",
-        "project_id VARCHAR, group_id VARCHAR, user_id VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP",
-        "INSERT INTO group_members SELECT * FROM stage_members
-         ON CONFLICT (project_id, group_id, user_id) DO UPDATE SET
-             first_seen = least(group_members.first_seen, excluded.first_seen),
-             last_seen = greatest(group_members.last_seen, excluded.last_seen)",
-        members.into_iter().map(|((project, group, user), (first, last))| {
-            vec![project.into(), group.into(), user.into(), ts(first), ts(last)]
-        }),
+        &MEMBERS,
+        members
+            .into_iter()
+            .map(|((project, group, user), (first, last))| {
+                vec![
+                    project.into(),
+                    group.into(),
+                    user.into(),
+                    ts(first),
+                    ts(last),
+                ]
+            }),
     )?;
     staged_upsert(
         &tx,
-        "stage_links",
-        "project_id VARCHAR, device_id VARCHAR, user_id VARCHAR, linked_at TIMESTAMP",
-        "INSERT INTO identities SELECT * FROM stage_links ON CONFLICT DO NOTHING",
+        &LINKS,
         derived.links().map(|(project, device, user, at)| {
             vec![
                 project.to_owned().into(),
@@ -118,82 +119,113 @@ pub(super) fn insert(
             ]
         }),
     )?;
-    tx.execute(
-        "INSERT INTO queue_offsets VALUES ('wal', ?)
-         ON CONFLICT (queue) DO UPDATE SET lsn = excluded.lsn",
-        [upto],
-    )?;
+    let moved = tx
+        .prepare_cached("UPDATE queue_offsets SET lsn = ? WHERE queue = 'wal'")?
+        .execute([upto])?;
+    if moved == 0 {
+        tx.execute("INSERT INTO queue_offsets VALUES ('wal', ?)", [upto])?;
+    }
     tx.commit()?;
     linked.remember(derived.links);
     Ok(stats)
 }
 
-/// Upserts many rows with one statement: the rows are appended to a temporary staging
-/// table, then `upsert` (an `INSERT ... SELECT ... ON CONFLICT`) moves them. A statement
-/// per row costs tens of microseconds each; a batch touching 20,000 memberships would
-/// spend a second there.
+/// A temporary staging table, and the statement that upserts its rows into their table.
+///
+/// Many rows are upserted with one statement: they are appended to the staging table,
+/// then the upsert (an `INSERT ... SELECT ... ON CONFLICT`) moves them. A statement per
+/// row costs tens of microseconds; a batch touching 20,000 memberships would spend a
+/// second there. The statements are prepared once per connection: DuckDB plans an
+/// upsert as a `MERGE`, and planning it took milliseconds, for every batch
+/// (`bench/src/bin/store_insert_bench.rs`).
+pub(super) struct Stage {
+    create: &'static str,
+    clear: &'static str,
+    upsert: &'static str,
+}
+
+/// Traits merge: the later call's value wins per trait; an earlier call that arrives late
+/// only fills gaps.
+macro_rules! traits_stage {
+    ($table:literal, $id:literal) => {
+        Stage {
+            create: concat!(
+                "CREATE TEMP TABLE IF NOT EXISTS stage_", $table,
+                " (project_id VARCHAR, id VARCHAR, traits VARCHAR, created_at TIMESTAMP, updated_at TIMESTAMP)"
+            ),
+            clear: concat!("DELETE FROM stage_", $table),
+            upsert: concat!(
+                "INSERT INTO ", $table,
+                " SELECT project_id, id, traits::JSON, created_at, updated_at FROM stage_", $table,
+                " ON CONFLICT (project_id, ", $id, ") DO UPDATE SET
+                     traits = CASE WHEN excluded.updated_at >= ", $table, ".updated_at
+                         THEN json_merge_patch(", $table, ".traits, excluded.traits)
+                         ELSE json_merge_patch(excluded.traits, ", $table, ".traits) END,
+                     created_at = least(", $table, ".created_at, excluded.created_at),
+                     updated_at = greatest(", $table, ".updated_at, excluded.updated_at)"
+            ),
+        }
+    };
+}
+
+const PERSONS: Stage = traits_stage!("persons", "user_id");
+const GROUPS: Stage = traits_stage!("groups", "group_id");
+const MEMBERS: Stage = Stage {
+    create: "CREATE TEMP TABLE IF NOT EXISTS stage_members (project_id VARCHAR, group_id VARCHAR, \
+             user_id VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP)",
+    clear: "DELETE FROM stage_members",
+    upsert: "INSERT INTO group_members SELECT * FROM stage_members
+             ON CONFLICT (project_id, group_id, user_id) DO UPDATE SET
+                 first_seen = least(group_members.first_seen, excluded.first_seen),
+                 last_seen = greatest(group_members.last_seen, excluded.last_seen)",
+};
+const LINKS: Stage = Stage {
+    create: "CREATE TEMP TABLE IF NOT EXISTS stage_links (project_id VARCHAR, device_id VARCHAR, \
+             user_id VARCHAR, linked_at TIMESTAMP)",
+    clear: "DELETE FROM stage_links",
+    upsert: "INSERT INTO identities SELECT * FROM stage_links ON CONFLICT DO NOTHING",
+};
+
+/// Creates the staging tables on the writer's connection (they last as long as it).
+pub(super) fn create_stages(conn: &Connection) -> Result<(), StoreError> {
+    for stage in [&PERSONS, &GROUPS, &MEMBERS, &LINKS] {
+        conn.execute_batch(stage.create)?;
+    }
+    Ok(())
+}
+
 fn staged_upsert(
     tx: &::duckdb::Transaction<'_>,
-    stage: &str,
-    columns: &str,
-    upsert: &str,
+    stage: &Stage,
     rows: impl Iterator<Item = Vec<DuckValue>>,
 ) -> Result<(), StoreError> {
     let mut rows = rows.peekable();
     if rows.peek().is_none() {
         return Ok(());
     }
-    // `stage` and `columns` are constants of this module, not input.
-    tx.execute_batch(&format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {stage} ({columns}); DELETE FROM {stage};"
-    ))?;
+    tx.prepare_cached(stage.clear)?.execute([])?;
     {
-        let mut app = tx.appender(stage)?;
+        let table = &stage.clear["DELETE FROM ".len()..];
+        let mut app = tx.appender(table)?;
         for row in rows {
             app.append_row(::duckdb::appender_params_from_iter(row))?;
         }
         app.flush()?;
     }
-    tx.execute_batch(upsert)?;
+    tx.prepare_cached(stage.upsert)?.execute([])?;
     Ok(())
 }
 
-fn upsert_traits(
-    tx: &::duckdb::Transaction<'_>,
-    table: &str,
-    id_column: &str,
-    rows: HashMap<Key, Traits>,
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    // `table` and `id_column` are compile-time constants of this module, not user input.
-    let stage = format!("stage_{table}");
-    let sql = format!(
-        "INSERT INTO {table} SELECT project_id, id, traits::JSON, created_at, updated_at FROM {stage}
-         ON CONFLICT (project_id, {id_column}) DO UPDATE SET
-             traits = CASE WHEN excluded.updated_at >= {table}.updated_at
-                 THEN json_merge_patch({table}.traits, excluded.traits)
-                 ELSE json_merge_patch(excluded.traits, {table}.traits) END,
-             created_at = least({table}.created_at, excluded.created_at),
-             updated_at = greatest({table}.updated_at, excluded.updated_at)"
-    );
-    staged_upsert(
-        tx,
-        &stage,
-        "project_id VARCHAR, id VARCHAR, traits VARCHAR, created_at TIMESTAMP, updated_at TIMESTAMP",
-        &sql,
-        rows.into_iter().map(|((project, id), t)| {
-            vec![
-                project.into(),
-                id.into(),
-                Value::Object(t.traits).to_string().into(),
-                ts(t.first),
-                ts(t.last),
-            ]
-        }),
-    )?;
-    Ok(())
+fn traits_rows(rows: HashMap<Key, Traits>) -> impl Iterator<Item = Vec<DuckValue>> {
+    rows.into_iter().map(|((project, id), t)| {
+        vec![
+            project.into(),
+            id.into(),
+            Value::Object(t.traits).to_string().into(),
+            ts(t.first),
+            ts(t.last),
+        ]
+    })
 }
 
 fn ts(micros: i64) -> DuckValue {
