@@ -102,48 +102,68 @@ async fn store_payloads(
     dedup: &mut Dedup,
     upto: u64,
 ) {
-    let dead_letter = dead_letter.to_owned();
+    let mut pending = Pending {
+        payloads,
+        keep: None,
+    };
     let mut backoff = Duration::from_millis(100);
-    // The dedup sets go to the blocking thread and come back; an empty one holds the place.
-    let mut owned = std::mem::replace(dedup, Dedup::new(0, 0));
-    let first_store = store.clone();
-    let (owned, mut failed) = tokio::task::spawn_blocking(move || {
-        let (keep, stored) = {
-            let mut batches = decode_all(&payloads, Some(&dead_letter));
-            let keep = drop_duplicates(&mut owned, &mut batches);
-            (keep, insert_once(&*first_store, &batches, upto, backoff))
-        };
-        let failed = (!stored).then_some(Pending { payloads, keep });
-        (owned, failed)
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    *dedup = owned;
-    while let Some(pending) = failed {
-        metrics::counter!(WRITER_ERRORS, "stage" => "insert").increment(1);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    loop {
         let store = store.clone();
-        failed = tokio::task::spawn_blocking(move || {
-            let stored = {
-                // Records that did not decode went to the dead letter file the first time.
-                let mut batches = decode_all(&pending.payloads, None);
-                retain_kept(&mut batches, &pending.keep);
-                insert_once(&*store, &batches, upto, backoff)
-            };
-            (!stored).then_some(pending)
+        let dead_letter = dead_letter.to_owned();
+        // The dedup sets go to the blocking thread and come back; an empty one holds the
+        // place.
+        let mut owned = std::mem::replace(dedup, Dedup::new(0, 0));
+        let (owned, back, stored) = tokio::task::spawn_blocking(move || {
+            let stored = attempt(
+                &*store,
+                &mut pending,
+                &mut owned,
+                &dead_letter,
+                upto,
+                backoff,
+            );
+            (owned, pending, stored)
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        *dedup = owned;
+        if stored {
+            return;
+        }
+        pending = back;
+        metrics::counter!(WRITER_ERRORS, "stage" => "insert").increment(1);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
-/// Payloads whose insert failed, kept for the next attempt.
+/// Payloads on their way to the store, kept for the next attempt if an insert fails.
 struct Pending {
     payloads: Vec<(String, Bytes)>,
-    /// Per event of the payloads that decode, in order: false for the duplicates dropped
-    /// (the dedup window has recorded every id it let through, so it is not asked again).
-    keep: Vec<bool>,
+    /// Once the first attempt has asked the dedup window (which records every id it lets
+    /// through, so it is not asked again): per event of the payloads that decode, in
+    /// order, false for the duplicates dropped.
+    keep: Option<Vec<bool>>,
+}
+
+/// One attempt at storing `pending`: decodes it, drops the duplicates (the first time:
+/// asks `dedup` and keeps a dead letter of what does not decode; later: as then) and
+/// inserts the rest. Whether they are stored.
+fn attempt(
+    store: &dyn Store,
+    pending: &mut Pending,
+    dedup: &mut Dedup,
+    dead_letter: &Path,
+    upto: u64,
+    retry_in: Duration,
+) -> bool {
+    let first = pending.keep.is_none();
+    let mut batches = decode_all(&pending.payloads, first.then_some(dead_letter));
+    match &pending.keep {
+        Some(keep) => retain_kept(&mut batches, keep),
+        None => pending.keep = Some(drop_duplicates(dedup, &mut batches)),
+    }
+    insert_once(store, &batches, upto, retry_in)
 }
 
 /// One insert of `batches`: whether they are stored. A panic in the store is caught
