@@ -106,6 +106,9 @@ impl Event {
     /// (or `path`) property, else the path part of `page_url` (or `url`); failing those,
     /// the same keys in `context.page`, where Segment's browser library puts the page of
     /// every call.
+    ///
+    /// The writer reads the same rule off a queue record's JSON text
+    /// ([`StoredEvent::page_path`]); a test holds the two to the same answers.
     pub fn page_path(&self) -> Option<String> {
         let page = match self.context.get("page") {
             Some(Value::Object(page)) => Some(page),

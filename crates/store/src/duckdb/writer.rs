@@ -135,12 +135,12 @@ pub(super) fn insert(
 /// Many rows are upserted with one statement: they are appended to the staging table,
 /// then the upsert (an `INSERT ... SELECT ... ON CONFLICT`) moves them. A statement per
 /// row costs tens of microseconds; a batch touching 20,000 memberships would spend a
-/// second there. The statements are prepared once per connection: DuckDB plans an
-/// upsert as a `MERGE`, and planning it took milliseconds, for every batch
-/// (`bench/src/bin/store_insert_bench.rs`).
+/// second there. The staging tables are created once per connection, not in every batch
+/// (`bench/src/bin/store_insert_bench.rs`: each statement costs DuckDB about a
+/// millisecond of planning, and it plans even a prepared one again when it runs).
 pub(super) struct Stage {
-    create: &'static str,
-    clear: &'static str,
+    table: &'static str,
+    columns: &'static str,
     upsert: &'static str,
 }
 
@@ -149,11 +149,8 @@ pub(super) struct Stage {
 macro_rules! traits_stage {
     ($table:literal, $id:literal) => {
         Stage {
-            create: concat!(
-                "CREATE TEMP TABLE IF NOT EXISTS stage_", $table,
-                " (project_id VARCHAR, id VARCHAR, traits VARCHAR, created_at TIMESTAMP, updated_at TIMESTAMP)"
-            ),
-            clear: concat!("DELETE FROM stage_", $table),
+            table: concat!("stage_", $table),
+            columns: "project_id VARCHAR, id VARCHAR, traits VARCHAR, created_at TIMESTAMP, updated_at TIMESTAMP",
             upsert: concat!(
                 "INSERT INTO ", $table,
                 " SELECT project_id, id, traits::JSON, created_at, updated_at FROM stage_", $table,
@@ -171,25 +168,26 @@ macro_rules! traits_stage {
 const PERSONS: Stage = traits_stage!("persons", "user_id");
 const GROUPS: Stage = traits_stage!("groups", "group_id");
 const MEMBERS: Stage = Stage {
-    create: "CREATE TEMP TABLE IF NOT EXISTS stage_members (project_id VARCHAR, group_id VARCHAR, \
-             user_id VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP)",
-    clear: "DELETE FROM stage_members",
+    table: "stage_members",
+    columns: "project_id VARCHAR, group_id VARCHAR, user_id VARCHAR, first_seen TIMESTAMP, last_seen TIMESTAMP",
     upsert: "INSERT INTO group_members SELECT * FROM stage_members
              ON CONFLICT (project_id, group_id, user_id) DO UPDATE SET
                  first_seen = least(group_members.first_seen, excluded.first_seen),
                  last_seen = greatest(group_members.last_seen, excluded.last_seen)",
 };
 const LINKS: Stage = Stage {
-    create: "CREATE TEMP TABLE IF NOT EXISTS stage_links (project_id VARCHAR, device_id VARCHAR, \
-             user_id VARCHAR, linked_at TIMESTAMP)",
-    clear: "DELETE FROM stage_links",
+    table: "stage_links",
+    columns: "project_id VARCHAR, device_id VARCHAR, user_id VARCHAR, linked_at TIMESTAMP",
     upsert: "INSERT INTO identities SELECT * FROM stage_links ON CONFLICT DO NOTHING",
 };
 
 /// Creates the staging tables on the writer's connection (they last as long as it).
 pub(super) fn create_stages(conn: &Connection) -> Result<(), StoreError> {
-    for stage in [&PERSONS, &GROUPS, &MEMBERS, &LINKS] {
-        conn.execute_batch(stage.create)?;
+    for Stage { table, columns, .. } in [&PERSONS, &GROUPS, &MEMBERS, &LINKS] {
+        // Constants of this module, not input.
+        conn.execute_batch(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {table} ({columns})"
+        ))?;
     }
     Ok(())
 }
@@ -203,10 +201,10 @@ fn staged_upsert(
     if rows.peek().is_none() {
         return Ok(());
     }
-    tx.prepare_cached(stage.clear)?.execute([])?;
+    tx.prepare_cached(&format!("DELETE FROM {}", stage.table))?
+        .execute([])?;
     {
-        let table = &stage.clear["DELETE FROM ".len()..];
-        let mut app = tx.appender(table)?;
+        let mut app = tx.appender(stage.table)?;
         for row in rows {
             app.append_row(::duckdb::appender_params_from_iter(row))?;
         }
