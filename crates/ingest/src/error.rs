@@ -50,10 +50,19 @@ pub enum DecodeError {
     #[error("request body is not valid gzip data: {reason}")]
     InvalidGzip { reason: String },
 
+    /// A `deflate` or `br` body that does not decompress.
+    #[error("request body is not valid {encoding} data: {reason}")]
+    InvalidEncoded {
+        encoding: &'static str,
+        reason: String,
+    },
+
     #[error("request payload is marked base64 but is not valid base64: {reason}")]
     InvalidBase64 { reason: String },
 
-    #[error("unsupported Content-Encoding `{encoding}`: send gzip or an uncompressed body")]
+    #[error(
+        "unsupported Content-Encoding `{encoding}`: send gzip, deflate, br or an uncompressed body"
+    )]
     UnsupportedEncoding { encoding: String },
 
     #[error("unsupported compression `{name}`: send gzip-js, base64 or uncompressed JSON")]

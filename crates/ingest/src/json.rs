@@ -48,8 +48,14 @@ pub(crate) fn parse_body(
         return Err(DecodeError::EmptyBody);
     }
     let max_depth = limits.depth();
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| parse_error(text, &e, max_depth, batch_key))?;
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(e) => match replace_lone_surrogates(text) {
+            Some(fixed) => serde_json::from_str(&fixed)
+                .map_err(|e| parse_error(&fixed, &e, max_depth, batch_key))?,
+            None => return Err(parse_error(text, &e, max_depth, batch_key)),
+        },
+    };
     let (items, shape) = match value {
         Value::Array(items) => (items, Shape::Array),
         Value::Object(mut map) => match batch_key.and_then(|key| map.remove(key)) {
@@ -84,6 +90,60 @@ pub(crate) fn parse_body(
         });
     }
     Ok(Body { items, shape })
+}
+
+/// `text` with every lone UTF-16 surrogate escape (`\ud83d` not followed by a low
+/// surrogate escape, or a low one with no high one before it) replaced by `\ufffd`, or
+/// `None` when it has none. Browsers' `JSON.stringify` writes them when a string is cut
+/// in the middle of an emoji; serde_json refuses them, which would cost the whole batch,
+/// so they become U+FFFD as browsers and most JSON libraries read them. Each escape is
+/// replaced by one of the same length, so error positions in the result are the
+/// original's. Only called after a failed parse: valid bodies never pay for it.
+fn replace_lone_surrogates(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let escape_at = |i: usize| -> Option<u16> {
+        let hex = bytes.get(i..i + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    };
+    let mut lone = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match escape_at(i) {
+            Some(0xD800..=0xDBFF) => match escape_at(i + 6) {
+                Some(0xDC00..=0xDFFF) => i += 12,
+                _ => {
+                    lone.push(i);
+                    i += 6;
+                }
+            },
+            Some(0xDC00..=0xDFFF) => {
+                lone.push(i);
+                i += 6;
+            }
+            Some(_) => i += 6,
+            // `\\`, `\"` and the other two-character escapes.
+            None => i += 2,
+        }
+    }
+    if lone.is_empty() {
+        return None;
+    }
+    let mut fixed = String::with_capacity(text.len());
+    let mut from = 0;
+    for at in lone {
+        fixed.push_str(&text[from..at]);
+        fixed.push_str("\\ufffd");
+        from = at + 6;
+    }
+    fixed.push_str(&text[from..]);
+    Some(fixed)
 }
 
 /// The first container nested deeper than `max`: the item it is in and its path there.
@@ -465,6 +525,40 @@ mod tests {
                 path: format!("properties{}", ".k".repeat(16)),
                 max: 16
             }
+        );
+    }
+
+    #[test]
+    fn lone_surrogates_become_the_replacement_character() {
+        let cases = [
+            (r#"["a\ud83d"]"#, "a\u{fffd}"),
+            (r#"["\udc00b"]"#, "\u{fffd}b"),
+            (r#"["\ud83d\u0041"]"#, "\u{fffd}A"),
+            (r#"["\ud83d\ud83d\ude00"]"#, "\u{fffd}\u{1f600}"),
+            (r#"["\\ud83d", "\ud83d"]"#, "\\ud83d"),
+        ];
+        for (body, first) in cases {
+            let body = parse_body(body.as_bytes(), None, &Limits::default())
+                .unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(body.items[0], Value::String(first.into()), "{body:?}");
+        }
+        // A pair stays a pair, and a text without lone ones is left alone.
+        assert_eq!(
+            replace_lone_surrogates(r#"["\ud83d\ude00", "\\ud83d"]"#),
+            None
+        );
+        // Other bad JSON is still reported where it is.
+        let err = parse_body(br#"[{"a": "\ud83d"}, {"b": ]"#, None, &Limits::default());
+        assert!(
+            matches!(
+                err,
+                Err(DecodeError::MalformedJson {
+                    line: 1,
+                    column: 25,
+                    ..
+                })
+            ),
+            "{err:?}"
         );
     }
 

@@ -8,6 +8,7 @@
 //! reject the request. Segment and PostHog carry their key in the body, so their decoders
 //! also return the key they found; the server authenticates with it.
 
+mod content;
 mod error;
 mod item;
 mod json;
@@ -18,6 +19,7 @@ pub mod segment;
 mod test_support;
 pub mod thrivestack;
 
+pub use content::decode_content;
 pub use error::{DecodeError, ItemError};
 pub use limits::{Limits, PostHogLimits, SegmentLimits};
 

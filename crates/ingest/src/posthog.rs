@@ -5,8 +5,9 @@
 //!
 //! 1. Where: the `data` query parameter (GET, and some POSTs), a form body's `data`
 //!    field (`application/x-www-form-urlencoded`, or a body starting with `data=`), or
-//!    the body itself (`application/json`, and `text/plain` from `sendBeacon`). A gzip
-//!    body (by magic bytes 1f 8b, whatever `Content-Encoding` says) is inflated first.
+//!    the body itself (`application/json`, and `text/plain` from `sendBeacon`). The
+//!    body's `Content-Encoding` is undone first ([`crate::decode_content`]: gzip, also
+//!    by its magic bytes 1f 8b when the header is missing, deflate and br).
 //! 2. How: gzip (`compression=gzip-js` in the query or form, or the magic bytes) and
 //!    base64 (`compression=base64`, or a payload that is not JSON but decodes as base64,
 //!    standard or URL-safe, padded or not, into JSON or gzip). Each is undone at most
@@ -19,16 +20,15 @@
 //! identify, `$groupidentify` → group, `$create_alias` → alias, anything else → track.
 
 use std::borrow::Cow;
-use std::io::Read;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
-use flate2::read::GzDecoder;
 use serde_json::map::Entry;
 use serde_json::{Map, Value};
 use tally_model::{Event, EventType};
 
+use crate::content::{decode_content, gunzip, GZIP_MAGIC};
 use crate::item::{
     agree, clamp_future, correct_skew, event_object, event_uuid, fill_context, first_id, id,
     key_field, sent_at, string, timestamp, Reject,
@@ -187,7 +187,6 @@ impl Compression {
     }
 }
 
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const FORM_TYPE: &str = "application/x-www-form-urlencoded";
 
 /// Finds the JSON text of the events, undoing every layer of encoding (module docs).
@@ -218,12 +217,12 @@ fn payload<'a>(
         // A GET's body has no meaning; its events are in `?data=`.
         None if req.method_is_get => return Err(DecodeError::EmptyBody),
         None => {
-            check_content_encoding(req.content_encoding)?;
-            let mut body = Cow::Borrowed(req.body);
-            if body.starts_with(&GZIP_MAGIC) {
-                body = Cow::Owned(gunzip(&body, limits.max_decompressed_bytes)?);
-                gunzipped = true;
-            }
+            let body = decode_content(
+                req.body,
+                req.content_encoding,
+                limits.max_decompressed_bytes,
+            )?;
+            gunzipped = matches!(body, Cow::Owned(_));
             if is_form(req.content_type, &body) {
                 let mut data = None;
                 for (key, value) in form_urlencoded::parse(&body) {
@@ -251,20 +250,6 @@ fn payload<'a>(
         gunzipped,
         limits.max_decompressed_bytes,
     )
-}
-
-/// Accepts the encodings we can undo: gzip (undone by its magic bytes, which also
-/// catches bodies whose header was lost) and none.
-fn check_content_encoding(encoding: Option<&str>) -> Result<(), DecodeError> {
-    for coding in encoding.unwrap_or("").split(',') {
-        let coding = coding.trim().to_ascii_lowercase();
-        if !matches!(coding.as_str(), "" | "identity" | "gzip" | "x-gzip") {
-            return Err(DecodeError::UnsupportedEncoding {
-                encoding: encoding.unwrap_or("").trim().to_owned(),
-            });
-        }
-    }
-    Ok(())
 }
 
 fn is_form(content_type: Option<&str>, body: &[u8]) -> bool {
@@ -326,35 +311,6 @@ fn unwrap(
             });
         }
         return Ok(payload);
-    }
-}
-
-/// Inflates a gzip member, refusing output past `max` bytes. The output buffer never
-/// grows past `max` either (reserve below), so a bomb of any ratio costs at most `max`
-/// bytes of memory before it is refused.
-fn gunzip(compressed: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
-    let mut reader = GzDecoder::new(compressed).take(max as u64 + 1);
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let n = match reader.read(&mut chunk) {
-            Ok(0) => return Ok(out),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(DecodeError::InvalidGzip {
-                    reason: e.to_string(),
-                })
-            }
-        };
-        if out.len() + n > max {
-            return Err(DecodeError::DecompressedTooLarge { max });
-        }
-        if out.capacity() - out.len() < n {
-            let target = (out.capacity() * 2).max(64 * 1024).min(max);
-            out.reserve_exact(target.max(out.len() + n) - out.len());
-        }
-        out.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -1012,11 +968,11 @@ mod tests {
         );
         assert_eq!(
             err(PostHogRequest {
-                content_encoding: Some("br"),
+                content_encoding: Some("zstd"),
                 ..post("/e/", body)
             })
             .to_string(),
-            "unsupported Content-Encoding `br`: send gzip or an uncompressed body"
+            "unsupported Content-Encoding `zstd`: send gzip, deflate, br or an uncompressed body"
         );
         assert_eq!(
             err(PostHogRequest {

@@ -3,9 +3,10 @@
 
 use serde_json::{Map, Value};
 use tally_model::{Event, EventType};
-use uuid::Uuid;
 
-use crate::item::{clamp_future, event_object, fill_context, first_id, id, not_a_string, Reject};
+use crate::item::{
+    clamp_future, event_object, event_uuid, fill_context, first_id, id, not_a_string, Reject,
+};
 use crate::json::{parse_items, take_object, timestamp_micros};
 use crate::{DecodeError, Decoded, ItemError, Limits, RequestMeta};
 
@@ -154,7 +155,7 @@ fn decode_item(
     fill_context(&mut context, meta, &["user_agent"]);
 
     Ok(Event {
-        uuid: message_id(&item).unwrap_or_else(Uuid::now_v7),
+        uuid: event_uuid(message_id(&item), UUID_NAMESPACE),
         kind: call.kind(),
         event,
         user_id,
@@ -170,12 +171,18 @@ fn decode_item(
     })
 }
 
-/// A client-chosen event id, when it is a UUID: retries then keep the same id.
-fn message_id(item: &Map<String, Value>) -> Option<Uuid> {
+/// Namespace for event ids derived from non-UUID message ids.
+const UUID_NAMESPACE: &str = "thrivestack";
+
+/// The client-chosen event id: the first of `message_id`, `messageId`, `uuid` that is a
+/// non-empty string. [`event_uuid`] keeps a UUID and derives a stable one from any other
+/// id (the same rule as Segment's `messageId` and PostHog's `uuid`), so a retry keeps
+/// its id and is deduplicated.
+fn message_id(item: &Map<String, Value>) -> Option<&Value> {
     ["message_id", "messageId", "uuid"]
         .iter()
-        .filter_map(|key| item.get(*key)?.as_str())
-        .find_map(|s| Uuid::parse_str(s).ok())
+        .filter_map(|key| item.get(*key))
+        .find(|v| v.as_str().is_some_and(|s| !s.trim().is_empty()))
 }
 
 #[cfg(test)]
@@ -352,18 +359,29 @@ mod tests {
     }
 
     #[test]
-    fn generates_a_v7_uuid_unless_the_item_has_a_valid_one() {
-        let decoded = run(
-            Call::Track,
-            r#"[{"event_name": "a", "user_id": "u1"},
-                {"event_name": "a", "user_id": "u1", "message_id": "not-a-uuid"},
-                {"event_name": "a", "user_id": "u1", "message_id": 7}]"#,
-        );
-        assert_eq!(decoded.events.len(), 3);
-        for event in &decoded.events {
-            assert_eq!(event.uuid.get_version_num(), 7);
+    fn any_message_id_gives_a_stable_uuid_and_none_a_v7() {
+        let body = r#"[{"event_name": "a", "user_id": "u1"},
+                {"event_name": "a", "user_id": "u1", "message_id": "order-42"},
+                {"event_name": "a", "user_id": "u1", "messageId": "order-42"},
+                {"event_name": "a", "user_id": "u1", "message_id": "order-43"},
+                {"event_name": "a", "user_id": "u1", "message_id": 7},
+                {"event_name": "a", "user_id": "u1", "message_id": "  "}]"#;
+        let first = run(Call::Track, body);
+        let retry = run(Call::Track, body);
+        let ids = |d: &Decoded| d.events.iter().map(|e| e.uuid).collect::<Vec<_>>();
+        let (a, b) = (ids(&first), ids(&retry));
+        assert_eq!(a.len(), 6);
+        // A retry of a non-UUID id keeps its event id (so dedup drops it)...
+        assert_eq!(a[1], b[1]);
+        assert_eq!(a[1], a[2], "message_id and messageId are the same id");
+        assert_ne!(a[1], a[3]);
+        // ...by the rule Segment's messageId follows, in this format's namespace.
+        assert_eq!(a[1], event_uuid(Some(&json!("order-42")), "thrivestack"));
+        // No usable id: a fresh time-ordered one each time.
+        for i in [0, 4, 5] {
+            assert_eq!(a[i].get_version_num(), 7);
+            assert_ne!(a[i], b[i]);
         }
-        assert_ne!(decoded.events[0].uuid, decoded.events[1].uuid);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tally_ingest::posthog::{self, PostHogRequest};
 use tally_ingest::segment::{self, SegmentCall};
 use tally_ingest::thrivestack::{self, Call};
-use tally_ingest::{DecodeError, ItemError, RequestMeta};
+use tally_ingest::{decode_content, DecodeError, ItemError, RequestMeta};
 use tally_model::{Event, EventBatch};
 
 use crate::error::ApiError;
@@ -102,9 +102,13 @@ async fn thrivestack(
     .inspect_err(count_refusal)?;
     let meta = request_meta(peer, &headers);
     let limits = state.limits;
-    let decoded = decode_off_thread(body, move |b| thrivestack::decode(call, b, &meta, &limits))
-        .await?
-        .map_err(decode_error)?;
+    let (encoding, max_inflated) = content_encoding(&state, &headers);
+    let decoded = decode_off_thread(body, move |b| {
+        let b = decode_content(b, encoding.as_deref(), max_inflated)?;
+        thrivestack::decode(call, &b, &meta, &limits)
+    })
+    .await?
+    .map_err(decode_error)?;
     let accepted = accept(&state, project, decoded.events).await?;
     Ok(answer(
         accepted,
@@ -143,8 +147,10 @@ pub(crate) async fn segment(
     .inspect_err(count_refusal)?;
     let meta = request_meta(peer, &headers);
     let basic_user = basic_auth_user(&headers);
+    let (encoding, max_inflated) = content_encoding(&state, &headers);
     let decoded = decode_off_thread(body, move |b| {
-        segment::decode(call, b, basic_user.as_deref(), &meta, &limits)
+        let b = decode_content(b, encoding.as_deref(), max_inflated)?;
+        segment::decode(call, &b, basic_user.as_deref(), &meta, &limits)
     })
     .await?
     .map_err(decode_error)?;
@@ -212,6 +218,16 @@ pub(crate) async fn posthog(
         decoded.decoded.rejected,
         || json!({ "status": 1 }),
     ))
+}
+
+/// The request's `Content-Encoding` and the cap on what it may inflate to: the PostHog
+/// routes' cap, for every route (the PostHog decoder applies it itself).
+fn content_encoding(state: &AppState, headers: &HeaderMap) -> (Option<String>, usize) {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (encoding, state.posthog_limits.max_decompressed_bytes)
 }
 
 fn count_refusal(e: &ApiError) {
@@ -373,6 +389,7 @@ fn decode_error(e: DecodeError) -> ApiError {
             "body_too_large"
         }
         DecodeError::InvalidGzip { .. }
+        | DecodeError::InvalidEncoded { .. }
         | DecodeError::InvalidBase64 { .. }
         | DecodeError::UnsupportedEncoding { .. }
         | DecodeError::UnsupportedCompression { .. }
