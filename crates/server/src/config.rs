@@ -507,10 +507,23 @@ fn apply_env(
         if !var.starts_with("TALLY_") || NOT_CONFIG_VARS.contains(&var.as_str()) {
             continue;
         }
-        let path = paths.get(&var).ok_or_else(|| ConfigError::Env {
-            var: var.clone(),
-            message: "not a tally setting (see docs/configuration.md)".into(),
-        })?;
+        let Some(path) = paths.get(&var) else {
+            match unknown_var(&var, paths.keys()) {
+                Unknown::ServiceLink => {}
+                Unknown::Typo(setting) => {
+                    return Err(ConfigError::Env {
+                        var: var.clone(),
+                        message: format!(
+                            "not a tally setting; did you mean {setting}? (see docs/configuration.md)"
+                        ),
+                    })
+                }
+                Unknown::Other => eprintln!(
+                    "tally: warning: ignoring {var}: not a tally setting (see docs/configuration.md)"
+                ),
+            }
+            continue;
+        };
         // A value is read as TOML (numbers, booleans, arrays), else taken as a string.
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
@@ -529,6 +542,57 @@ fn apply_env(
         node.insert(path[path.len() - 1].clone(), value);
     }
     Ok(())
+}
+
+/// What an unknown `TALLY_*` variable is taken for.
+#[derive(Debug, PartialEq, Eq)]
+enum Unknown<'a> {
+    /// One Kubernetes sets for every Service in the namespace (a Service named
+    /// `tally-ingest` gives `TALLY_INGEST_SERVICE_HOST`, `TALLY_INGEST_PORT_8080_TCP`...):
+    /// ignored, or every pod of a namespace with such a Service would crash-loop.
+    ServiceLink,
+    /// Within two edits of a real setting: a typo, which would otherwise leave the
+    /// setting at its default without a word, so start-up stops and names the setting.
+    Typo(&'a str),
+    /// Anything else (another tool's variable, a setting from a newer release): a
+    /// warning, and start-up goes on.
+    Other,
+}
+
+fn unknown_var<'a>(var: &str, settings: impl Iterator<Item = &'a String>) -> Unknown<'a> {
+    if is_service_link(var) {
+        return Unknown::ServiceLink;
+    }
+    settings
+        .map(|s| (strsim::levenshtein(var, s), s))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map_or(Unknown::Other, |(_, s)| Unknown::Typo(s))
+}
+
+/// The shapes of Kubernetes' service-link variables: `<SVC>_SERVICE_HOST`,
+/// `<SVC>_SERVICE_PORT`, `<SVC>_SERVICE_PORT_<PORTNAME>`, `<SVC>_PORT`, and
+/// `<SVC>_PORT_<n>_<PROTO>` with `_PROTO`, `_PORT` or `_ADDR` after it.
+fn is_service_link(var: &str) -> bool {
+    if var.ends_with("_SERVICE_HOST") || var.ends_with("_SERVICE_PORT") {
+        return true;
+    }
+    if var.contains("_SERVICE_PORT_") {
+        return true;
+    }
+    let parts: Vec<&str> = var.split('_').collect();
+    // `<SVC>_PORT`: its value is a URL like tcp://10.0.0.1:8080; the name alone is
+    // enough, as no setting ends in `_PORT`.
+    if parts.last() == Some(&"PORT") {
+        return true;
+    }
+    // `<SVC>_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]`
+    parts.windows(3).any(|w| {
+        w[0] == "PORT"
+            && !w[1].is_empty()
+            && w[1].bytes().all(|b| b.is_ascii_digit())
+            && matches!(w[2], "TCP" | "UDP" | "SCTP")
+    })
 }
 
 #[cfg(test)]
@@ -579,6 +643,42 @@ mod tests {
         assert!(err.contains("fsynk"), "{err}");
         let err = Config::load(None, env(&[("TALLY_QUEUE_FSYNK", "never")])).unwrap_err();
         assert!(err.to_string().contains("TALLY_QUEUE_FSYNK"), "{err}");
+        assert!(
+            err.to_string().contains("did you mean TALLY_QUEUE_FSYNC"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kubernetes_service_links_and_unrelated_names_do_not_stop_tally() {
+        // What a pod gets for Services named tally-ingest, tally-query and tally.
+        let pod = env(&[
+            ("TALLY_INGEST_SERVICE_HOST", "10.96.0.12"),
+            ("TALLY_INGEST_SERVICE_PORT", "8080"),
+            ("TALLY_INGEST_SERVICE_PORT_HTTP", "8080"),
+            ("TALLY_INGEST_PORT", "tcp://10.96.0.12:8080"),
+            ("TALLY_INGEST_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+            ("TALLY_INGEST_PORT_8080_TCP_PROTO", "tcp"),
+            ("TALLY_INGEST_PORT_8080_TCP_PORT", "8080"),
+            ("TALLY_INGEST_PORT_8080_TCP_ADDR", "10.96.0.12"),
+            ("TALLY_QUERY_SERVICE_HOST", "10.96.0.13"),
+            ("TALLY_QUERY_PORT_9090_UDP", "udp://10.96.0.13:9090"),
+            ("TALLY_SERVICE_HOST", "10.96.0.14"),
+            ("TALLY_PORT", "tcp://10.96.0.14:8080"),
+            ("TALLY_VERSION", "0.1.0"),
+            ("TALLY_QUEUE_FSYNC", "interval"),
+        ]);
+        let c = Config::load(None, pod).unwrap();
+        assert_eq!(
+            c.queue.fsync,
+            FsyncMode::Interval,
+            "real settings still apply"
+        );
+        // No real setting has a service-link shape, so none can be skipped by mistake.
+        for path in key_paths() {
+            let var = format!("TALLY_{}", path.join("_").to_uppercase());
+            assert!(!is_service_link(&var), "{var}");
+        }
     }
 
     #[test]
