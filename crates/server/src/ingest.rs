@@ -340,7 +340,7 @@ fn answer(accepted: usize, rejected: Vec<ItemError>, success: impl FnOnce() -> V
 /// Reads the body, refusing more than `limit` bytes without buffering them; a body over
 /// the limit is answered with `too_large_status` (ThriveStack documents 400, Segment and
 /// PostHog 413).
-async fn read_body(
+pub(crate) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,

@@ -125,6 +125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(posthog_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(metrics::track_latency))
         .layer(cors)
         .with_state(state)

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,12 +17,23 @@ use crate::meta::KeyKind;
 use crate::metrics::QUERY_SECONDS;
 use crate::AppState;
 
+/// A query is a small JSON object; a larger body is a mistake or an attack. 413 with
+/// Tally's JSON error (docs/queries.md).
+const MAX_QUERY_BODY_BYTES: usize = 1024 * 1024;
+
 pub(crate) async fn query(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let project = state.authenticate(&headers, KeyKind::Read)?;
+    let body = crate::ingest::read_body(
+        body,
+        &headers,
+        MAX_QUERY_BODY_BYTES,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await?;
     let request: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "malformed_json",

@@ -454,3 +454,43 @@ async fn the_openapi_document_covers_every_route_and_query_kind() {
     known.sort_unstable();
     assert_eq!(metrics, known, "stats metrics in openapi.json");
 }
+
+#[tokio::test]
+async fn every_error_is_tallys_json_error_413_included() {
+    let s = TestServer::start().await;
+    // A query body over the 1 MiB limit, with and without a declared length.
+    let big = format!(
+        r#"{{"metrics": ["events"], "pad": "{}"}}"#,
+        "x".repeat(2 << 20)
+    );
+    let key = s.read_key.clone();
+    let r = s.send("/api/v1/query", Some(&key), big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    assert_eq!(r.body["error"], "body_too_large");
+    assert_eq!(r.body["success"], false);
+
+    // An extractor's own rejection (here a Segment call name that is not UTF-8 in the
+    // path) and an unknown route answer JSON too.
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/%FF"),
+        (reqwest::Method::GET, "/no/such/route"),
+        (reqwest::Method::DELETE, "/api/track"),
+    ] {
+        let r = s
+            .client
+            .request(method.clone(), format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_client_error(),
+            "{method} {path}: {}",
+            r.status()
+        );
+        let text = r.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path} is not JSON: {text}"));
+        assert_eq!(body["success"], false, "{method} {path}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
