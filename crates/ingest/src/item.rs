@@ -126,18 +126,36 @@ pub(crate) fn fill_context(
     }
 }
 
-/// Replaces a timestamp more than `max_future_skew_s` after `received_at` by
-/// `received_at`: the sender's clock is wrong, and a future event would sit at the edge
-/// of every report.
-pub(crate) fn clamp_future(timestamp: i64, meta: &RequestMeta, max_future_skew_s: i64) -> i64 {
+/// The earliest event time accepted: 2000-01-01T00:00:00Z, in microseconds. Earlier
+/// times are a client bug (a zero or negative epoch, year 0), never an event, and one
+/// such event would stretch every `date_range: "all"` report back to it.
+pub(crate) const EARLIEST_EVENT_MICROS: i64 = 946_684_800_000_000;
+
+/// Applies the accepted window to an event time (after clock-skew correction): before
+/// [`EARLIEST_EVENT_MICROS`] the item is refused; more than `max_future_skew_s` after
+/// `received_at` it is replaced by `received_at` (the sender's clock is wrong, and a
+/// future event would sit at the edge of every report).
+pub(crate) fn accepted_time(
+    timestamp: i64,
+    meta: &RequestMeta,
+    max_future_skew_s: i64,
+) -> Result<i64, Reject> {
+    if timestamp < EARLIEST_EVENT_MICROS {
+        let when = chrono::DateTime::from_timestamp_micros(timestamp)
+            .map_or_else(|| format!("{timestamp} µs"), |t| t.to_rfc3339());
+        return Err((
+            "timestamp",
+            format!("`timestamp` {when} is before 2000-01-01T00:00:00Z, the earliest accepted"),
+        ));
+    }
     let latest = meta
         .received_at
         .saturating_add(max_future_skew_s.saturating_mul(1_000_000));
-    if timestamp > latest {
+    Ok(if timestamp > latest {
         meta.received_at
     } else {
         timestamp
-    }
+    })
 }
 
 /// Reads an optional timestamp field (see [`timestamp_micros`]).

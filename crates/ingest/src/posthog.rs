@@ -30,7 +30,7 @@ use tally_model::{Event, EventType};
 
 use crate::content::{decode_content, gunzip, GZIP_MAGIC};
 use crate::item::{
-    agree, clamp_future, correct_skew, event_object, event_uuid, fill_context, first_id, id,
+    accepted_time, agree, correct_skew, event_object, event_uuid, fill_context, first_id, id,
     key_field, sent_at, string, timestamp, Reject,
 };
 use crate::json::{parse_body, take_object, take_object_at, type_name, Body, Shape};
@@ -493,7 +493,7 @@ fn decode_item(
     };
 
     let timestamp = event_time(&item, batch_sent_at, meta)?;
-    let timestamp = clamp_future(timestamp, meta, limits.max_future_skew_s);
+    let timestamp = accepted_time(timestamp, meta, limits.max_future_skew_s)?;
 
     // Tally's reports read `page_url`/`page_path`/`page_referrer`; posthog-js names them
     // `$current_url`/`$pathname`/`$referrer`.

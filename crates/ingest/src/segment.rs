@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tally_model::{Event, EventType};
 
 use crate::item::{
-    agree, clamp_future, correct_skew, event_uuid, fill_context, first_id, id, key_field,
+    accepted_time, agree, correct_skew, event_uuid, fill_context, first_id, id, key_field,
     not_a_string, sent_at, string, timestamp, Reject,
 };
 use crate::json::{json_len, parse_body, take_object, type_name, Body, Shape};
@@ -250,7 +250,7 @@ fn decode_item(
     };
 
     let timestamp = event_time(&item, batch_sent_at, meta)?;
-    let timestamp = clamp_future(timestamp, meta, limits.max_future_skew_s);
+    let timestamp = accepted_time(timestamp, meta, limits.max_future_skew_s)?;
     fill_context(&mut context, meta, &["user_agent", "userAgent"]);
 
     Ok(Event {

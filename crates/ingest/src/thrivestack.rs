@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use tally_model::{Event, EventType};
 
 use crate::item::{
-    clamp_future, event_object, event_uuid, fill_context, first_id, id, not_a_string, Reject,
+    accepted_time, event_object, event_uuid, fill_context, first_id, id, not_a_string, Reject,
 };
 use crate::json::{parse_items, take_object, timestamp_micros};
 use crate::{DecodeError, Decoded, ItemError, Limits, RequestMeta};
@@ -132,7 +132,7 @@ fn decode_item(
         None | Some(Value::Null) => meta.received_at,
         Some(value) => {
             let t = timestamp_micros(value, "timestamp").map_err(|m| ("timestamp", m))?;
-            clamp_future(t, meta, limits.max_future_skew_s)
+            accepted_time(t, meta, limits.max_future_skew_s)?
         }
     };
 
@@ -190,6 +190,7 @@ mod tests {
     use super::*;
     use crate::test_support::*;
     use serde_json::json;
+    use uuid::Uuid;
 
     fn run(call: Call, body: &str) -> Decoded {
         decode(call, body.as_bytes(), &meta(), &Limits::default()).unwrap()

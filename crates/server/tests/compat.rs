@@ -189,3 +189,51 @@ async fn a_lone_surrogate_costs_no_event_on_any_route() {
     assert!(rows.iter().any(|r| r["event"] == "seg\u{fffd}"));
     assert!(rows.iter().any(|r| r["event"] == "ph"));
 }
+
+#[tokio::test]
+async fn timestamps_before_2000_are_refused_by_index_and_field_and_the_rest_stored() {
+    let s = TestServer::start().await;
+    let r = s
+        .track(json!([
+            {"event_name": "ok", "user_id": "u1", "timestamp": "2026-01-05T10:00:00Z"},
+            {"event_name": "year0", "user_id": "u1", "timestamp": "0000-01-01T00:00:00Z"},
+            {"event_name": "minus1", "user_id": "u1", "timestamp": -1},
+            {"event_name": "ok2", "user_id": "u1", "timestamp": "2000-01-01T00:00:00Z"},
+        ]))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.body["accepted"], 2);
+    let errors = r.body["errors"].as_array().unwrap();
+    let refused: Vec<(i64, &str)> = errors
+        .iter()
+        .map(|e| (e["index"].as_i64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(refused, vec![(1, "timestamp"), (2, "timestamp")]);
+    assert!(errors[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2000-01-01"));
+
+    // The same window on the Segment and PostHog routes.
+    let key = s.write_key.clone();
+    let segment = json!({"writeKey": key, "batch": [
+        {"type": "track", "userId": "u1", "event": "seg_old", "timestamp": "1970-01-01T00:00:00Z"}]});
+    let (status, body) = post(&s, "/v1/batch", &[], segment.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errors"][0]["field"], "timestamp");
+    let posthog = json!({"api_key": key, "batch": [
+        {"event": "ph_old", "distinct_id": "u1", "timestamp": "1999-12-31T23:59:59Z"}]});
+    let (status, body) = post(&s, "/batch/", &[], posthog.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errors"][0]["field"], "timestamp");
+
+    s.wait_for_events(2).await;
+    // With only accepted times stored, an all-time daily trend has a bounded range.
+    let r = s
+        .query(
+            json!({"kind": "trends", "date_range": "all", "interval": "month",
+                      "series": [{"event": "ok"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
