@@ -226,8 +226,14 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueryConfig {
-    /// Queries running longer are interrupted and answered with 503.
+    /// One query request's time budget: its wait for a turn and all its statements
+    /// together. Past it the running statement is interrupted and the answer is 503.
     pub timeout_ms: u64,
+    /// Queries that run on the store at once (each uses `store.threads` threads).
+    pub max_concurrent: usize,
+    /// Queries that may wait for a turn; one more is refused at once with 503 and
+    /// `Retry-After`.
+    pub max_queued: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -336,7 +342,11 @@ impl Default for StoreConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { timeout_ms: 30_000 }
+        Self {
+            timeout_ms: 30_000,
+            max_concurrent: 4,
+            max_queued: 16,
+        }
     }
 }
 
@@ -422,6 +432,9 @@ impl Config {
         }
         if self.store.threads == 0 {
             return invalid("store.threads", "must be at least 1");
+        }
+        if self.query.max_concurrent == 0 {
+            return invalid("query.max_concurrent", "must be > 0");
         }
         if self.query.timeout_ms == 0 {
             return invalid("query.timeout_ms", "must be > 0");

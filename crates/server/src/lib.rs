@@ -52,6 +52,8 @@ pub struct AppState {
     limits: tally_ingest::Limits,
     segment_limits: tally_ingest::SegmentLimits,
     posthog_limits: tally_ingest::PostHogLimits,
+    /// The bound on concurrent store queries ([`query`]'s module docs).
+    admission: query::Admission,
 }
 
 impl AppState {
@@ -542,6 +544,7 @@ fn app_state(
         limits,
         segment_limits,
         posthog_limits,
+        admission: query::Admission::new(config.query.max_concurrent, config.query.max_queued),
     })
 }
 

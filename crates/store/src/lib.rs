@@ -80,4 +80,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs a compiled read-only query.
     fn query(&self, sql: &Sql) -> Result<Rows, StoreError>;
+
+    /// Runs a compiled read-only query that must end by `deadline`, the end of the
+    /// request's time budget (one request may run several statements). A store that
+    /// can stop a running statement (DuckDB) stops it there; the default refuses a
+    /// statement that would start after the deadline, and bounds a running one by the
+    /// store's own statement timeout.
+    fn query_until(&self, sql: &Sql, deadline: std::time::Instant) -> Result<Rows, StoreError> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(StoreError::Timeout(left));
+        }
+        self.query(sql)
+    }
 }

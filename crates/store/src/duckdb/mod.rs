@@ -126,9 +126,19 @@ impl Store for DuckStore {
     }
 
     fn query(&self, sql: &Sql) -> Result<Rows, StoreError> {
+        self.query_until(sql, std::time::Instant::now() + self.config.query_timeout)
+    }
+
+    fn query_until(&self, sql: &Sql, deadline: std::time::Instant) -> Result<Rows, StoreError> {
+        let timeout = self
+            .config
+            .query_timeout
+            .min(deadline.saturating_duration_since(std::time::Instant::now()));
+        if timeout.is_zero() {
+            return Err(StoreError::Timeout(timeout));
+        }
         let conn = self.reader()?;
         let interrupt = conn.interrupt_handle();
-        let timeout = self.config.query_timeout;
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let watchdog = std::thread::spawn(move || {
             if done_rx.recv_timeout(timeout).is_err() {
