@@ -54,6 +54,8 @@ pub struct AppState {
     posthog_limits: tally_ingest::PostHogLimits,
     /// The bound on concurrent store queries ([`query`]'s module docs).
     admission: query::Admission,
+    /// Set while the embedded writer loads its dedup window at start: not ready yet.
+    writer_starting: AtomicBool,
 }
 
 impl AppState {
@@ -229,13 +231,27 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
         .unwrap_or(false),
         None => true,
     };
-    let status = if queue_ok && store_ok {
+    let writer_ok = !state.writer_starting.load(Ordering::Acquire);
+    let ready = queue_ok && store_ok && writer_ok;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let mut why = Vec::new();
+    if !queue_ok {
+        why.push("the queue is full or unreachable: ingest answers 503");
+    }
+    if !store_ok {
+        why.push("the store does not answer: queries fail");
+    }
+    if !writer_ok {
+        why.push("starting: the writer is loading the dedup window");
+    }
     let body = json!({
-        "ready": queue_ok && store_ok,
+        "ready": ready,
+        "why": why,
+        "writer": { "ok": writer_ok },
         "role": state.config.role,
         "queue": { "ok": queue_ok, "pending_bytes": pending.get("bytes"), "pending": pending, "limit_bytes": state.config.queue.max_pending_bytes },
         "store": { "ok": store_ok },
@@ -357,22 +373,53 @@ pub async fn serve(
     )?);
     let upkeep = spawn_metrics_upkeep();
 
-    let dedup = warm_dedup(&store, &config).await?;
+    // The port answers at once; the writer starts once the dedup window is loaded
+    // (seconds for millions of ids). Ingest meanwhile appends to the WAL as usual and
+    // the writer catches up, deduplicating against the whole window; /readyz says not
+    // ready until then.
+    state.writer_starting.store(true, Ordering::Release);
     let draining = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(
-        writer::Writer {
-            wal: wal.clone(),
-            reader: wal
-                .reader(committed)
-                .with_linger(Duration::from_millis(config.writer.batch_max_wait_ms)),
-            store: store.clone(),
-            config: config.writer.clone(),
-            draining: draining.clone(),
-            dead_letter: data_dir.join("dead-letter.tsv"),
-            dedup,
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn({
+        let (state, store, config, wal, draining) = (
+            state.clone(),
+            store.clone(),
+            config.clone(),
+            wal.clone(),
+            draining.clone(),
+        );
+        let dead_letter = data_dir.join("dead-letter.tsv");
+        async move {
+            let dedup = match warm_dedup(&store, &config).await {
+                Ok(dedup) => dedup,
+                Err(e) => {
+                    let _ = fatal_tx.send(());
+                    return Err(e.context("cannot load the dedup window"));
+                }
+            };
+            state.writer_starting.store(false, Ordering::Release);
+            writer::Writer {
+                reader: wal
+                    .reader(committed)
+                    .with_linger(Duration::from_millis(config.writer.batch_max_wait_ms)),
+                wal,
+                store,
+                config: config.writer.clone(),
+                draining,
+                dead_letter,
+                dedup,
+            }
+            .run()
+            .await;
+            anyhow::Ok(())
         }
-        .run(),
-    );
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = fatal_rx => {}
+        }
+    };
     let reload = tokio::spawn(reload_keys(state.clone(), data_dir.clone()));
     run_http(&config, listener, state, shutdown).await?;
     reload.abort();
@@ -384,7 +431,7 @@ pub async fn serve(
     let closing = wal.clone();
     tokio::task::spawn_blocking(move || closing.close()).await?;
     draining.store(true, Ordering::Release);
-    writer.await?;
+    writer.await??;
     let checkpointing = store.clone();
     tokio::task::spawn_blocking(move || checkpointing.checkpoint()).await??;
     tracing::info!("shutdown complete");
@@ -545,6 +592,7 @@ fn app_state(
         segment_limits,
         posthog_limits,
         admission: query::Admission::new(config.query.max_concurrent, config.query.max_queued),
+        writer_starting: AtomicBool::new(false),
     })
 }
 
