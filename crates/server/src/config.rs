@@ -243,6 +243,15 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace_ms: u64,
+    /// A connection must send a whole request head (request line and headers) within
+    /// this long, and an idle keep-alive connection is closed after it: slow or silent
+    /// clients do not hold sockets.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive whole within this long (408 otherwise).
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most; one more is closed at once. Lowered at start to fit
+    /// the process's open-file limit (raised to its hard limit first).
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -355,6 +364,9 @@ impl Default for HttpConfig {
         Self {
             cors_origins: vec!["*".into()],
             shutdown_grace_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -432,6 +444,12 @@ impl Config {
         }
         if self.store.threads == 0 {
             return invalid("store.threads", "must be at least 1");
+        }
+        if self.http.header_read_timeout_ms == 0 || self.http.body_read_timeout_ms == 0 {
+            return invalid("http.header_read_timeout_ms", "http timeouts must be > 0");
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be > 0");
         }
         if self.query.max_concurrent == 0 {
             return invalid("query.max_concurrent", "must be > 0");

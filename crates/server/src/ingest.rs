@@ -97,6 +97,7 @@ async fn thrivestack(
         &headers,
         state.config.ingest.max_body_bytes,
         StatusCode::BAD_REQUEST,
+        state.body_timeout(),
     )
     .await
     .inspect_err(count_refusal)?;
@@ -142,6 +143,7 @@ pub(crate) async fn segment(
         &headers,
         limits.max_batch_bytes + 1,
         StatusCode::PAYLOAD_TOO_LARGE,
+        state.body_timeout(),
     )
     .await
     .inspect_err(count_refusal)?;
@@ -177,9 +179,15 @@ pub(crate) async fn posthog(
 ) -> Result<Response, ApiError> {
     let limits = state.posthog_limits;
     let max = limits.max_batch_body_bytes.max(limits.max_body_bytes) + 1;
-    let body = read_body(body, &headers, max, StatusCode::PAYLOAD_TOO_LARGE)
-        .await
-        .inspect_err(count_refusal)?;
+    let body = read_body(
+        body,
+        &headers,
+        max,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        state.body_timeout(),
+    )
+    .await
+    .inspect_err(count_refusal)?;
     let meta = request_meta(peer, &headers);
     let header = |name: header::HeaderName| {
         headers
@@ -345,6 +353,7 @@ pub(crate) async fn read_body(
     headers: &HeaderMap,
     limit: usize,
     too_large_status: StatusCode,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -360,7 +369,18 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match axum::body::to_bytes(body, limit).await {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} ms (http.body_read_timeout_ms)",
+                timeout.as_millis()
+            ),
+        ));
+    };
+    match read {
         Ok(bytes) => Ok(bytes),
         Err(e) => {
             let over_limit = std::error::Error::source(&e)

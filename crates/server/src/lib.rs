@@ -17,7 +17,6 @@ mod queue;
 mod writer;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -59,6 +58,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// How long a request body may take to arrive.
+    fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.http.body_read_timeout_ms)
+    }
+
     /// The project a request's key belongs to, if the key is of the `needed` kind.
     fn authenticate(&self, headers: &HeaderMap, needed: KeyKind) -> Result<String, ApiError> {
         self.authenticate_with(api_key(headers), needed)
@@ -597,35 +601,109 @@ fn app_state(
 }
 
 /// Serves HTTP until `shutdown`, then lets requests finish for the grace period.
+///
+/// The accept loop is ours rather than `axum::serve`'s because Tally needs what that one
+/// lacks: a header-read timeout that also closes idle keep-alive connections, a cap on
+/// open connections, and a back-off when `accept` fails for lack of file descriptors
+/// (EMFILE) instead of a busy loop that serves nobody.
 async fn run_http(
     config: &Config,
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
     let data_dir = &config.data_dir;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %data_dir.display(), "tally is listening");
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopped_tx.send(());
-    });
+    let max_connections = connection_cap(config.http.max_connections);
+    tracing::info!(%addr, data_dir = %data_dir.display(), max_connections, "tally is listening");
+    let app = router(state.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.http.header_read_timeout_ms));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: nothing to accept with until a socket
+                    // closes. Others (a connection reset before accept) are the
+                    // client's; either way wait a little and go on.
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                    ::metrics::counter!("tally_http_accept_errors_total").increment(1);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(5);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            ::metrics::counter!("tally_http_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(
+            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        );
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
     let grace = Duration::from_millis(config.http.shutdown_grace_ms);
-    // Requests get `grace` to finish once shutdown starts; then we stop waiting.
-    let mut server = tokio::spawn(async move { server.await });
+    // Idle connections close now; requests in flight get `grace` to finish.
     tokio::select! {
-        r = &mut server => r??,
-        _ = async {
-            let _ = stopped_rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still running after the grace period; stopping anyway");
-            server.abort();
         }
     }
     Ok(())
+}
+
+/// Raises the open-file soft limit to the hard limit (a service manager's default of
+/// 1,024 is far below what 10,000 connections need), then fits the connection cap under
+/// it, keeping room for the WAL, DuckDB and outgoing connections.
+fn connection_cap(wanted: usize) -> usize {
+    const RESERVED_FDS: u64 = 256;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let fits = limit.saturating_sub(RESERVED_FDS).max(16) as usize;
+            if fits < wanted {
+                tracing::warn!(
+                    open_file_limit = limit,
+                    max_connections = fits,
+                    "http.max_connections lowered to fit the open-file limit"
+                );
+            }
+            wanted.min(fits)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            wanted
+        }
+    }
 }
 
 /// Remembers the ids of events stored within the dedup window, so retries that arrive

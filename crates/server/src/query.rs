@@ -40,6 +40,7 @@ pub(crate) async fn query(
         &headers,
         MAX_QUERY_BODY_BYTES,
         StatusCode::PAYLOAD_TOO_LARGE,
+        state.body_timeout(),
     )
     .await?;
     let request: Value = serde_json::from_slice(&body).map_err(|e| {
