@@ -489,3 +489,47 @@ async fn commits_keeping_up_count_records_written_over_zeros() {
         assert_eq!(stats.pending_bytes, HEADER + payload(lsn).len() as u64);
     }
 }
+
+/// A small volume (a 48 MiB tmpfs, mounted by the test: it runs as root in CI) with
+/// 64 MiB segments: no spare is made, appends still work, and nothing is left behind.
+#[tokio::test]
+async fn no_spare_segment_without_room_for_it_and_none_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "this test mounts a tmpfs and needs root");
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let wal_dir = dir.path().join("wal");
+    {
+        let wal = Wal::open(config(&wal_dir, 64 << 20), 0).unwrap();
+        append_n(&wal, 50).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !wal_dir.join("spare-segment.tmp").exists(),
+            "a 64 MiB spare on a 48 MiB volume"
+        );
+        assert_records(&read_all(&wal, 0).await, 1..=50);
+        wal.close();
+    }
+    // With room, a spare is made; closing removes it.
+    let big = tempfile::tempdir().unwrap();
+    let wal = Wal::open(config(big.path(), 1 << 20), 0).unwrap();
+    append_n(&wal, 5).await;
+    let spare = big.path().join("spare-segment.tmp");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !spare.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(spare.exists(), "a spare is prepared when there is room");
+    wal.close();
+    assert!(!spare.exists(), "closing leaves no spare behind");
+}

@@ -98,8 +98,10 @@ impl Writer {
         let result = self.serve();
         let result = result.and_then(|()| if self.dirty { self.sync() } else { Ok(()) });
         if let Some(spare) = self.spare.take() {
-            // Only the zero-filling is lost if this failed; the next open starts again.
+            // Only the zero-filling is lost; the next open prepares a new spare. Removed
+            // so a stopped process holds no disk it does not need.
             let _ = spare.join();
+            let _ = fs::remove_file(self.shared.config.dir.join(SPARE_NAME));
         }
         let mut state = self.shared.state.lock();
         state.closed = true;
@@ -366,15 +368,41 @@ impl Writer {
         match taken {
             Ok(file) => Some((file, self.shared.config.segment_bytes)),
             Err(e) => {
-                warn!(error = %e, "could not use the spare wal segment; starting an empty one");
+                if e.kind() == io::ErrorKind::StorageFull {
+                    debug!(error = %e, "no spare wal segment; starting an empty one");
+                } else {
+                    warn!(error = %e, "could not use the spare wal segment; starting an empty one");
+                }
+                let _ = fs::remove_file(&spare);
                 None
             }
         }
     }
 }
 
-/// Writes a file of `len` zero bytes at `path` and fsyncs it.
+/// Writes a file of `len` zero bytes at `path` and fsyncs it, if the volume has room for
+/// it and as much again (the segments themselves and the store's commits need the rest).
+/// A spare that cannot be finished is removed, never left behind half written.
 fn zero_fill(path: &Path, len: u64) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let stat = rustix::fs::statvfs(dir)?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if free < len.saturating_mul(2) {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "{free} bytes free; a spare segment of {len} bytes is made only with twice that free"
+            ),
+        ));
+    }
+    let written = write_zeros(path, len);
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    written
+}
+
+fn write_zeros(path: &Path, len: u64) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
