@@ -2,16 +2,20 @@
 # Runs Tally's whole test suite on a Debian machine with a Rust toolchain. Installs what
 # the tests need first. Everything runs on loopback; nothing is left running afterwards.
 #
-#   scripts/test.sh            all tests: Rust (unit, property, HTTP, crash) + real SDKs
+#   scripts/test.sh            all tests: fmt, Rust (unit, property, HTTP, crash), clippy, real SDKs
 #   TALLY_SKIP_SDK=1 scripts/test.sh   Rust tests only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 ensure_build_deps
 ensure_test_services
+# Formatting and lints are part of the suite: CI fails on either.
+cargo fmt --all --check
 # One profile (release) for tests, benchmarks and the binary: the bundled DuckDB is a
 # long C++ build, and building it twice (debug and release) would double that.
 cargo test --release --workspace --locked "$@"
+# Same profile as the tests, so the bundled DuckDB is not built again.
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
 # The real Segment/PostHog SDKs (npm, PyPI) and the browser tracker in Chromium, against
 # the binary the step above built.
 if [ "${TALLY_SKIP_SDK:-0}" != 1 ]; then
