@@ -244,8 +244,8 @@ pub struct HttpConfig {
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace_ms: u64,
     /// A connection must send a whole request head (request line and headers) within
-    /// this long, and an idle keep-alive connection is closed after it: slow or silent
-    /// clients do not hold sockets.
+    /// this long: slow or silent clients do not hold sockets. (Idle keep-alive
+    /// connections between requests are not reliably bounded by it.)
     pub header_read_timeout_ms: u64,
     /// A request body must arrive whole within this long (408 otherwise).
     pub body_read_timeout_ms: u64,

@@ -603,7 +603,7 @@ fn app_state(
 /// Serves HTTP until `shutdown`, then lets requests finish for the grace period.
 ///
 /// The accept loop is ours rather than `axum::serve`'s because Tally needs what that one
-/// lacks: a header-read timeout that also closes idle keep-alive connections, a cap on
+/// lacks: a header-read timeout, a cap on
 /// open connections, and a back-off when `accept` fails for lack of file descriptors
 /// (EMFILE) instead of a busy loop that serves nobody.
 async fn run_http(
