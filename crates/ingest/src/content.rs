@@ -12,6 +12,7 @@ use std::io::Read;
 
 use flate2::read::{DeflateDecoder, GzDecoder, ZlibDecoder};
 
+use crate::json::looks_like_json;
 use crate::DecodeError;
 
 pub(crate) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -31,7 +32,7 @@ pub fn decode_content<'a>(
         out = Cow::Owned(match coding {
             // A client that labels plain JSON as gzip loses nothing by it: JSON never
             // starts with the magic bytes, so there is nothing to undo.
-            Coding::Gzip if !out.starts_with(&GZIP_MAGIC) && starts_like_json(&out) => continue,
+            Coding::Gzip if !out.starts_with(&GZIP_MAGIC) && looks_like_json(&out) => continue,
             Coding::Gzip => gunzip(&out, max_decompressed)?,
             Coding::Deflate => inflate(&out, max_decompressed)?,
             Coding::Brotli => unbrotli(&out, max_decompressed)?,
@@ -41,12 +42,6 @@ pub fn decode_content<'a>(
         out = Cow::Owned(gunzip(&out, max_decompressed)?);
     }
     Ok(out)
-}
-
-fn starts_like_json(body: &[u8]) -> bool {
-    body.iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| matches!(b, b'[' | b'{'))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

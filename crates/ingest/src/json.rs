@@ -437,6 +437,16 @@ pub(crate) fn timestamp_micros(value: &Value, field: &str) -> Result<i64, String
     }
 }
 
+/// Whether the first character after whitespace (and a byte-order mark) opens a JSON
+/// object or array.
+pub(crate) fn looks_like_json(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    matches!(
+        bytes.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

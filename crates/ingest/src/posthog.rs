@@ -33,7 +33,9 @@ use crate::item::{
     accepted_time, agree, correct_skew, event_object, event_uuid, fill_context, first_id, id,
     key_field, sent_at, string, timestamp, Reject,
 };
-use crate::json::{parse_body, take_object, take_object_at, type_name, Body, Shape};
+use crate::json::{
+    looks_like_json, parse_body, take_object, take_object_at, type_name, Body, Shape,
+};
 use crate::{DecodeError, Decoded, ItemError, PostHogLimits, RequestMeta};
 
 /// The parts of a capture request the decoder reads.
@@ -312,16 +314,6 @@ fn unwrap(
         }
         return Ok(payload);
     }
-}
-
-/// Whether the first character after whitespace (and a byte-order mark) opens a JSON
-/// object or array.
-fn looks_like_json(bytes: &[u8]) -> bool {
-    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    matches!(
-        bytes.iter().find(|b| !b.is_ascii_whitespace()),
-        Some(b'{' | b'[')
-    )
 }
 
 fn looks_like_base64(bytes: &[u8]) -> bool {

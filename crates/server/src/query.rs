@@ -74,7 +74,7 @@ pub(crate) async fn query(
     let start = Instant::now();
     let budget = Duration::from_millis(state.config.query.timeout_ms);
     let deadline = start + budget;
-    let permit = state.admission.admit(deadline).await?;
+    let permit = state.admission.admit(deadline, budget).await?;
     let result = tokio::task::spawn_blocking(move || {
         // Held until the store is done, even if the client has gone.
         let _permit = permit;
@@ -152,8 +152,9 @@ impl Admission {
         }
     }
 
-    /// Waits for a turn until `deadline`; refuses at once when the queue is full.
-    async fn admit(&self, deadline: Instant) -> Result<Permit, ApiError> {
+    /// Waits for a turn until `deadline` (the end of the request's `budget`); refuses at
+    /// once when the queue is full.
+    async fn admit(&self, deadline: Instant, budget: Duration) -> Result<Permit, ApiError> {
         let before = self.inside.fetch_add(1, Ordering::AcqRel);
         let inside = Inside(self.inside.clone());
         if before >= self.max_inside {
@@ -177,9 +178,7 @@ impl Admission {
             Ok(Err(closed)) => Err(ApiError::internal(closed)),
             Err(_) => {
                 metrics::counter!(QUERIES_REFUSED, "reason" => "timeout").increment(1);
-                Err(timed_out(
-                    deadline.saturating_duration_since(Instant::now()),
-                ))
+                Err(timed_out(budget))
             }
         }
     }
@@ -225,19 +224,31 @@ mod tests {
     async fn admission_runs_a_bounded_number_queues_a_few_and_refuses_the_rest_at_once() {
         let admission = Arc::new(Admission::new(1, 1));
         let far = Instant::now() + Duration::from_secs(30);
-        let first = admission.admit(far).await.expect("a free turn is taken");
+        let first = admission
+            .admit(far, Duration::from_secs(30))
+            .await
+            .expect("a free turn is taken");
 
         // The second waits in the queue...
         let waiting = {
             let admission = admission.clone();
-            tokio::spawn(async move { admission.admit(far).await.map(|_| ()) })
+            tokio::spawn(async move {
+                admission
+                    .admit(far, Duration::from_secs(30))
+                    .await
+                    .map(|_| ())
+            })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "the queued query waits for a turn");
 
         // ...and the third finds running and queue full: refused without waiting.
         let started = Instant::now();
-        let refused = admission.admit(far).await.err().expect("refused");
+        let refused = admission
+            .admit(far, Duration::from_secs(30))
+            .await
+            .err()
+            .expect("refused");
         assert!(started.elapsed() < Duration::from_millis(20));
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.code, "too_busy");
@@ -253,12 +264,20 @@ mod tests {
     async fn a_wait_past_the_budget_ends_in_query_timeout() {
         let admission = Admission::new(1, 4);
         let _running = admission
-            .admit(Instant::now() + Duration::from_secs(30))
+            .admit(
+                Instant::now() + Duration::from_secs(30),
+                Duration::from_secs(30),
+            )
             .await
             .unwrap();
-        let soon = Instant::now() + Duration::from_millis(30);
-        let err = admission.admit(soon).await.err().expect("timed out");
+        let budget = Duration::from_millis(30);
+        let err = admission
+            .admit(Instant::now() + budget, budget)
+            .await
+            .err()
+            .expect("timed out");
         assert_eq!(err.code, "query_timeout");
+        assert!(err.message.contains("budget of 30 ms"), "{}", err.message);
         assert_eq!(
             admission.inside.load(Ordering::Acquire),
             1,

@@ -3,27 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-
 use base64::Engine;
-use common::{event_names, TestServer};
+use common::{event_names, fixture, gzip, TestServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn fixture(name: &str, write_key: &str) -> String {
-    let path = format!(
-        "{}/../ingest/tests/fixtures/{name}",
-        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(path).unwrap();
-    text.replace("phc_TestProjectToken0000000000000000000000000", write_key)
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
 
 #[tokio::test]
 async fn a_segment_batch_with_basic_auth_is_stored_once_even_when_retried() {

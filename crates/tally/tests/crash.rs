@@ -1,6 +1,8 @@
 //! The built binary, killed with SIGKILL in the middle of concurrent ingest, must keep
 //! every event it acknowledged, exactly once, after a restart.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -11,16 +13,9 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tally_store::duckdb::{DuckConfig, DuckStore};
 use tally_store::{Sql, Store};
+use tally_testkit::free_port;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{create_project, BIN};
 
 fn start(data: &Path, port: u16) -> Child {
     Command::new(BIN)
@@ -54,28 +49,6 @@ async fn wait_healthy(client: &reqwest::Client, port: u16) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("tally did not start on port {port}");
-}
-
-fn create_project(data: &Path) -> String {
-    let out = Command::new(BIN)
-        .args([
-            "--data-dir",
-            data.to_str().unwrap(),
-            "project",
-            "create",
-            "crash",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
-    made["write_key"].as_str().unwrap().to_owned()
 }
 
 /// Sends events from `clients` concurrent senders until stopped; returns the ids of
@@ -155,7 +128,7 @@ fn stored_ids(data: &Path) -> HashMap<String, i64> {
 async fn kill_9_mid_stream_loses_and_duplicates_nothing_acked() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let key = create_project(data);
+    let key = create_project(data, "crash").write_key;
     let client = reqwest::Client::new();
     let mut all_acked = HashSet::new();
     let mut all_unknown = HashSet::new();

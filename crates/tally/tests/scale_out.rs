@@ -4,6 +4,8 @@
 //! must then hold exactly that set, also after a writer is killed with SIGKILL in the
 //! middle of the stream.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tally_testkit::{free_port, ClickHouse, Redis};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally");
+use common::{create_project, BIN};
 
 /// A child process killed when the test ends, however it ends.
 struct Proc(Child);
@@ -190,23 +192,7 @@ impl Cluster {
                 .await
                 .unwrap();
         let data = dir.path().join("data");
-        let made = Command::new(BIN)
-            .args([
-                "--data-dir",
-                data.to_str().unwrap(),
-                "project",
-                "create",
-                "e2e",
-            ])
-            .args(["--format", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let made: Value = serde_json::from_slice(&made.stdout).unwrap();
+        let keys = create_project(&data, "e2e");
         Cluster {
             client: reqwest::Client::new(),
             redis_port: redis.port,
@@ -216,8 +202,8 @@ impl Cluster {
                 redis: redis.url(),
                 clickhouse: clickhouse.url(),
             },
-            write_key: made["write_key"].as_str().unwrap().to_owned(),
-            read_key: made["read_key"].as_str().unwrap().to_owned(),
+            write_key: keys.write_key,
+            read_key: keys.read_key,
             redis,
             clickhouse,
             _dir: dir,

@@ -3,24 +3,20 @@
 //! client from being served, and each is cut off within the documented bound
 //! (`http.header_read_timeout_ms`, `http.body_read_timeout_ms`).
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
+use tally_testkit::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally");
+use common::{create_project, BIN};
+
 const HEADER_TIMEOUT_MS: u64 = 1_000;
 const BODY_TIMEOUT_MS: u64 = 1_000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Reads until the server closes the connection; what it sent before closing.
 async fn until_closed(mut stream: TcpStream, within: Duration) -> Option<Vec<u8>> {
@@ -40,20 +36,7 @@ async fn until_closed(mut stream: TcpStream, within: Duration) -> Option<Vec<u8>
 async fn a_thousand_slow_clients_are_cut_off_and_a_normal_one_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_owned();
-    let out = Command::new(BIN)
-        .args([
-            "--data-dir",
-            &data,
-            "project",
-            "create",
-            "p",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let write_key = keys["write_key"].as_str().unwrap().to_owned();
+    let write_key = create_project(dir.path(), "p").write_key;
 
     let port = free_port();
     let mut child = Command::new("bash")

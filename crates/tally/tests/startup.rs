@@ -2,6 +2,8 @@
 //! `/readyz` 503 with why until the writer runs), ingest is acknowledged meanwhile, and
 //! the writer then stores the new events with the whole window in force.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,39 +11,15 @@ use serde_json::{json, Value};
 use tally_model::{Event, EventBatch, EventType};
 use tally_store::duckdb::{DuckConfig, DuckStore};
 use tally_store::{Sql, Store};
+use tally_testkit::free_port;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{create_project, BIN};
 
 #[tokio::test]
 async fn the_port_answers_while_the_dedup_window_loads() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let out = Command::new(BIN)
-        .args([
-            "--data-dir",
-            data.to_str().unwrap(),
-            "project",
-            "create",
-            "p",
-        ])
-        .args(["--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let write_key = keys["write_key"].as_str().unwrap().to_owned();
+    let write_key = create_project(data, "p").write_key;
 
     // 600,000 recent events: their ids make the dedup window the writer loads first.
     let now = chrono::Utc::now().timestamp_micros();

@@ -1,6 +1,7 @@
 //! A real Tally server on 127.0.0.1:0 with its own data folder, and a client for it.
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -226,4 +227,22 @@ pub fn store_rows(data_dir: &Path, sql: &str) -> Rows {
             params: vec![],
         })
         .unwrap()
+}
+
+/// A recorded SDK body from crates/ingest/tests/fixtures, with its project token replaced
+/// by `write_key`.
+pub fn fixture(name: &str, write_key: &str) -> String {
+    let path = format!(
+        "{}/../ingest/tests/fixtures/{name}",
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    text.replace("phc_TestProjectToken0000000000000000000000000", write_key)
+}
+
+/// `bytes` gzip-compressed, as the SDKs send them.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
 }
