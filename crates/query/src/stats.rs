@@ -17,7 +17,7 @@ use tally_store::{Dialect, Rows, Store};
 
 pub(crate) use crate::dims::{dimension_expr, parse_filters_for, Dimension, Filter, TimeGrain};
 
-use crate::common::{Interval, Scan, WeekStart};
+use crate::common::{num, Interval, Scan, WeekStart};
 use crate::time::{self, Bound, MICROS_PER_SEC};
 use crate::{Binder, QueryError};
 
@@ -485,8 +485,18 @@ impl StatsQuery {
             // Ties break on the dimensions so pages are stable.
             order.extend(group.iter().map(|g| format!("{g} ASC NULLS LAST")));
             let (limit, offset) = (b.int(self.limit as i64), b.int(self.offset as i64));
+            let counted = self.counted_metrics();
+            let where_ = if counted.is_empty() {
+                String::new()
+            } else {
+                let nonzero: Vec<String> = counted
+                    .iter()
+                    .map(|i| format!("coalesce(m{i}, 0) <> 0"))
+                    .collect();
+                format!(" WHERE {}", nonzero.join(" OR "))
+            };
             text = format!(
-                "SELECT {}, count(*) OVER () AS total_rows FROM ({text}) ORDER BY {} LIMIT {limit} OFFSET {offset}",
+                "SELECT {}, count(*) OVER () AS total_rows FROM ({text}){where_} ORDER BY {} LIMIT {limit} OFFSET {offset}",
                 outer.join(", "),
                 order.join(", ")
             );
@@ -533,7 +543,15 @@ impl StatsQuery {
                 )?;
                 // Every group comes back, in order; the page is cut here (18.16 has no
                 // window function for the total).
-                let rows = store.query(&sql)?;
+                let counted = self.counted_metrics();
+                let n_dims = self.dimensions.len();
+                let rows: Rows = store
+                    .query(&sql)?
+                    .into_iter()
+                    .filter(|row| {
+                        counted.is_empty() || counted.iter().any(|i| num(&row[n_dims + i]) != 0.0)
+                    })
+                    .collect();
                 let total = rows.len() as u64;
                 let mut rows: Vec<_> = rows
                     .into_iter()
@@ -615,6 +633,31 @@ impl StatsQuery {
             })
             .collect();
         (results, total)
+    }
+
+    /// The positions of the requested counts (visitors, visits, pageviews, events) when a
+    /// row in which all of them are 0 is left out: a breakdown by something other than
+    /// time, such as `event:page` for pageviews, whose `(none)` row holds only the events
+    /// the dimension does not apply to. Empty when every row is kept.
+    fn counted_metrics(&self) -> Vec<usize> {
+        if self
+            .dimensions
+            .iter()
+            .all(|d| matches!(d, Dimension::Time(_)))
+        {
+            return Vec::new();
+        }
+        self.metrics
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                matches!(
+                    m,
+                    Metric::Visitors | Metric::Visits | Metric::Pageviews | Metric::Events
+                )
+            })
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Every bucket label of the time dimension over the range, if there is one.

@@ -660,6 +660,36 @@ fn stats_counts_people_not_ids_and_cuts_visits() {
                 {"dimensions": ["/pricing"], "metrics": [1]},
             ])
         );
+        // Top pages by page views: the custom events have no page, and a `(none)` row of
+        // 0 page views would be noise. Counted with events, the row is there.
+        let pages = |metric: &str| {
+            let r = q(json!({"metrics": [metric], "dimensions": ["event:page"],
+                             "include": {"total_rows": true}}));
+            let rows: Vec<(String, u64)> = r["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| {
+                    let page = row["dimensions"][0].as_str().unwrap().to_owned();
+                    (page, row["metrics"][0].as_u64().unwrap())
+                })
+                .collect();
+            assert_eq!(r["meta"]["total_rows"], json!(rows.len()), "{metric}: {r}");
+            rows
+        };
+        let by_views = pages("pageviews");
+        assert!(
+            by_views.iter().all(|(page, n)| page != "(none)" && *n > 0),
+            "{by_views:?}"
+        );
+        assert_eq!(by_views.iter().map(|(_, n)| n).sum::<u64>(), 4);
+        let by_events = pages("events");
+        assert!(
+            by_events.iter().any(|(page, n)| page == "(none)" && *n > 0),
+            "{by_events:?}"
+        );
+        assert_eq!(by_events.iter().map(|(_, n)| n).sum::<u64>(), 10);
+        assert_eq!(by_views.len() + 1, by_events.len());
     }
 }
 
