@@ -17,6 +17,7 @@ use chrono_tz::Tz;
 
 use crate::common::{EventMatch, Interval, WeekStart};
 use crate::dims::{Dimension, Filter, Op, TimeGrain};
+use crate::funnel::Attribution;
 use crate::time::{self, MICROS_PER_SEC};
 use crate::{Binder, QueryError};
 
@@ -1200,8 +1201,9 @@ pub(crate) struct FunnelParts<'a> {
     /// `(events, from step, to step)`: an attempt with one of these events after its
     /// `from` step and before its `to` step does not count (ordered and strict only).
     pub exclusions: &'a [(&'a EventMatch, usize, usize)],
-    /// Each attempt is broken down by its first event's value.
+    /// Each attempt is broken down by the value of the event `attribution` names.
     pub breakdown: Option<&'a Dimension>,
+    pub attribution: Attribution,
     pub filters: &'a [Filter],
     /// Microseconds.
     pub window: i64,
@@ -1221,17 +1223,18 @@ pub(crate) enum FunnelOrder {
 
 /// A funnel with the DuckDB compiler's rules, counted per person or account:
 ///
-/// - **ordered**: an attempt starts at a step-0 event that no later step-0 event
-///   shadows before the next step-1 event; step k is the first step-k event after step
-///   k-1's; **strict**: every step-0 event starts one, and step k must be the very next
+/// - **ordered**: an attempt starts at every step-0 event; step k is the first step-k
+///   event after step k-1's (without exclusions, only the last start before each step-1
+///   event is followed, and the earliest start of its group that reaches as far takes
+///   its place); **strict**: every step-0 event starts one, and step k must be the very next
 ///   event; either reaches step k if within `window` of the start, and is void if an
 ///   exclusion event comes after its `from` step and before its (reached) `to` step;
 /// - **unordered**: every step or exclusion event starts an attempt; step k is the
 ///   first step-k event at or after the start, within `window`; the steps reached,
 ///   sorted by time, are the attempt's times.
 ///
-/// Each unit's best attempt (highest level, then earliest start) counts, under its
-/// start's breakdown value. Rows: `(breakdown, c0..c{n-1}, arrays of t_k - t_{k-1} over
+/// Each unit's best attempt (highest level, then earliest start) counts, under the
+/// breakdown value of the event `attribution` names. Rows: `(breakdown, c0..c{n-1}, arrays of t_k - t_{k-1} over
 /// the units that reached step k)` — one row without breakdown, else one per value plus
 /// the total (NULL) — in no order; medians and means are taken by the caller, exactly
 /// as DuckDB's `median` and `avg` do. Each unit's events are one array sorted by time
@@ -1302,13 +1305,16 @@ pub(crate) fn funnel_sql(
     if q.breakdown.is_some() {
         stages.push(format!("arrayMap(x -> x.{bdf}, evs) AS bds"));
     }
-    // q0: the starts.
+    // As on DuckDB: without exclusions, an ordered funnel follows only the last start of
+    // each group of starts with no step-1 event between them (the head), then takes the
+    // group's earliest start that reaches as far (`qc`).
+    let grouped = q.order == FunnelOrder::Ordered && q.exclusions.is_empty();
+    // q0: the starts (the heads, when grouped).
     let starts = match q.order {
-        FunnelOrder::Ordered => {
-            // A step-0 event shadowed by a later step-0-only event before the next
-            // step-1 event can do no better than that later one. Over the events that
-            // are step 0 or 1 (`k` = 2·s0 + s1), a start is a step 0 whose next one is
-            // not step 0 only: element by element, with the kinds shifted by one.
+        FunnelOrder::Ordered if grouped => {
+            // Over the events that are step 0 or 1 (`k` = 2·s0 + s1), a head is a step 0
+            // whose next one is not step 0 only: element by element, with the kinds
+            // shifted by one.
             let s1 = sf(1);
             stages.index("s01", &|e| format!("({e}.2 = 1 OR {e}.{s1} = 1)"));
             stages.push(format!(
@@ -1318,7 +1324,7 @@ pub(crate) fn funnel_sql(
              arrayPushBack(arrayPopFront(kinds), 0))"
                 .to_owned()
         }
-        FunnelOrder::Strict => {
+        FunnelOrder::Ordered | FunnelOrder::Strict => {
             "arrayFilter((i, x) -> x.2 = 1, arrayEnumerate(evs), evs)".to_owned()
         }
         FunnelOrder::Unordered => "arrayEnumerate(evs)".to_owned(),
@@ -1365,13 +1371,42 @@ pub(crate) fn funnel_sql(
         }
         let tss = stages.times();
         let reached = |k: usize| format!("(p{k} > 0 AND {tss}[p{k}] - {tss}[p0] <= {window})");
+        if grouped {
+            // The group runs from just after the step-1 event before the head (the head
+            // alone if it is a step-1 event itself); its earliest start within the window
+            // of the head's last reached step gets as far.
+            let s1 = sf(1);
+            let (fl0, fl1) = (stages.flag(2), stages.flag(s1));
+            let lo = format!(
+                "if({fl1}[p0] = 1, p0, if(cnt_f{s1}[p0] = 0, 1, pos_f{s1}[cnt_f{s1}[p0]] + 1))"
+            );
+            let bound_arms: String = (1..n)
+                .rev()
+                .map(|k| format!("{}, {tss}[p{k}] - {window}, ", reached(k)))
+                .collect();
+            let bound = format!("multiIf({bound_arms}toInt64(-9223372036854775807))");
+            let params: Vec<String> = (0..n).map(|k| format!("p{k}")).collect();
+            let arrays: Vec<String> = (0..n).map(|k| format!("q{k}")).collect();
+            stages.push(format!(
+                "arrayMap(({params}) -> {bound}, {arrays}) AS bnd",
+                params = params.join(", "),
+                arrays = arrays.join(", "),
+            ));
+            // The inner lambda reads only its slices and the scalar bound: a captured
+            // array would be copied once per element of the slice.
+            stages.push(format!(
+                "arrayMap((p0, b) -> ({lo}) - 1 + arrayFirstIndex((t, f) -> f = 1 AND t >= b, \
+                 arraySlice({tss}, {lo}, p0 - ({lo}) + 1), arraySlice({fl0}, {lo}, p0 - ({lo}) + 1)), \
+                 q0, bnd) AS qc"
+            ));
+        }
         let arms: String = (1..n)
             .map(|k| format!("NOT {}, {k}, ", reached(k)))
             .collect();
         level = format!("multiIf({arms}{n})");
         for k in 0..n {
             times.push(if k == 0 {
-                format!("{tss}[p0]")
+                format!("{tss}[{}]", if grouped { "pc" } else { "p0" })
             } else {
                 format!("if({}, {tss}[p{k}], 0)", reached(k))
             });
@@ -1386,6 +1421,21 @@ pub(crate) fn funnel_sql(
             void = format!("toUInt8({})", voids.join(" OR "));
         }
     }
+    let bd_of_start = if grouped && q.breakdown.is_some() {
+        "bds[pc]"
+    } else {
+        bd_of_start
+    };
+    let bd_of_attempt = match (q.breakdown, q.attribution) {
+        (None, _) | (_, Attribution::FirstTouch | Attribution::Step(0)) => bd_of_start.to_owned(),
+        (Some(_), Attribution::LastTouch) => {
+            let arms: String = (1..n)
+                .map(|k| format!("({level}) = {}, bds[p{k}], ", k + 1))
+                .collect();
+            format!("multiIf({arms}{bd_of_start})")
+        }
+        (Some(_), Attribution::Step(k)) => format!("if(({level}) > {k}, bds[p{k}], '(none)')"),
+    };
     // Each attempt as (level, -t0, t0.., breakdown, void): the best is the greatest of
     // the attempts that are not void. Layout: t_k at k + 3, breakdown at n + 3. The
     // position arrays go in as lambda arguments.
@@ -1398,10 +1448,11 @@ pub(crate) fn funnel_sql(
         (0..n)
             .map(|k| (format!("p{k}"), format!("q{k}")))
             .chain((0..m).map(|i| (format!("x{i}"), format!("xq{i}"))))
+            .chain(grouped.then(|| ("pc".to_owned(), "qc".to_owned())))
             .unzip()
     };
     let attempts = format!(
-        "arrayFilter(a -> a.{v} = 0, arrayMap(({params}) -> tuple({level}, -{t0}, {times}, {bd_of_start}, {void}), \
+        "arrayFilter(a -> a.{v} = 0, arrayMap(({params}) -> tuple({level}, -{t0}, {times}, {bd_of_attempt}, {void}), \
          {arrays}))",
         v = n + 4,
         t0 = times[0],

@@ -12,11 +12,15 @@
 //! - An attempt in which an exclusion event happens after step `from_step` and before
 //!   step `to_step` is void (only when `to_step` was reached: there is nothing to protect
 //!   otherwise). A person whose attempts are all void leaves the funnel.
-//! - The person's level is their best attempt's (most steps; the earliest on ties), and
-//!   that attempt gives the breakdown value (of its first event) and the times. In an
-//!   ordered funnel a start followed by another start before any step-1 event is
-//!   dropped (the later start does at least as well), so the attempt is the one that
-//!   starts last before its step 1.
+//! - The person's level is their best attempt's: most steps, the earliest start on ties.
+//!   That attempt gives the times, and the breakdown value of the event that
+//!   `breakdown_attribution` names: its first event (`first_touch`, the default), the last
+//!   step it reached (`last_touch`), or a given step (`{"step": k}`; attempts that did not
+//!   reach step k count as `(none)`). Unordered funnels take `first_touch` only.
+//! - In an ordered funnel without exclusions, starts with no step-1 event between them
+//!   share the rest of their chain, so only the last start of such a group is followed
+//!   step by step; the group's earliest start within the window of that chain's last
+//!   reached step then reaches as far and takes its place.
 //!
 //! Events are ordered by time, then arrival (the row id), so one event never counts for two steps of an
 //! ordered funnel and ties have one answer.
@@ -51,6 +55,56 @@ impl Order {
     }
 }
 
+/// Which event of the chosen attempt gives its breakdown value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attribution {
+    /// The attempt's first event (step 0).
+    FirstTouch,
+    /// The last step the attempt reached.
+    LastTouch,
+    /// The event of this step; attempts that did not reach it count as `(none)`.
+    Step(usize),
+}
+
+impl Attribution {
+    fn parse(v: Option<&Value>, steps: usize, order: Order) -> Result<Self, QueryError> {
+        const FIELD: &str = "breakdown_attribution";
+        let attribution = match v {
+            None | Some(Value::Null) => return Ok(Attribution::FirstTouch),
+            Some(Value::String(s)) if s == "first_touch" => Attribution::FirstTouch,
+            Some(Value::String(s)) if s == "last_touch" => Attribution::LastTouch,
+            Some(Value::Object(o)) => {
+                check_keys(o, FIELD, &["step"])?;
+                let last = steps as u64 - 1;
+                Attribution::Step(
+                    uint_field(o, "step", &format!("{FIELD}.step"), 0, 0, last)? as usize
+                )
+            }
+            Some(_) => {
+                return Err(QueryError::invalid(
+                    FIELD,
+                    "must be \"first_touch\", \"last_touch\" or {\"step\": 1}",
+                ))
+            }
+        };
+        if order == Order::Unordered && attribution != Attribution::FirstTouch {
+            return Err(QueryError::invalid(
+                FIELD,
+                "an unordered funnel's steps have no order to attribute by; only \"first_touch\" applies",
+            ));
+        }
+        Ok(attribution)
+    }
+
+    fn normalized(self) -> Value {
+        match self {
+            Attribution::FirstTouch => json!("first_touch"),
+            Attribution::LastTouch => json!("last_touch"),
+            Attribution::Step(k) => json!({ "step": k }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct Exclusion {
     matcher: EventMatch,
@@ -66,6 +120,7 @@ pub(crate) struct FunnelQuery {
     window_echo: Value,
     exclusions: Vec<Exclusion>,
     breakdown: Option<Dimension>,
+    attribution: Attribution,
     breakdown_limit: u64,
     count_by: CountBy,
     filters: Vec<Filter>,
@@ -90,6 +145,7 @@ impl FunnelQuery {
                 "window",
                 "exclusions",
                 "breakdown",
+                "breakdown_attribution",
                 "breakdown_limit",
                 "count_by",
                 "filters",
@@ -177,6 +233,13 @@ impl FunnelQuery {
                 ))
             }
         };
+        let attribution = Attribution::parse(obj.get("breakdown_attribution"), steps.len(), order)?;
+        if breakdown.is_none() && attribution != Attribution::FirstTouch {
+            return Err(QueryError::invalid(
+                "breakdown_attribution",
+                "applies to a funnel with a breakdown",
+            ));
+        }
         Ok(Self {
             steps,
             order,
@@ -184,6 +247,7 @@ impl FunnelQuery {
             window_echo,
             exclusions,
             breakdown,
+            attribution,
             breakdown_limit: uint_field(obj, "breakdown_limit", "breakdown_limit", 10, 1, 100)?,
             count_by: CountBy::parse(obj.get("count_by"))?,
             filters: crate::dims::parse_event_filters(obj.get("filters"), "filters")?,
@@ -247,34 +311,49 @@ impl FunnelQuery {
 
         match self.order {
             Order::Ordered | Order::Strict => {
-                ctes.push(match self.order {
-                    // A start followed by another start before any step-1 event can do
-                    // no better than that later start (same chain, more window): keep
-                    // only the last start before each step 1. This prunes most starts
-                    // when step 0 is a common event.
-                    Order::Ordered => "a0 AS (SELECT agg, bd, seq AS q0, t AS t0 FROM ( \
-                         SELECT *, lead(s0 AND NOT s1) OVER (PARTITION BY agg ORDER BY seq) AS shadowed \
-                         FROM base WHERE s0 OR s1) WHERE s0 AND shadowed IS NOT TRUE)"
-                        .into(),
-                    _ => "a0 AS (SELECT agg, bd, seq AS q0, t AS t0 FROM base WHERE s0)".into(),
+                // In an ordered funnel, starts with no step-1 event between them share
+                // the rest of their chain: only the last of such a group (its head) is
+                // followed step by step, and the group's earliest start that reaches as
+                // far as the head takes its place below. Exclusions can void one start
+                // of a group and not another, so with exclusions every start is its own.
+                let grouped = self.order == Order::Ordered && self.exclusions.is_empty();
+                ctes.push(if grouped {
+                    "starts AS (SELECT agg, bd, seq AS q0, t AS t0, grp, shadowed IS NOT TRUE AS head FROM ( \
+                     SELECT *, lead(s0 AND NOT s1) OVER (PARTITION BY agg ORDER BY seq) AS shadowed, \
+                     sum(s1::INTEGER) OVER (PARTITION BY agg ORDER BY seq ROWS UNBOUNDED PRECEDING) AS grp \
+                     FROM base WHERE s0 OR s1) WHERE s0), \
+                     a0 AS (SELECT agg, bd, q0, t0, grp FROM starts WHERE head)"
+                        .into()
+                } else {
+                    "a0 AS (SELECT agg, bd, seq AS q0, t AS t0 FROM base WHERE s0)".into()
                 });
+                // The breakdown values of the later steps, for last-touch and step
+                // attribution.
+                let step_bd = |k: usize| {
+                    if self.breakdown.is_some() && self.attribution != Attribution::FirstTouch {
+                        format!(", n.bd AS b{k}")
+                    } else {
+                        String::new()
+                    }
+                };
                 for k in 1..n {
                     let join = match self.order {
                         Order::Ordered => format!(
-                            "ASOF LEFT JOIN (SELECT agg, seq, t FROM base WHERE s{k}) n \
+                            "ASOF LEFT JOIN (SELECT agg, seq, t, bd FROM base WHERE s{k}) n \
                              ON n.agg = a.agg AND n.seq > a.q{p}",
                             p = k - 1
                         ),
                         _ => format!(
-                            "LEFT JOIN (SELECT agg, seq, t FROM base WHERE s{k}) n \
+                            "LEFT JOIN (SELECT agg, seq, t, bd FROM base WHERE s{k}) n \
                              ON n.agg = a.agg AND n.seq = a.q{p} + 1",
                             p = k - 1
                         ),
                     };
                     ctes.push(format!(
-                        "a{k} AS (SELECT a.*, n.seq AS q{k}, \
+                        "a{k} AS (SELECT a.*, n.seq AS q{k}{bdk}, \
                          CASE WHEN n.t - a.t0 <= {window} THEN n.t END AS t{k} FROM a{p} a {join})",
-                        p = k - 1
+                        p = k - 1,
+                        bdk = step_bd(k),
                     ));
                 }
                 // A step past the window, or after a missing one, is not reached.
@@ -304,11 +383,53 @@ impl FunnelQuery {
                 } else {
                     voids.join(" OR ")
                 };
-                // t_k is NULL once an earlier step is missing, so the level is exact.
-                ctes.push(format!(
-                    "attempts AS (SELECT agg, bd, {cols}, {level} AS lvl FROM {last} WHERE NOT ({void}))",
-                    cols = (0..n).map(|k| format!("t{k}")).collect::<Vec<_>>().join(", "),
-                ));
+                let later: String = (1..n).map(|k| format!(", t{k}")).collect();
+                let step_bds: String = match (&self.breakdown, self.attribution) {
+                    (Some(_), Attribution::FirstTouch) | (None, _) => String::new(),
+                    _ => (1..n).map(|k| format!(", b{k}")).collect(),
+                };
+                // The value the attempt is broken down by, from its start's `bd`.
+                let attributed = |start_bd: &str| match (&self.breakdown, self.attribution) {
+                    (None, _) | (_, Attribution::FirstTouch) | (_, Attribution::Step(0)) => {
+                        start_bd.to_owned()
+                    }
+                    (_, Attribution::LastTouch) => {
+                        let mut case = format!("CASE lvl WHEN 1 THEN {start_bd}");
+                        for k in 1..n {
+                            case.push_str(&format!(" WHEN {} THEN b{k}", k + 1));
+                        }
+                        case + " END"
+                    }
+                    (_, Attribution::Step(k)) => {
+                        format!("CASE WHEN lvl > {k} THEN b{k} ELSE '(none)' END")
+                    }
+                };
+                if grouped {
+                    // The head's last reached step bounds the group's starts that reach
+                    // as far: those within the window before it.
+                    let mut reached = String::from("CASE lvl WHEN 1 THEN NULL");
+                    for k in 1..n {
+                        reached.push_str(&format!(" WHEN {} THEN t{k}", k + 1));
+                    }
+                    reached.push_str(" END");
+                    ctes.push(format!(
+                        "heads AS (SELECT agg, grp{later}{step_bds}, {level} AS lvl FROM {last}), \
+                         heads_r AS (SELECT *, {reached} AS t_last FROM heads), \
+                         chosen AS (SELECT s.agg, s.grp, min(s.t0) AS t0, arg_min(s.bd, s.q0) AS bd0 \
+                         FROM starts s JOIN heads_r h ON s.agg = h.agg AND s.grp = h.grp \
+                         WHERE h.t_last IS NULL OR s.t0 >= h.t_last - {window} GROUP BY s.agg, s.grp), \
+                         attempts AS (SELECT h.agg, {bd} AS bd, c.t0{later}, lvl \
+                         FROM heads_r h JOIN chosen c ON c.agg = h.agg AND c.grp = h.grp)",
+                        bd = attributed("c.bd0"),
+                    ));
+                } else {
+                    // t_k is NULL once an earlier step is missing, so the level is exact.
+                    ctes.push(format!(
+                        "levels AS (SELECT agg, bd, t0{later}{step_bds}, {level} AS lvl FROM {last} WHERE NOT ({void})), \
+                         attempts AS (SELECT agg, {bd} AS bd, t0{later}, lvl FROM levels)",
+                        bd = attributed("bd"),
+                    ));
+                }
             }
             Order::Unordered => {
                 // Every step-event starts an attempt; each step's first event at or after it.
@@ -391,6 +512,7 @@ impl crate::Report for FunnelQuery {
                 v
             }).collect::<Vec<_>>(),
             "breakdown": self.breakdown.as_ref().map(Dimension::name),
+            "breakdown_attribution": self.attribution.normalized(),
             "breakdown_limit": self.breakdown_limit,
             "count_by": self.count_by.name(),
             "filters": self.filters.iter().map(Filter::normalized).collect::<Vec<_>>(),
@@ -477,6 +599,7 @@ impl FunnelQuery {
                 },
                 exclusions: &exclusions,
                 breakdown: self.breakdown.as_ref(),
+                attribution: self.attribution,
                 filters: &self.filters,
                 window: self.window,
                 tz: self.tz,

@@ -324,6 +324,27 @@ fn stores_with(
     )
 }
 
+/// A DuckDB and a ClickHouse store holding just `events`.
+fn stores_of(name: &str, events: Vec<Event>) -> (tempfile::TempDir, DuckStore, ClickHouseStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let duck = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
+    let ch = ClickHouseStore::open(ClickHouseConfig {
+        url: ClickHouse::shared().url(),
+        database: format!("conformance_{name}_{}", std::process::id()),
+        ..ClickHouseConfig::default()
+    })
+    .unwrap();
+    let batch = EventBatch {
+        project_id: "p".into(),
+        events,
+    };
+    batch.as_stored(|b| {
+        duck.insert(std::slice::from_ref(b), 1).unwrap();
+        ch.insert(std::slice::from_ref(b), 1).unwrap();
+    });
+    (dir, duck, ch)
+}
+
 /// The two stores with the same events; on ClickHouse (opened with `config`), the
 /// second batch sent twice if `replay`.
 fn stores_on(
@@ -568,6 +589,13 @@ fn queries() -> Vec<Value> {
         json!({"kind": "funnel", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
                "steps": [{"event": "page_visit"}, {"event": "$any"}],
                "breakdown": "event:page", "breakdown_limit": 2}),
+        json!({"kind": "funnel", "date_range": serde_json::from_str::<Value>(RANGE).unwrap(),
+               "steps": [{"event": "page_visit"}, {"event": "signup"}, {"event": "purchase"}],
+               "breakdown": "event:props:plan", "breakdown_attribution": "last_touch"}),
+        json!({"kind": "funnel", "date_range": "all",
+               "steps": [{"event": "page_visit"}, {"event": "$any"}, {"event": "feature_used"}],
+               "breakdown": "event:page", "breakdown_attribution": {"step": 1},
+               "window": {"value": 2, "unit": "day"}}),
         json!({"kind": "funnel", "date_range": "all", "order": "unordered",
                "steps": [{"event": "page_visit"}, {"event": "signup"}],
                "breakdown": "event:props:plan", "count_by": "account"}),
@@ -755,6 +783,135 @@ fn duckdb_and_clickhouse_answer_the_same() {
             "the query {query} should find something, or it proves little"
         );
     }
+}
+
+/// Which attempt a funnel counts, and which event gives its breakdown value, worked by
+/// hand (the case of issue 18.3). With a 70-minute window:
+/// - u1: page_visit 09:00 (google), page_visit 10:00, signed_up 10:05 (app). Both starts
+///   reach signed_up; the earliest wins the tie: google, 3,900 s.
+/// - u2: page_visit 08:00 (ads), page_visit 09:00 (bing), signed_up 09:30. Only the 09:00
+///   start is within the window of signed_up: bing, 1,800 s.
+/// - u3: page_visit 07:00 (google) and nothing else.
+#[test]
+fn a_funnel_counts_the_best_attempt_and_attributes_it_as_asked() {
+    let event = |n: u128, name: &str, user: &str, ts: &str, utm: Option<&str>| {
+        let mut properties = Map::new();
+        if let Some(u) = utm {
+            properties.insert("utm_source".into(), json!(u));
+        }
+        Event {
+            uuid: uuid::Uuid::from_u128(n),
+            kind: EventType::Track,
+            event: name.into(),
+            user_id: Some(user.into()),
+            device_id: None,
+            session_id: None,
+            group_id: None,
+            previous_id: None,
+            timestamp: at(ts),
+            received_at: at(ts),
+            properties,
+            traits: Map::new(),
+            context: Map::new(),
+        }
+    };
+    let events = vec![
+        event(
+            1,
+            "page_visit",
+            "u1",
+            "2026-11-02T09:00:00Z",
+            Some("google"),
+        ),
+        event(2, "page_visit", "u1", "2026-11-02T10:00:00Z", None),
+        event(3, "signed_up", "u1", "2026-11-02T10:05:00Z", Some("app")),
+        event(4, "page_visit", "u2", "2026-11-02T08:00:00Z", Some("ads")),
+        event(5, "page_visit", "u2", "2026-11-02T09:00:00Z", Some("bing")),
+        event(6, "signed_up", "u2", "2026-11-02T09:30:00Z", None),
+        event(
+            7,
+            "page_visit",
+            "u3",
+            "2026-11-02T07:00:00Z",
+            Some("google"),
+        ),
+    ];
+    let (_dir, duck, ch) = stores_of("attribution", events);
+    let funnel = |extra: Value| {
+        let mut q = json!({"kind": "funnel", "date_range": ["2026-11-02", "2026-11-02"],
+            "steps": [{"event": "page_visit"}, {"event": "signed_up"}],
+            "window": {"value": 70, "unit": "minute"},
+            "breakdown": "event:props:utm_source"});
+        for (k, v) in extra.as_object().unwrap() {
+            q[k] = v.clone();
+        }
+        q
+    };
+    // (breakdown, people at step 0, at step 1, median seconds to convert)
+    let rows = |answer: &Value| -> Vec<(Value, u64, u64, Value)> {
+        answer["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let s = &r["steps"];
+                (
+                    r["breakdown"].clone(),
+                    s[0]["count"].as_u64().unwrap(),
+                    s[1]["count"].as_u64().unwrap(),
+                    s[1]["median_time_to_convert_s"].clone(),
+                )
+            })
+            .collect()
+    };
+    let cases = [
+        (
+            json!({}),
+            vec![
+                (Value::Null, 3, 2, json!(2850.0)),
+                (json!("google"), 2, 1, json!(3900.0)),
+                (json!("bing"), 1, 1, json!(1800.0)),
+            ],
+        ),
+        (
+            json!({"breakdown_attribution": "last_touch"}),
+            vec![
+                (Value::Null, 3, 2, json!(2850.0)),
+                (json!("(none)"), 1, 1, json!(1800.0)),
+                (json!("app"), 1, 1, json!(3900.0)),
+                (json!("google"), 1, 0, Value::Null),
+            ],
+        ),
+        (
+            json!({"breakdown_attribution": {"step": 1}}),
+            vec![
+                (Value::Null, 3, 2, json!(2850.0)),
+                (json!("(none)"), 2, 1, json!(1800.0)),
+                (json!("app"), 1, 1, json!(3900.0)),
+            ],
+        ),
+        // An exclusion that never happens takes the plan that follows every start: the
+        // same answer.
+        (
+            json!({"exclusions": [{"event": "never"}]}),
+            vec![
+                (Value::Null, 3, 2, json!(2850.0)),
+                (json!("google"), 2, 1, json!(3900.0)),
+                (json!("bing"), 1, 1, json!(1800.0)),
+            ],
+        ),
+    ];
+    for (extra, expected) in cases {
+        let q = funnel(extra);
+        let d = run(&duck, "p", &q, now()).unwrap_or_else(|e| panic!("duckdb {q}: {e}"));
+        assert_eq!(rows(&d), expected, "duckdb: {q}");
+        let c = run(&ch, "p", &q, now()).unwrap_or_else(|e| panic!("clickhouse {q}: {e}"));
+        assert_eq!(rows(&c), expected, "clickhouse: {q}");
+    }
+    // Unordered funnels have no step order to attribute by.
+    let q = funnel(json!({"order": "unordered", "breakdown_attribution": "last_touch"}));
+    let err = run(&duck, "p", &q, now()).unwrap_err();
+    assert!(err.to_string().contains("breakdown_attribution"), "{err}");
 }
 
 /// A "ClickHouse" that only records the SQL it is sent (and answers with no rows).
