@@ -304,7 +304,7 @@ impl FunnelQuery {
         let mut ctes = vec![format!(
             "flagged AS (SELECT {agg} AS agg, epoch_us(ts) AS t, ts, rid, {bd} AS bd, {flags} \
              FROM ({scan}) e WHERE {agg} IS NOT NULL), \
-             base AS (SELECT *, row_number() OVER (PARTITION BY agg ORDER BY t, rid) AS seq \
+             base AS MATERIALIZED (SELECT *, row_number() OVER (PARTITION BY agg ORDER BY t, rid) AS seq \
              FROM flagged WHERE {keep})",
             flags = flags.join(", "),
         )];
@@ -318,7 +318,7 @@ impl FunnelQuery {
                 // of a group and not another, so with exclusions every start is its own.
                 let grouped = self.order == Order::Ordered && self.exclusions.is_empty();
                 ctes.push(if grouped {
-                    "starts AS (SELECT agg, bd, seq AS q0, t AS t0, grp, shadowed IS NOT TRUE AS head FROM ( \
+                    "starts AS MATERIALIZED (SELECT agg, bd, seq AS q0, t AS t0, grp, shadowed IS NOT TRUE AS head FROM ( \
                      SELECT *, lead(s0 AND NOT s1) OVER (PARTITION BY agg ORDER BY seq) AS shadowed, \
                      sum(s1::INTEGER) OVER (PARTITION BY agg ORDER BY seq ROWS UNBOUNDED PRECEDING) AS grp \
                      FROM base WHERE s0 OR s1) WHERE s0), \
