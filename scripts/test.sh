@@ -2,8 +2,10 @@
 # Runs Tally's whole test suite on a Debian machine with a Rust toolchain. Installs what
 # the tests need first. Everything runs on loopback; nothing is left running afterwards.
 #
-#   scripts/test.sh            all tests: fmt, Rust (unit, property, HTTP, crash), clippy, real SDKs
-#   TALLY_SKIP_SDK=1 scripts/test.sh   Rust tests only
+#   scripts/test.sh            all tests: fmt, Rust (unit, property, HTTP, crash), clippy,
+#                              the Kubernetes manifests, real SDKs
+#   TALLY_SKIP_SDK=1 scripts/test.sh   without the SDKs
+#   TALLY_SKIP_DEPLOY=1 scripts/test.sh   without the manifests' check
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -16,6 +18,12 @@ cargo fmt --all --check
 cargo test --release --workspace --locked "$@"
 # Same profile as the tests, so the bundled DuckDB is not built again.
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
+# deploy/k8s: renders, validates, alert unit tests, every workload started from its pod
+# spec, and a real Prometheus over every expression the manifests use (the binary the
+# step above built).
+if [ "${TALLY_SKIP_DEPLOY:-0}" != 1 ]; then
+    TALLY_BIN="$CARGO_TARGET_DIR/release/tally" scripts/check-deploy.sh
+fi
 # The real Segment/PostHog SDKs (npm, PyPI) and the browser tracker in Chromium, against
 # the binary the step above built.
 if [ "${TALLY_SKIP_SDK:-0}" != 1 ]; then
