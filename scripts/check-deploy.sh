@@ -77,7 +77,8 @@ fi
 
 if [ -z "${TALLY_BIN:-}" ]; then
     # The same profile and features as scripts/test.sh: no DuckDB rebuild.
-    cargo build --release --locked -p tally
+    # The same target set as scripts/run.sh and bench/, so DuckDB is built once.
+    cargo build --release --locked --workspace --all-targets
     export TALLY_BIN="$CARGO_TARGET_DIR/release/tally"
 fi
 echo "kubectl $(kubectl version --client | tr '\n' ' ')"
