@@ -243,6 +243,10 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace_ms: u64,
+    /// After the shutdown signal, how long to keep serving while `/readyz` answers 503,
+    /// so a load balancer's health check takes the process out of rotation before it
+    /// stops accepting (0: stop accepting at once).
+    pub unready_delay_ms: u64,
     /// A connection must send a whole request head (request line and headers) within
     /// this long: slow or silent clients do not hold sockets. (Idle keep-alive
     /// connections between requests are not reliably bounded by it.)
@@ -364,6 +368,7 @@ impl Default for HttpConfig {
         Self {
             cors_origins: vec!["*".into()],
             shutdown_grace_ms: 10_000,
+            unready_delay_ms: 0,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             max_connections: 10_000,

@@ -55,6 +55,8 @@ pub struct AppState {
     admission: query::Admission,
     /// Set while the embedded writer loads its dedup window at start: not ready yet.
     writer_starting: AtomicBool,
+    /// The shutdown signal has come: `/readyz` says 503 while requests finish.
+    stopping: AtomicBool,
 }
 
 impl AppState {
@@ -236,7 +238,8 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
         None => true,
     };
     let writer_ok = !state.writer_starting.load(Ordering::Acquire);
-    let ready = queue_ok && store_ok && writer_ok;
+    let stopping = state.stopping.load(Ordering::Acquire);
+    let ready = queue_ok && store_ok && writer_ok && !stopping;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -251,6 +254,9 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
     }
     if !writer_ok {
         why.push("starting: the writer is loading the dedup window");
+    }
+    if stopping {
+        why.push("stopping: in-flight requests are finishing, then the queue is flushed");
     }
     let body = json!({
         "ready": ready,
@@ -597,6 +603,7 @@ fn app_state(
         posthog_limits,
         admission: query::Admission::new(config.query.max_concurrent, config.query.max_queued),
         writer_starting: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
     })
 }
 
@@ -625,6 +632,21 @@ async fn run_http(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.http.header_read_timeout_ms));
+    // Readiness goes first: /readyz answers 503 from the signal on, and the server keeps
+    // serving for `unready_delay_ms` so that load balancers see it before accepting stops.
+    let unready_delay = Duration::from_millis(config.http.unready_delay_ms);
+    let stopping = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.stopping.store(true, Ordering::Release);
+        if !unready_delay.is_zero() {
+            tracing::info!(
+                delay_ms = unready_delay.as_millis() as u64,
+                "not ready; serving on before stopping"
+            );
+            tokio::time::sleep(unready_delay).await;
+        }
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
