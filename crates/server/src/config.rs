@@ -188,6 +188,9 @@ pub struct QueueConfig {
     /// Bytes the queue may hold that the store has not committed; beyond it ingest
     /// answers 503 with Retry-After.
     pub max_pending_bytes: u64,
+    /// Free space the data volume keeps for the store's own commits and checkpoints:
+    /// below it, ingest answers 503 `disk_full` with Retry-After (embedded mode).
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -328,6 +331,7 @@ impl Default for QueueConfig {
             fsync_interval_ms: 100,
             segment_bytes: 64 * 1024 * 1024,
             max_pending_bytes: 1024 * 1024 * 1024,
+            min_free_bytes: 256 * 1024 * 1024,
         }
     }
 }

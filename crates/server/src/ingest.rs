@@ -301,6 +301,19 @@ async fn accept(state: &AppState, project: String, events: Vec<Event>) -> Result
             "does not ingest; send events to an ingest process",
         )
     })?;
+    if let Some(disk) = state.disk.as_ref().filter(|d| d.low()) {
+        metrics::counter!("tally_requests_rejected_total", "reason" => "disk_full").increment(1);
+        return Err(ApiError::unavailable(
+            "disk_full",
+            format!(
+                "the data volume has {} bytes free, under the reserve of {} kept for the store \
+                 (queue.min_free_bytes); {accepted} events were not accepted, retry later",
+                disk.free(),
+                disk.reserve()
+            ),
+            5,
+        ));
+    }
     let payload = Bytes::from(batch.encode());
     // Freed here, not after the WAL's ack: the task may then run on another worker, and
     // memory freed by another thread than the one that allocated it costs mimalloc more.

@@ -8,6 +8,7 @@
 
 pub mod config;
 mod dedup;
+mod disk;
 mod error;
 mod ingest;
 pub mod meta;
@@ -57,6 +58,10 @@ pub struct AppState {
     writer_starting: AtomicBool,
     /// The shutdown signal has come: `/readyz` says 503 while requests finish.
     stopping: AtomicBool,
+    /// The data volume's free space, where this process keeps the WAL and the store.
+    disk: Option<Arc<disk::Disk>>,
+    /// The writer's last store insert failed (it retries with backoff).
+    writer_failing: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -239,7 +244,9 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
     };
     let writer_ok = !state.writer_starting.load(Ordering::Acquire);
     let stopping = state.stopping.load(Ordering::Acquire);
-    let ready = queue_ok && store_ok && writer_ok && !stopping;
+    let disk_ok = state.disk.as_ref().is_none_or(|d| !d.low());
+    let inserting = !state.writer_failing.load(Ordering::Acquire);
+    let ready = queue_ok && store_ok && writer_ok && !stopping && disk_ok && inserting;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -258,10 +265,19 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
     if stopping {
         why.push("stopping: in-flight requests are finishing, then the queue is flushed");
     }
+    if !disk_ok {
+        why.push("the data volume is below its free-space reserve (queue.min_free_bytes): ingest answers 503");
+    }
+    if !inserting {
+        why.push(
+            "the writer's store inserts are failing; it retries, and the queue holds the events",
+        );
+    }
     let body = json!({
         "ready": ready,
         "why": why,
-        "writer": { "ok": writer_ok },
+        "writer": { "ok": writer_ok && inserting, "starting": !writer_ok, "failing": !inserting },
+        "disk": state.disk.as_ref().map(|d| json!({ "ok": disk_ok, "free_bytes": d.free(), "reserve_bytes": d.reserve() })),
         "role": state.config.role,
         "queue": { "ok": queue_ok, "pending_bytes": pending.get("bytes"), "pending": pending, "limit_bytes": state.config.queue.max_pending_bytes },
         "store": { "ok": store_ok },
@@ -376,11 +392,19 @@ pub async fn serve(
         "queue opened"
     );
 
-    let state = Arc::new(app_state(
-        &config,
-        Some(queue::Queue::Wal(wal.clone())),
-        Some(store.clone() as Arc<dyn Store>),
-    )?);
+    let disk = Arc::new(disk::Disk::new(
+        data_dir.clone(),
+        config.queue.min_free_bytes,
+    ));
+    let watching = disk.watch();
+    let state = Arc::new(AppState {
+        disk: Some(disk),
+        ..app_state(
+            &config,
+            Some(queue::Queue::Wal(wal.clone())),
+            Some(store.clone() as Arc<dyn Store>),
+        )?
+    });
     let upkeep = spawn_metrics_upkeep();
 
     // The port answers at once; the writer starts once the dedup window is loaded
@@ -416,6 +440,7 @@ pub async fn serve(
                 store,
                 config: config.writer.clone(),
                 draining,
+                failing: state.writer_failing.clone(),
                 dead_letter,
                 dedup,
             }
@@ -434,6 +459,7 @@ pub async fn serve(
     run_http(&config, listener, state, shutdown).await?;
     reload.abort();
     upkeep.abort();
+    watching.abort();
 
     tracing::info!("http stopped; flushing the queue into the store");
     // Closing joins the WAL thread after its last fsync, and a checkpoint writes the
@@ -528,6 +554,7 @@ async fn serve_scale_out(
                 store: store.clone(),
                 config: config.writer.clone(),
                 draining: draining.clone(),
+                failing: state.writer_failing.clone(),
                 dead_letter: data_dir.join("dead-letter.tsv"),
                 dedup: dedup::Dedup::new(
                     config.ingest.dedup_window_hours,
@@ -604,6 +631,8 @@ fn app_state(
         admission: query::Admission::new(config.query.max_concurrent, config.query.max_queued),
         writer_starting: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
+        disk: None,
+        writer_failing: Arc::new(AtomicBool::new(false)),
     })
 }
 

@@ -3,8 +3,10 @@
 //! It reads what the WAL holds durably, inserts it in one store transaction together
 //! with the position it read up to, and only then tells the WAL the records are done.
 //! A crash anywhere in between replays from the store's position: nothing lost, nothing
-//! doubled. Store failures are retried with backoff for as long as it takes; meanwhile
-//! the queue fills and ingest eventually answers 503 — loud, never silent.
+//! doubled. Store failures are retried with backoff until they succeed or the writer is
+//! draining at shutdown (the queue then keeps the rest for the next start); meanwhile
+//! `/readyz` says the inserts fail, the queue fills and ingest eventually answers 503 —
+//! loud, never silent.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -26,8 +28,11 @@ pub(crate) struct Writer {
     pub reader: WalReader,
     pub store: Arc<dyn Store>,
     pub config: WriterConfig,
-    /// Set once the WAL is closed: an empty read then means everything is written.
+    /// Set once the WAL is closed: an empty read then means everything is written, and
+    /// a failing insert is given up (the WAL keeps its records for the next start).
     pub draining: Arc<AtomicBool>,
+    /// Set while store inserts fail (`/readyz` reports it).
+    pub failing: Arc<AtomicBool>,
     /// Where records that cannot be decoded are kept for an operator to inspect.
     pub dead_letter: PathBuf,
     pub dedup: Dedup,
@@ -64,27 +69,40 @@ impl Writer {
                 }
                 continue;
             }
-            self.write(records).await;
+            if !self.write(records).await {
+                tracing::warn!("writer stopped with inserts failing; the WAL keeps the rest for the next start");
+                return;
+            }
         }
     }
 
-    async fn write(&mut self, records: Vec<Record>) {
+    /// Stores `records` and marks them done in the WAL; false if given up at shutdown.
+    async fn write(&mut self, records: Vec<Record>) -> bool {
         let upto = records.last().expect("non-empty").lsn;
         let payloads = records
             .into_iter()
             .map(|r| (r.lsn.to_string(), r.payload))
             .collect();
-        store_payloads(
+        let retries = Retries {
+            draining: &self.draining,
+            failing: &self.failing,
+        };
+        if !store_payloads(
             &self.store,
             payloads,
             &self.dead_letter,
             &mut self.dedup,
             upto,
+            retries,
         )
-        .await;
+        .await
+        {
+            return false;
+        }
         if let Err(e) = self.wal.commit(upto) {
             tracing::error!(error = %e, upto, "wal commit failed; records will be replayed");
         }
+        true
     }
 }
 
@@ -92,16 +110,17 @@ impl Writer {
 /// inserts the rest, on one blocking thread. On an async worker, a batch of thousands of
 /// records (milliseconds of CPU) would hold up the HTTP requests queued behind it. The
 /// events are read in place ([`StoredBatch`]), so they cost no allocations to build and
-/// free. A failed insert is retried with backoff (up to 5 s apart) for as long as it
-/// takes, decoding the payloads again: meanwhile the queue fills and ingest eventually
-/// answers 503.
+/// free. A failed insert is retried with backoff (up to 5 s apart), decoding the
+/// payloads again, until it succeeds or the writer is draining (shutdown): meanwhile
+/// the queue fills and ingest eventually answers 503. Whether they were stored.
 async fn store_payloads(
     store: &Arc<dyn Store>,
     payloads: Vec<(String, Bytes)>,
     dead_letter: &Path,
     dedup: &mut Dedup,
     upto: u64,
-) {
+    retries: Retries<'_>,
+) -> bool {
     let mut pending = Pending {
         payloads,
         keep: None,
@@ -127,14 +146,25 @@ async fn store_payloads(
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         *dedup = owned;
+        retries.failing.store(!stored, Ordering::Release);
         if stored {
-            return;
+            return true;
+        }
+        if retries.draining.load(Ordering::Acquire) {
+            return false;
         }
         pending = back;
         metrics::counter!(WRITER_ERRORS, "stage" => "insert").increment(1);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// What a writer's insert retries watch (shutdown) and report (failing inserts).
+#[derive(Clone, Copy)]
+struct Retries<'a> {
+    draining: &'a AtomicBool,
+    failing: &'a AtomicBool,
 }
 
 /// Payloads on their way to the store, kept for the next attempt if an insert fails.
@@ -228,6 +258,8 @@ pub(crate) struct StreamWriter {
     pub config: WriterConfig,
     /// Set on shutdown: the writer finishes the batch in hand and stops.
     pub draining: Arc<AtomicBool>,
+    /// Set while store inserts fail (`/readyz` reports it).
+    pub failing: Arc<AtomicBool>,
     pub dead_letter: PathBuf,
     pub dedup: Dedup,
 }
@@ -260,7 +292,26 @@ impl StreamWriter {
                     .map(|e| (e.id.to_string(), e.payload))
                     .collect();
                 // 0: not a WAL position (the stream's ids are acknowledged instead).
-                store_payloads(&self.store, payloads, &self.dead_letter, &mut self.dedup, 0).await;
+                let retries = Retries {
+                    draining: &self.draining,
+                    failing: &self.failing,
+                };
+                if !store_payloads(
+                    &self.store,
+                    payloads,
+                    &self.dead_letter,
+                    &mut self.dedup,
+                    0,
+                    retries,
+                )
+                .await
+                {
+                    // Unacknowledged entries are delivered again after a restart.
+                    tracing::warn!(
+                        "writer stopped with inserts failing; the stream keeps the rest"
+                    );
+                    return;
+                }
                 let mut backoff = Duration::from_millis(100);
                 while let Err(e) = self.streams.ack(&ids).await {
                     // Unacknowledged entries are delivered again (and deduplicated by
@@ -405,7 +456,16 @@ mod tests {
         let flaky = Arc::new(Flaky::default());
         let store: Arc<dyn Store> = flaky.clone();
         let mut dedup = Dedup::new(24, 1_000);
-        store_payloads(&store, payloads, &dead_letter, &mut dedup, 3).await;
+        let (draining, failing) = (AtomicBool::new(false), AtomicBool::new(false));
+        let retries = Retries {
+            draining: &draining,
+            failing: &failing,
+        };
+        assert!(store_payloads(&store, payloads, &dead_letter, &mut dedup, 3, retries).await);
+        assert!(
+            !failing.load(Ordering::Acquire),
+            "the last insert succeeded"
+        );
 
         assert_eq!(*flaky.calls.lock(), 3);
         assert_eq!(
