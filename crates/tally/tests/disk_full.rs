@@ -11,11 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tally_store::duckdb::{DuckConfig, DuckStore};
-use tally_store::{Sql, Store};
 use tally_testkit::free_port;
 
-use common::{create_project, BIN};
+use common::{create_project, sigterm, stored, wait_ready, BIN};
 
 const RESERVE: u64 = 16 << 20;
 
@@ -90,16 +88,7 @@ impl Client {
     }
 
     async fn wait_ready(&self) {
-        let started = Instant::now();
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(&self.http, &self.base).await;
     }
 }
 
@@ -163,10 +152,7 @@ async fn a_full_disk_refuses_ingest_recovers_and_loses_nothing() {
         acked += 1;
     }
     c.wait_ready().await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(child.wait().unwrap().success());
 
     // The volume filled to the last byte under the writer (which lingers 2 s for a
@@ -208,14 +194,14 @@ async fn a_full_disk_refuses_ingest_recovers_and_loses_nothing() {
     fill(&filler, 0);
     let started = Instant::now();
     while c.ready().await.1["writer"]["failing"] != json!(true) {
-        assert!(started.elapsed() < Duration::from_secs(20), "inserts did not fail");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "inserts did not fail"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stopping = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&child);
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
@@ -234,17 +220,11 @@ async fn a_full_disk_refuses_ingest_recovers_and_loses_nothing() {
         ..c
     };
     c.wait_ready().await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&child);
     assert!(child.wait().unwrap().success());
-    let store = DuckStore::open(&data.join("tally.duckdb"), DuckConfig::default()).unwrap();
-    let rows = store
-        .query(&Sql {
-            text: "SELECT count(*), count(DISTINCT properties->>'n') FROM events".into(),
-            params: vec![],
-        })
-        .unwrap();
+    let rows = stored(
+        &data,
+        "SELECT count(*), count(DISTINCT properties->>'n') FROM events",
+    );
     assert_eq!(rows[0], vec![json!(acked), json!(acked)]);
 }

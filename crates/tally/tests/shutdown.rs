@@ -8,11 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tally_store::duckdb::{DuckConfig, DuckStore};
-use tally_store::{Sql, Store};
 use tally_testkit::free_port;
 
-use common::{create_project, BIN};
+use common::{create_project, sigterm, stored, wait_ready, BIN};
 
 #[tokio::test]
 async fn readiness_goes_503_before_the_server_stops_accepting() {
@@ -35,14 +33,7 @@ async fn readiness_goes_503_before_the_server_stops_accepting() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
-    loop {
-        let ready = client.get(format!("{base}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "never ready");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_ready(&client, &base).await;
     let track = |n: u32| {
         client
             .post(format!("{base}/api/track"))
@@ -52,10 +43,7 @@ async fn readiness_goes_503_before_the_server_stops_accepting() {
     };
     assert_eq!(track(0).await.unwrap().status(), 200);
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&child);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
@@ -72,12 +60,6 @@ async fn readiness_goes_503_before_the_server_stops_accepting() {
         started.elapsed() >= Duration::from_secs(2),
         "it served on for the delay"
     );
-    let store = DuckStore::open(&data.join("tally.duckdb"), DuckConfig::default()).unwrap();
-    let rows = store
-        .query(&Sql {
-            text: "SELECT count(*) FROM events".into(),
-            params: vec![],
-        })
-        .unwrap();
+    let rows = stored(data, "SELECT count(*) FROM events");
     assert_eq!(rows[0][0], json!(2), "both acknowledged events are stored");
 }

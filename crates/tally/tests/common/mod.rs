@@ -39,3 +39,45 @@ pub fn create_project(data: &Path, name: &str) -> Keys {
         read_key: key("read_key"),
     }
 }
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits until `{base}/readyz` answers 200, at most 30 s.
+pub async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{base} never ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// The rows of `sql` on the DuckDB file in `data` (the server stopped).
+pub fn stored(data: &Path, sql: &str) -> tally_store::Rows {
+    use tally_store::Store;
+    let store = tally_store::duckdb::DuckStore::open(
+        &data.join("tally.duckdb"),
+        tally_store::duckdb::DuckConfig::default(),
+    )
+    .unwrap();
+    store
+        .query(&tally_store::Sql {
+            text: sql.into(),
+            params: vec![],
+        })
+        .unwrap()
+}
