@@ -27,7 +27,7 @@ use tally_store::sql::json_key_path;
 use tally_store::Store;
 
 use crate::common::{check_keys, num, range_echo, Scan};
-use crate::stats::{parse_date_range, parse_pagination_with, parse_timezone, string_list};
+use crate::request::{parse_date_range, parse_pagination_with, parse_timezone, string_list};
 use crate::time::MICROS_PER_SEC;
 use crate::{Binder, QueryError};
 

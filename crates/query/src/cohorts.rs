@@ -14,7 +14,8 @@ use tally_store::{Dialect, Store};
 use crate::common::{
     check_keys, num, pct, range_echo, uint_field, CountBy, EventMatch, Interval, Scan, WeekStart,
 };
-use crate::stats::{parse_date_range, parse_timezone, Filter};
+use crate::dims::Filter;
+use crate::request::{parse_date_range, parse_timezone};
 use crate::time::MICROS_PER_SEC;
 use crate::{Binder, QueryError};
 

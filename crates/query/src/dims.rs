@@ -11,7 +11,7 @@
 use serde_json::{json, Value};
 use tally_store::sql::json_key_path;
 
-use crate::stats::string_list;
+use crate::request::string_list;
 use crate::{Binder, QueryError};
 
 const MAX_FILTER_VALUES: usize = 1_000;

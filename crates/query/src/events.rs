@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use tally_store::{Dialect, Param, Sql, Store};
 
-use crate::stats::{parse_filters_for, parse_pagination_with, Filter};
+use crate::dims::{parse_filters_for, Filter};
+use crate::request::{parse_date_range, parse_pagination_with, parse_timezone};
 use crate::time::{self, MICROS_PER_SEC};
 use crate::QueryError;
 
@@ -49,9 +50,8 @@ impl EventsQuery {
                 format!("unknown key; an events query has: {}", KEYS.join(", ")),
             ));
         }
-        let tz = crate::stats::parse_timezone(obj.get("timezone"))?;
-        let (start, end) =
-            crate::stats::parse_date_range(obj.get("date_range"), tz, now, first_event)?;
+        let tz = parse_timezone(obj.get("timezone"))?;
+        let (start, end) = parse_date_range(obj.get("date_range"), tz, now, first_event)?;
         let filters = parse_filters_for(obj.get("filters"))?;
         let dims: Vec<&crate::dims::Dimension> =
             filters.iter().flat_map(Filter::dimensions).collect();

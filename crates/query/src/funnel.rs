@@ -31,8 +31,8 @@ use serde_json::{json, Map, Value};
 use tally_store::{Dialect, Rows, Store};
 
 use crate::common::{check_keys, num, pct, range_echo, uint_field, CountBy, EventMatch, Scan};
-use crate::stats::{dimension_expr, parse_date_range, parse_timezone};
-use crate::stats::{Dimension, Filter};
+use crate::dims::{dimension_expr, Dimension, Filter};
+use crate::request::{parse_date_range, parse_timezone};
 use crate::time::MICROS_PER_SEC;
 use crate::{Binder, QueryError};
 

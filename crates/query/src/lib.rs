@@ -16,6 +16,7 @@ mod formula;
 mod funnel;
 mod paths;
 mod realtime;
+mod request;
 mod stats;
 mod time;
 mod trends;

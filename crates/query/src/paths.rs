@@ -10,7 +10,8 @@ use serde_json::{json, Map, Value};
 use tally_store::{Dialect, Store};
 
 use crate::common::{check_keys, num, range_echo, uint_field, EventMatch, Scan};
-use crate::stats::{parse_date_range, parse_timezone, Filter};
+use crate::dims::Filter;
+use crate::request::{parse_date_range, parse_timezone};
 use crate::{Binder, QueryError};
 
 pub(crate) struct PathsQuery {

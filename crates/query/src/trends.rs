@@ -11,9 +11,9 @@ use tally_store::{Dialect, Store};
 use crate::common::{
     check_keys, num, range_echo, uint_field, EventMatch, Interval, Scan, WeekStart,
 };
+use crate::dims::{dimension_expr, Dimension, Filter};
 use crate::formula::Formula;
-use crate::stats::{dimension_expr, parse_date_range, string_list};
-use crate::stats::{parse_timezone, Dimension, Filter};
+use crate::request::{parse_date_range, parse_timezone, string_list};
 use crate::time::MICROS_PER_SEC;
 use crate::{Binder, QueryError};
 
