@@ -326,23 +326,33 @@ fn stores_with(
 
 /// A DuckDB and a ClickHouse store holding just `events`.
 fn stores_of(name: &str, events: Vec<Event>) -> (tempfile::TempDir, DuckStore, ClickHouseStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let duck = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
-    let ch = ClickHouseStore::open(ClickHouseConfig {
+    let (dir, duck, ch) = open_both(ClickHouseConfig {
         url: ClickHouse::shared().url(),
         database: format!("conformance_{name}_{}", std::process::id()),
         ..ClickHouseConfig::default()
-    })
-    .unwrap();
+    });
+    insert_both(&duck, &ch, events, 1);
+    (dir, duck, ch)
+}
+
+/// An empty DuckDB store in a temporary folder, and the ClickHouse store `config` opens.
+fn open_both(config: ClickHouseConfig) -> (tempfile::TempDir, DuckStore, ClickHouseStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let duck = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
+    let ch = ClickHouseStore::open(config).unwrap();
+    (dir, duck, ch)
+}
+
+/// `events` as one batch of project "p" at position `lsn`, into both stores.
+fn insert_both(duck: &DuckStore, ch: &ClickHouseStore, events: Vec<Event>, lsn: u64) {
     let batch = EventBatch {
         project_id: "p".into(),
         events,
     };
     batch.as_stored(|b| {
-        duck.insert(std::slice::from_ref(b), 1).unwrap();
-        ch.insert(std::slice::from_ref(b), 1).unwrap();
+        duck.insert(std::slice::from_ref(b), lsn).unwrap();
+        ch.insert(std::slice::from_ref(b), lsn).unwrap();
     });
-    (dir, duck, ch)
 }
 
 /// The two stores with the same events; on ClickHouse (opened with `config`), the
@@ -351,22 +361,13 @@ fn stores_on(
     config: ClickHouseConfig,
     replay: bool,
 ) -> (tempfile::TempDir, DuckStore, ClickHouseStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let duck = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
-    let ch = ClickHouseStore::open(config).unwrap();
+    let (dir, duck, ch) = open_both(config);
     // Two batches (the link arrives in the second), and the second sent twice to
     // ClickHouse: a replay must not change any answer.
     let all = events();
     let (first, second) = all.split_at(6);
     for (i, part) in [first, second].iter().enumerate() {
-        let batch = EventBatch {
-            project_id: "p".into(),
-            events: part.to_vec(),
-        };
-        batch.as_stored(|b| {
-            duck.insert(std::slice::from_ref(b), i as u64 + 1).unwrap();
-            ch.insert(std::slice::from_ref(b), i as u64 + 1).unwrap();
-        });
+        insert_both(&duck, &ch, part.to_vec(), i as u64 + 1);
     }
     if replay {
         let batch = EventBatch {

@@ -15,3 +15,10 @@ pub use streams::{
     Entry, EntryId, RedisStreams, StreamConfig, StreamError, StreamReader, StreamStats,
 };
 pub use wal::{FsyncPolicy, Lsn, Record, Wal, WalConfig, WalError, WalReader, WalStats};
+
+/// Bytes an unprivileged writer may still use on the volume holding `dir` (statvfs:
+/// available blocks times the fragment size).
+pub fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}

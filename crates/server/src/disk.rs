@@ -32,9 +32,8 @@ impl Disk {
     }
 
     fn read(&self) {
-        match rustix::fs::statvfs(&self.dir) {
-            Ok(stat) => {
-                let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        match tally_queue::free_bytes(&self.dir) {
+            Ok(free) => {
                 self.free.store(free, Ordering::Release);
                 metrics::gauge!("tally_disk_free_bytes").set(free as f64);
             }

@@ -384,9 +384,7 @@ impl Writer {
 /// it and as much again (the segments themselves and the store's commits need the rest).
 /// A spare that cannot be finished is removed, never left behind half written.
 fn zero_fill(path: &Path, len: u64) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let stat = rustix::fs::statvfs(dir)?;
-    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let free = crate::free_bytes(path.parent().unwrap_or(Path::new(".")))?;
     if free < len.saturating_mul(2) {
         return Err(io::Error::new(
             io::ErrorKind::StorageFull,
