@@ -403,7 +403,7 @@ def summarize(r: Result, sc: Scenario) -> dict:
         "seconds unhealthy": r.unhealthy_s,
         "ingest pods max / end": f"{max(r.ingest_pods)} / {r.ingest_pods[-1]}",
         "writer pods max / end": f"{max(r.writer_pods)} / {r.writer_pods[-1]}",
-        "503 share of responses": f"{100 * r.refused / r.attempts:.2f} %",
+        "refused share of responses (503 or timeout)": f"{100 * r.refused / r.attempts:.2f} %",
         "new requests refused at first try": f"{100 * r.first_refused / r.generated:.2f} %",
         "max retry backlog, req": f"{r.max_retry_backlog:,.0f}",
         "lost": f"{r.generated - r.stored:,.0f}",
