@@ -81,5 +81,7 @@ if [ -z "${TALLY_BIN:-}" ]; then
     cargo build --release --locked --workspace --all-targets
     export TALLY_BIN="$CARGO_TARGET_DIR/release/tally"
 fi
+# The autoscaling simulation's HPA/KEDA arithmetic and scenarios (bench/autoscale_sim.py).
+python3 -m unittest bench/test_autoscale_sim.py
 echo "kubectl $(kubectl version --client | tr '\n' ' ')"
 python3 scripts/check_deploy.py

@@ -948,6 +948,80 @@ def live_checks(prom, exprs, timeout=90):
 # ------------------------------------------------------------------------------- main
 
 
+# ---------------------------------------------------------------------------- the image
+
+
+DOCKERFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy", "docker", "Dockerfile")
+
+
+def dockerfile_instructions(text):
+    """(instruction, arguments) pairs, continuation lines joined, comments dropped."""
+    out, cur = [], ""
+    for line in text.splitlines():
+        if not cur and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        cur += line.rstrip()[:-1] + " " if line.rstrip().endswith("\\") else line
+        if not line.rstrip().endswith("\\"):
+            word, _, rest = cur.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+            cur = ""
+    return out
+
+
+def unknown_flags(args):
+    """Flags of `tally <args>` that its --help does not list (the binary is the judge)."""
+    sub = [a for a in args if not a.startswith("-")][:1]
+    r = run([BIN, *sub, "--help"])
+    require(r.returncode == 0, f"tally {' '.join(sub)} --help: {r.stderr.strip()}")
+    known = set(re.findall(r"--[a-z][a-z-]*", r.stdout))
+    return [a.split("=")[0] for a in args if a.startswith("--") and a.split("=")[0] not in known]
+
+
+def dockerfile_rules(docs):
+    ins = dockerfile_instructions(open(DOCKERFILE).read())
+    stages, cur = [], None
+    for word, rest in ins:
+        if word == "FROM":
+            parts = rest.split()
+            cur = {"image": parts[0], "name": parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else None, "ins": []}
+            stages.append(cur)
+        elif cur is not None:
+            cur["ins"].append((word, rest))
+    require(len(stages) >= 2, f"{len(stages)} stage(s): a builder and a runtime stage wanted")
+    builder, final = stages[0], stages[-1]
+    require(builder["image"].startswith("rust:"), f"builder stage from {builder['image']}")
+    require(any(w == "RUN" and "cargo build --release --locked --workspace --all-targets" in r for w, r in builder["ins"]),
+            "the builder does not run cargo build --release --locked --workspace --all-targets")
+    require(final["image"] == "debian:bookworm-slim", f"runtime stage from {final['image']}")
+    copies = [r for w, r in final["ins"] if w == "COPY" and r.startswith("--from=")]
+    require(any(r.split()[0] == f"--from={builder['name']}" and "tally" in r for r in copies),
+            f"the runtime stage copies no tally binary from the builder: {copies}")
+    users = [r for w, r in final["ins"] if w == "USER"]
+    require(users, "no USER: the image would run as root")
+    uid = users[-1].split(":")[0]
+    require(uid not in ("root", "0"), f"USER {users[-1]}")
+    pod_uids = {str(pod_spec(w).get("securityContext", {}).get("runAsUser")) for d in docs.values() for w in workloads(d)}
+    require(pod_uids == {uid}, f"USER {uid}, the pods' runAsUser {pod_uids}")
+    health = [r for w, r in final["ins"] if w == "HEALTHCHECK"]
+    require(health and "/healthz" in health[-1], f"HEALTHCHECK on /healthz wanted: {health}")
+    if "curl" in health[-1]:
+        require(any(w == "RUN" and re.search(r"apt-get install[^&]*\bcurl\b", r) for w, r in final["ins"]),
+                "the HEALTHCHECK runs curl, which the runtime stage does not install")
+    require(any(w == "EXPOSE" and "8080" in r.split() for w, r in final["ins"]), "no EXPOSE 8080")
+    require(any(w == "VOLUME" for w, _ in final["ins"]), "no VOLUME for the data folder")
+    entry = [json.loads(r) for w, r in final["ins"] if w == "ENTRYPOINT"]
+    cmd = [json.loads(r) for w, r in final["ins"] if w == "CMD"]
+    require(entry and entry[-1][0] == "tally", f"ENTRYPOINT {entry}: exec form, tally first")
+    args = cmd[-1] if cmd else []
+    require(args[:1] == ["serve"] and "--listen" in args, f"CMD {args}")
+    require(args[args.index("--listen") + 1].startswith("0.0.0.0:8080"), f"CMD listens on {args}")
+    bad = unknown_flags(args)
+    require(not bad, f"tally does not accept {bad}")
+    # The same check refuses a flag the binary does not have, so a pass above means something.
+    require(unknown_flags(["serve", "--no-such-flag"]) == ["--no-such-flag"], "the flag check accepts anything")
+    return f"{len(stages)} stages, USER {uid}, CMD {' '.join(entry[-1] + args)}"
+
+
 def main():
     if not os.access(BIN, os.X_OK):
         print(f"no tally binary at {BIN}: build it first (cargo build --release -p tally)", file=sys.stderr)
@@ -966,6 +1040,8 @@ def main():
         check(f"{overlay}: custom resources match their CRD schemas", validate_custom_resources, tmp, overlay, docs)
         check(f"{overlay}: deployment rules", deployment_rules, overlay, docs, adapter_metrics)
     check("promtool check rules + test rules", promtool_rules, tmp, docs_by_overlay["scale-out"])
+    check("deploy/docker/Dockerfile: stages, non-root USER, HEALTHCHECK, flags tally accepts (not built: no Docker daemon here)",
+          dockerfile_rules, docs_by_overlay)
 
     servers = Servers(os.path.join(tmp, "servers"))
     all_pods = {}
