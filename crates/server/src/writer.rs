@@ -62,6 +62,10 @@ impl Writer {
                     tracing::info!("writer drained the queue");
                     return;
                 }
+                // Once the WAL is closed an empty read returns at once, without waiting:
+                // give the shutdown a turn to set `draining`, or on a single-threaded
+                // runtime this loop would spin forever in its place.
+                tokio::task::yield_now().await;
                 continue;
             }
             self.write(records).await;
