@@ -26,12 +26,21 @@ export class ApiError extends Error {
 }
 
 let csrf = '';
+/** Requests in flight, on <html data-pending>: 0 once the page is fully drawn (the
+ * browser test and the load benchmark wait for it). */
+let pending = 0;
+const setPending = (d: number) => {
+  pending += d;
+  document.documentElement.dataset.pending = String(pending);
+};
 
 async function call(method: 'GET' | 'POST', path: string, body?: unknown): Promise<any> {
   const headers: Record<string, string> = { accept: 'application/json' };
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (method === 'POST' && csrf) headers['x-tally-csrf'] = csrf;
   let response: Response;
+  let text: string;
+  setPending(1);
   try {
     response = await fetch(path, {
       method,
@@ -39,10 +48,12 @@ async function call(method: 'GET' | 'POST', path: string, body?: unknown): Promi
       credentials: 'same-origin',
       body: body === undefined ? undefined : JSON.stringify(body),
     });
+    text = await response.text();
   } catch (e) {
     throw new ApiError(0, 'network', 'The server did not answer. Is Tally running?');
+  } finally {
+    setPending(-1);
   }
-  const text = await response.text();
   let json: any = null;
   try {
     json = text ? JSON.parse(text) : null;
@@ -61,14 +72,10 @@ async function call(method: 'GET' | 'POST', path: string, body?: unknown): Promi
 
 /** The signed-in session, or null when there is none. */
 export async function getSession(): Promise<Session | null> {
-  try {
-    const s = (await call('GET', '/api/v1/session')) as Session;
-    csrf = s.csrf_token;
-    return s;
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 401) return null;
-    throw e;
-  }
+  const s = await call('GET', '/api/v1/session');
+  if (!s?.user) return null;
+  csrf = s.csrf_token;
+  return s as Session;
 }
 
 export async function login(email: string, password: string): Promise<Session> {
