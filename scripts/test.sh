@@ -2,13 +2,15 @@
 # Runs Tally's whole test suite on a Debian machine with a Rust toolchain. Installs what
 # the tests need first. Everything runs on loopback; nothing is left running afterwards.
 #
-#   scripts/test.sh            all tests: fmt, Rust (unit, property, HTTP, crash), clippy, real SDKs
+#   scripts/test.sh            all tests: fmt, Rust (unit, property, HTTP, crash), clippy, real SDKs, the dashboard
 #   TALLY_SKIP_SDK=1 scripts/test.sh   Rust tests only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 ensure_build_deps
 ensure_test_services
+# The dashboard first (web/ → web/dist), so the binary the tests build embeds it.
+scripts/build-web.sh
 # Formatting and lints are part of the suite: CI fails on either.
 cargo fmt --all --check
 # One profile (release) for tests, benchmarks and the binary: the bundled DuckDB is a
@@ -20,4 +22,7 @@ cargo clippy --release --workspace --all-targets --locked -- -D warnings
 # the binary the step above built.
 if [ "${TALLY_SKIP_SDK:-0}" != 1 ]; then
     scripts/sdk-test.sh
+    # The dashboard in headless Chromium against the same binary (screenshots: the path
+    # is printed at the end).
+    scripts/web-test.sh
 fi
