@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 ensure_build_deps
+# The dashboard (web/dist), embedded by the build below; skipped with a note without Node.
+scripts/build-web.sh
 # Same target set as the tests (scripts/test.sh): with exactly these flags Cargo resolves
 # the same features, so the bundled DuckDB (a 30-minute C++ build) is compiled only once.
 cargo build --release --locked --workspace --all-targets

@@ -53,6 +53,30 @@ pub struct Config {
     pub role: Role,
     pub redis: RedisConfig,
     pub clickhouse: ClickHouseSection,
+    pub auth: AuthConfig,
+}
+
+/// Dashboard users' sessions and logins (docs/dashboard.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How long a dashboard session lasts after its login.
+    pub session_ttl_hours: u32,
+    /// Login attempts one client address may make per minute (as a burst, refilled
+    /// evenly); past them the answer is 429 with Retry-After.
+    pub login_attempts_per_ip_per_minute: u32,
+    /// Login attempts per minute for one email, from any address.
+    pub login_attempts_per_email_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl_hours: 168,
+            login_attempts_per_ip_per_minute: 20,
+            login_attempts_per_email_per_minute: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -277,6 +301,7 @@ impl Default for Config {
             role: Role::All,
             redis: RedisConfig::default(),
             clickhouse: ClickHouseSection::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -495,6 +520,17 @@ impl Config {
             return invalid(
                 "role",
                 "a scale-out role needs queue.backend = \"redis\" and store.backend = \"clickhouse\" (processes share only those)",
+            );
+        }
+        if self.auth.session_ttl_hours == 0 {
+            return invalid("auth.session_ttl_hours", "must be > 0");
+        }
+        if self.auth.login_attempts_per_ip_per_minute == 0
+            || self.auth.login_attempts_per_email_per_minute == 0
+        {
+            return invalid(
+                "auth.login_attempts_per_ip_per_minute",
+                "login rate limits must be > 0",
             );
         }
         if self.redis.claim_idle_ms == 0 || self.redis.max_len == 0 {

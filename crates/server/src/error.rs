@@ -75,6 +75,12 @@ impl ApiError {
         e
     }
 
+    /// The same error under a more specific code than its status's usual one.
+    pub(crate) fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
     pub(crate) fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
         self

@@ -6,7 +6,9 @@
 //! role, or all three, on Redis Streams and ClickHouse. [`router`] builds the axum router
 //! from an [`AppState`], so tests can drive the real server on `127.0.0.1:0`.
 
+mod auth;
 pub mod config;
+mod dashboard;
 mod dedup;
 mod disk;
 mod error;
@@ -39,12 +41,16 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::Config;
 use error::ApiError;
-use meta::{KeyIndex, KeyKind, NewProject, Projects};
+use meta::{KeyIndex, KeyKind, NewProject, Projects, UserRole};
 
 /// What every handler shares.
 pub struct AppState {
     pub config: Config,
     keys: RwLock<Arc<KeyIndex>>,
+    /// Projects and users as in projects.json, reloaded with the keys.
+    directory: RwLock<Arc<Projects>>,
+    /// Dashboard sessions and login rate limits.
+    auth: auth::Auth,
     /// `None` in the writer and query roles.
     queue: Option<queue::Queue>,
     /// `None` in the ingest role.
@@ -95,6 +101,63 @@ impl AppState {
 }
 
 impl AppState {
+    /// The project a query may read: the read key's, or with the dashboard's session
+    /// cookie the `?project=` one, if that user may see it. A POST with the cookie must
+    /// pass the CSRF check ([`auth`]).
+    fn authorize_read(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        project: Option<&str>,
+    ) -> Result<String, ApiError> {
+        if api_key(headers).is_some() || auth::cookie(headers, auth::COOKIE).is_none() {
+            let own = self.authenticate(headers, KeyKind::Read).map_err(|e| {
+                if e.code == "unauthorized" && api_key(headers).is_none() {
+                    ApiError::unauthorized(
+                        "missing API key: send the project's read key in the x-api-key header                          or as Authorization: Bearer <key>, or log in (POST /api/v1/login) and                          send the session cookie with ?project=<id>",
+                    )
+                } else {
+                    e
+                }
+            })?;
+            return match project {
+                Some(p) if p != own => Err(ApiError::forbidden(format!(
+                    "this read key belongs to project {own:?}, not {p:?}"
+                ))),
+                _ => Ok(own),
+            };
+        }
+        let directory = self.directory.read().clone();
+        let (session, user) = self
+            .auth
+            .session(headers, &directory)
+            .ok_or_else(auth::not_logged_in)?;
+        if method != Method::GET && method != Method::HEAD {
+            auth::check_csrf(headers, &session)?;
+        }
+        let project = project.filter(|p| !p.is_empty()).ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_project",
+                "with the session cookie, name the project: POST /api/v1/query?project=<id>",
+            )
+        })?;
+        if !user.may_see(project) {
+            return Err(ApiError::forbidden(format!(
+                "{} may not see project {project:?}",
+                user.email
+            ))
+            .with_code("no_access"));
+        }
+        if !directory.projects.iter().any(|p| p.id == project) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_project",
+                format!("no project {project:?}"),
+            ));
+        }
+        Ok(project.to_owned())
+    }
+
     /// The project of a write key found in a request body (Segment, PostHog).
     fn project_of_write_key(&self, key: Option<&str>) -> Result<String, ApiError> {
         let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
@@ -129,6 +192,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/page", post(ingest::page))
         .route("/v1/{call}", post(ingest::segment))
         .route("/api/v1/query", post(query::query))
+        .route("/api/v1/login", post(auth::login))
+        .route("/api/v1/logout", post(auth::logout))
+        .route("/api/v1/session", get(auth::current))
+        .route("/", get(dashboard::index))
+        .route("/login", get(dashboard::index))
+        .route("/assets/{*file}", get(dashboard::asset))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/js/tally.js", get(tracker_script))
         .route("/metrics", get(render_metrics))
@@ -329,18 +398,38 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Creates the data folder and, on first start, a `default` project. Returns the new
-/// project's keys when one was made, so the caller can show them once.
-pub fn bootstrap(config: &Config) -> anyhow::Result<Option<NewProject>> {
+/// What the first start made, to show once.
+#[derive(Debug, Default)]
+pub struct Bootstrapped {
+    /// The `default` project and its keys, when there was no project.
+    pub project: Option<NewProject>,
+    /// The admin user's email and generated password, when there was no user.
+    pub admin: Option<(String, String)>,
+}
+
+/// The admin user the first start makes.
+pub const FIRST_ADMIN_EMAIL: &str = "admin@localhost";
+
+/// Creates the data folder and, on first start, a `default` project and an admin user
+/// (also on the first start of a data folder from before users existed). Returns what
+/// was made, so the caller can show the keys and the password once.
+pub fn bootstrap(config: &Config) -> anyhow::Result<Bootstrapped> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
     let mut projects = Projects::load(&config.data_dir)?;
-    if !projects.projects.is_empty() {
-        return Ok(None);
+    let mut made = Bootstrapped::default();
+    if projects.projects.is_empty() {
+        made.project = Some(projects.create_project("default")?);
     }
-    let made = projects.create_project("default")?;
-    projects.save(&config.data_dir)?;
-    Ok(Some(made))
+    if projects.users.is_empty() {
+        let password = meta::generate_password();
+        projects.create_user(FIRST_ADMIN_EMAIL, UserRole::Admin, &[], &password)?;
+        made.admin = Some((FIRST_ADMIN_EMAIL.to_owned(), password));
+    }
+    if made.project.is_some() || made.admin.is_some() {
+        projects.save(&config.data_dir)?;
+    }
+    Ok(made)
 }
 
 /// Runs Tally on `listener` until `shutdown` resolves, then stops accepting, lets
@@ -596,7 +685,8 @@ fn app_state(
     queue: Option<queue::Queue>,
     store: Option<Arc<dyn Store>>,
 ) -> anyhow::Result<AppState> {
-    let keys = Projects::load(&config.data_dir)?.index();
+    let directory = Projects::load(&config.data_dir)?;
+    let keys = directory.index();
     let ic = &config.ingest;
     let limits = tally_ingest::Limits {
         max_events: ic.max_events_per_request,
@@ -623,6 +713,8 @@ fn app_state(
     Ok(AppState {
         config: config.clone(),
         keys: RwLock::new(Arc::new(keys)),
+        directory: RwLock::new(Arc::new(directory)),
+        auth: auth::Auth::open(config),
         queue,
         store,
         limits,
@@ -789,7 +881,7 @@ async fn warm_dedup(store: &Arc<DuckStore>, config: &Config) -> anyhow::Result<d
     .await?
 }
 
-/// Picks up projects and keys added by the CLI while the server runs.
+/// Picks up projects, keys and users added by the CLI while the server runs.
 async fn reload_keys(state: Arc<AppState>, data_dir: std::path::PathBuf) {
     let mut seen: Option<SystemTime> = meta::modified(&data_dir);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -802,8 +894,9 @@ async fn reload_keys(state: Arc<AppState>, data_dir: std::path::PathBuf) {
         match Projects::load(&data_dir) {
             Ok(p) => {
                 *state.keys.write() = Arc::new(p.index());
+                *state.directory.write() = Arc::new(p);
                 seen = now;
-                tracing::info!("reloaded projects and keys");
+                tracing::info!("reloaded projects, keys and users");
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reload projects; keeping the previous keys")

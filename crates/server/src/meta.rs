@@ -1,9 +1,14 @@
-//! Projects and their API keys, kept in `<data_dir>/projects.json`.
+//! Projects, their API keys and the dashboard's users, kept in `<data_dir>/projects.json`.
 //!
 //! Write keys go into browser pages and apps, so they are public by nature and kept in
 //! clear (`tally keys list` shows them). Read keys open the query API and are secret:
 //! only their SHA-256 and an 8-character prefix are kept, and the key itself is shown
 //! once, when it is made.
+//!
+//! Users sign in to the dashboard. Their passwords are kept as Argon2id hashes (PHC
+//! strings, a random salt each); a viewer sees the projects listed on their record, an
+//! admin every project. Sessions are not kept here but in `sessions.json`
+//! ([`crate::auth`]): they change on every login, and this file is the CLI's.
 //!
 //! The file is small and changes rarely (a CLI command), so it is rewritten whole and
 //! atomically (temp file, fsync, rename); the server reloads it when its mtime changes.
@@ -26,6 +31,44 @@ pub const FILE_NAME: &str = "projects.json";
 #[serde(deny_unknown_fields)]
 pub struct Projects {
     pub projects: Vec<Project>,
+    /// Dashboard users; absent in files from before users existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Lower-case; the login name.
+    pub email: String,
+    pub role: UserRole,
+    /// The projects a viewer may see (an admin sees all; kept but unused for admins).
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub created_at: String,
+    /// Bumped by every password change: sessions started before it end.
+    #[serde(default)]
+    pub password_version: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UserRole {
+    /// Every project, and (later) settings, users and keys.
+    Admin,
+    /// Reads the reports of their projects, nothing else.
+    Viewer,
+}
+
+/// What a user looks like outside this file: no password hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserSummary {
+    pub email: String,
+    pub role: UserRole,
+    pub projects: Vec<String>,
+    pub created_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,7 +124,20 @@ pub enum MetaError {
     NoProject(String),
     #[error("a project name needs at least one letter or digit")]
     BadName,
+    #[error("a user {0:?} already exists")]
+    UserExists(String),
+    #[error("no user {0:?}")]
+    NoUser(String),
+    #[error("{0:?} is not an email address")]
+    BadEmail(String),
+    #[error("a password needs at least {MIN_PASSWORD_CHARS} characters")]
+    ShortPassword,
+    #[error("a viewer needs at least one project (--project)")]
+    ViewerWithoutProjects,
 }
+
+/// The shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 8;
 
 impl Projects {
     pub fn path(data_dir: &Path) -> PathBuf {
@@ -156,6 +212,53 @@ impl Projects {
         Ok(key)
     }
 
+    /// Adds a user. `projects` must exist; a viewer needs at least one.
+    pub fn create_user(
+        &mut self,
+        email: &str,
+        role: UserRole,
+        projects: &[String],
+        password: &str,
+    ) -> Result<UserSummary, MetaError> {
+        let email = normalize_email(email)?;
+        if self.users.iter().any(|u| u.email == email) {
+            return Err(MetaError::UserExists(email));
+        }
+        for p in projects {
+            if !self.projects.iter().any(|known| &known.id == p) {
+                return Err(MetaError::NoProject(p.clone()));
+            }
+        }
+        if role == UserRole::Viewer && projects.is_empty() {
+            return Err(MetaError::ViewerWithoutProjects);
+        }
+        let user = User {
+            email,
+            role,
+            projects: projects.to_vec(),
+            password_hash: hash_password(password)?,
+            created_at: now(),
+            password_version: 0,
+        };
+        let summary = user.summary();
+        self.users.push(user);
+        Ok(summary)
+    }
+
+    /// Sets a user's password; their sessions end (the server checks the version).
+    pub fn set_password(&mut self, email: &str, password: &str) -> Result<(), MetaError> {
+        let email = normalize_email(email)?;
+        let hash = hash_password(password)?;
+        let user = self
+            .users
+            .iter_mut()
+            .find(|u| u.email == email)
+            .ok_or(MetaError::NoUser(email))?;
+        user.password_hash = hash;
+        user.password_version += 1;
+        Ok(())
+    }
+
     /// The lookup tables the server authenticates with.
     pub fn index(&self) -> KeyIndex {
         let mut index = KeyIndex::default();
@@ -169,6 +272,72 @@ impl Projects {
         }
         index
     }
+}
+
+impl User {
+    pub fn summary(&self) -> UserSummary {
+        UserSummary {
+            email: self.email.clone(),
+            role: self.role,
+            projects: self.projects.clone(),
+            created_at: self.created_at.clone(),
+        }
+    }
+
+    /// May this user read `project`'s reports?
+    pub fn may_see(&self, project: &str) -> bool {
+        match self.role {
+            UserRole::Admin => true,
+            UserRole::Viewer => self.projects.iter().any(|p| p == project),
+        }
+    }
+}
+
+/// Lower-cased and trimmed; refused unless it looks like `name@host`.
+pub fn normalize_email(email: &str) -> Result<String, MetaError> {
+    let email = email.trim().to_lowercase();
+    let ok = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(name, host)| {
+            !name.is_empty() && !host.is_empty() && !host.contains('@')
+        });
+    if ok {
+        Ok(email)
+    } else {
+        Err(MetaError::BadEmail(email))
+    }
+}
+
+/// Argon2id with the crate's defaults (19 MiB, 2 passes, 1 lane: OWASP's minimum), a
+/// random salt: about 30 ms here, on purpose.
+pub fn hash_password(password: &str) -> Result<String, MetaError> {
+    use argon2::password_hash::PasswordHasher;
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(MetaError::ShortPassword);
+    }
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .expect("argon2 with default parameters hashes any password")
+        .to_string())
+}
+
+/// Does `password` match the PHC string `hash`? A malformed hash matches nothing.
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{phc::PasswordHash, PasswordVerifier};
+    match PasswordHash::new(hash) {
+        Ok(parsed) => argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A password for a user the CLI or the first start makes: 16 characters from 96 random
+/// bits, URL-safe so it can be pasted anywhere.
+pub fn generate_password() -> String {
+    let mut bytes = [0u8; 12];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Key → project, for authentication on every request.
@@ -283,5 +452,84 @@ mod tests {
             projects.create_key("none", KeyKind::Read),
             Err(MetaError::NoProject(_))
         ));
+    }
+
+    #[test]
+    fn users_keep_only_a_hash_and_a_password_change_bumps_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut projects = Projects::default();
+        projects.create_project("shop").unwrap();
+        projects.create_project("blog").unwrap();
+        let made = projects
+            .create_user(
+                " Ann@Example.com ",
+                UserRole::Viewer,
+                &["shop".into()],
+                "correct horse",
+            )
+            .unwrap();
+        assert_eq!(made.email, "ann@example.com");
+        projects.save(dir.path()).unwrap();
+        let raw = std::fs::read_to_string(Projects::path(dir.path())).unwrap();
+        assert!(
+            !raw.contains("correct horse"),
+            "the password must not be stored"
+        );
+        assert!(raw.contains("$argon2id$"), "{raw}");
+
+        let mut loaded = Projects::load(dir.path()).unwrap();
+        let ann = loaded.users[0].clone();
+        assert!(verify_password(&ann.password_hash, "correct horse"));
+        assert!(!verify_password(&ann.password_hash, "correct horsf"));
+        assert!(!verify_password("not a phc string", "correct horse"));
+        assert!(ann.may_see("shop") && !ann.may_see("blog"));
+
+        loaded
+            .set_password("ANN@example.com", "battery staple")
+            .unwrap();
+        let ann = &loaded.users[0];
+        assert_eq!(ann.password_version, 1);
+        assert!(verify_password(&ann.password_hash, "battery staple"));
+        assert!(!verify_password(&ann.password_hash, "correct horse"));
+    }
+
+    #[test]
+    fn bad_users_are_refused_with_a_reason() {
+        let mut projects = Projects::default();
+        projects.create_project("shop").unwrap();
+        let err = |r: Result<UserSummary, MetaError>| r.unwrap_err().to_string();
+        assert!(
+            err(projects.create_user("nope", UserRole::Admin, &[], "12345678")).contains("email")
+        );
+        assert!(
+            err(projects.create_user("a@b", UserRole::Admin, &[], "short"))
+                .contains("8 characters")
+        );
+        assert!(
+            err(projects.create_user("a@b", UserRole::Viewer, &[], "12345678"))
+                .contains("--project")
+        );
+        assert!(
+            err(projects.create_user("a@b", UserRole::Viewer, &["blog".into()], "12345678"))
+                .contains("no project")
+        );
+        projects
+            .create_user("a@b", UserRole::Admin, &[], "12345678")
+            .unwrap();
+        assert!(
+            err(projects.create_user("A@B", UserRole::Admin, &[], "12345678")).contains("already")
+        );
+        assert!(matches!(
+            projects.set_password("x@y", "12345678"),
+            Err(MetaError::NoUser(_))
+        ));
+        assert_eq!(generate_password().len(), 16);
+    }
+
+    #[test]
+    fn a_projects_file_from_before_users_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(Projects::path(dir.path()), r#"{"projects": []}"#).unwrap();
+        assert!(Projects::load(dir.path()).unwrap().users.is_empty());
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -21,7 +21,6 @@ use tally_query::QueryError;
 use tally_store::{Store, StoreError};
 
 use crate::error::ApiError;
-use crate::meta::KeyKind;
 use crate::metrics::QUERY_SECONDS;
 use crate::AppState;
 
@@ -29,12 +28,19 @@ use crate::AppState;
 /// Tally's JSON error (docs/queries.md).
 const MAX_QUERY_BODY_BYTES: usize = 1024 * 1024;
 
+/// `?project=<id>`: which project, when the dashboard's session cookie authorizes.
+#[derive(serde::Deserialize)]
+pub(crate) struct Target {
+    project: Option<String>,
+}
+
 pub(crate) async fn query(
     State(state): State<Arc<AppState>>,
+    Query(target): Query<Target>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let project = state.authenticate(&headers, KeyKind::Read)?;
+    let project = state.authorize_read(&headers, &Method::POST, target.project.as_deref())?;
     let body = crate::ingest::read_body(
         body,
         &headers,

@@ -1,4 +1,4 @@
-//! The `tally` command: run the server, manage projects and keys.
+//! The `tally` command: run the server, manage projects, keys and dashboard users.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tally_server::config::Role;
-use tally_server::meta::{KeyKind, Projects};
+use tally_server::meta::{self, KeyKind, Projects, UserRole};
 use tally_server::Config;
 
 // The ingest path allocates many small, short-lived buffers across threads (request
@@ -55,8 +55,49 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage dashboard users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Print the effective configuration (defaults, file and environment merged).
     Config,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create a dashboard user. Without --password-stdin a password is generated and
+    /// printed (only this once).
+    Create {
+        email: String,
+        /// admin: every project; viewer: only the --project ones, reports only.
+        #[arg(long, value_enum)]
+        role: RoleName,
+        /// A project the user may see (repeat for more); a viewer needs at least one.
+        #[arg(long = "project")]
+        projects: Vec<String>,
+        /// Read the password from standard input (its first line).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the users (never their password hashes).
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Set a user's password; their sessions end. Without --password-stdin a password is
+    /// generated and printed.
+    Passwd {
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RoleName {
+    Admin,
+    Viewer,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -151,7 +192,13 @@ fn main() -> anyhow::Result<()> {
         } => {
             let projects = Projects::load(&config.data_dir)?;
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&projects)?),
+                // Projects only: the file also holds the users' password hashes.
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "projects": projects.projects })
+                    )?
+                ),
                 Format::Text => {
                     if projects.projects.is_empty() {
                         println!("no projects yet in {}", config.data_dir.display());
@@ -182,6 +229,7 @@ fn main() -> anyhow::Result<()> {
             println!("{key}");
             Ok(())
         }
+        Command::User { command } => user(&config, command),
         Command::Config => {
             // A secret is shown as set or not, never printed.
             if !config.clickhouse.password.is_empty() {
@@ -193,15 +241,98 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
+    let mut projects = Projects::load(&config.data_dir)?;
+    match command {
+        UserCommand::Create {
+            email,
+            role,
+            projects: visible,
+            password_stdin,
+        } => {
+            let (password, generated) = password(password_stdin)?;
+            let role = match role {
+                RoleName::Admin => UserRole::Admin,
+                RoleName::Viewer => UserRole::Viewer,
+            };
+            let made = projects.create_user(&email, role, &visible, &password)?;
+            projects.save(&config.data_dir)?;
+            println!("created user {} ({:?})", made.email, made.role);
+            if generated {
+                println!("password: {password}  (shown only now: keep it)");
+            }
+        }
+        UserCommand::List { format } => {
+            let users: Vec<_> = projects.users.iter().map(|u| u.summary()).collect();
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&users)?),
+                Format::Text => {
+                    if users.is_empty() {
+                        println!("no users yet in {}", config.data_dir.display());
+                    }
+                    for u in &users {
+                        let role = match u.role {
+                            UserRole::Admin => "admin ".to_owned(),
+                            UserRole::Viewer => format!("viewer of {}", u.projects.join(", ")),
+                        };
+                        println!("{}  {role}  (created {})", u.email, u.created_at);
+                    }
+                }
+            }
+        }
+        UserCommand::Passwd {
+            email,
+            password_stdin,
+        } => {
+            let (password, generated) = password(password_stdin)?;
+            projects.set_password(&email, &password)?;
+            projects.save(&config.data_dir)?;
+            println!("password changed; the user's sessions have ended");
+            if generated {
+                println!("password: {password}  (shown only now: keep it)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The password from standard input's first line, or a generated one (`true`).
+fn password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    if !from_stdin {
+        return Ok((meta::generate_password(), true));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    Ok((password, false))
+}
+
 fn serve(config: Config) -> anyhow::Result<()> {
     tally_server::init_logging(&config);
     if config.role != Role::All {
         // Scale-out processes share projects.json (a mounted folder); only the
-        // single-node server makes the default project on first start.
-    } else if let Some(made) = tally_server::bootstrap(&config)? {
-        println!("created the default project; point your SDKs at this server with:");
-        println!("  write key: {}", made.write_key);
-        println!("  read key:  {}  (shown only now: keep it)", made.read_key);
+        // single-node server makes the default project and the admin on first start.
+    } else {
+        let made = tally_server::bootstrap(&config)?;
+        if let Some(project) = &made.project {
+            println!("created the default project; point your SDKs at this server with:");
+            println!("  write key: {}", project.write_key);
+            println!(
+                "  read key:  {}  (shown only now: keep it)",
+                project.read_key
+            );
+        }
+        if let Some((email, password)) = &made.admin {
+            println!(
+                "created the dashboard's admin user; log in at http://{}/ with:",
+                config.listen
+            );
+            println!("  email:    {email}");
+            println!("  password: {password}  (shown only now: change it with `tally user passwd {email}`)");
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,95 @@
+// The dashboard talks to Tally's public API only: login, session, logout, query.
+// The session cookie is HttpOnly; the CSRF token from the login answer goes in the
+// X-Tally-CSRF header of every POST (docs/dashboard.md).
+
+export interface Project {
+  id: string;
+  name: string;
+  /** Only for admins: for the set-up snippet. */
+  write_key: string | null;
+}
+
+export interface Session {
+  user: { email: string; role: 'admin' | 'viewer' };
+  projects: Project[];
+  csrf_token: string;
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+let csrf = '';
+/** Requests in flight, on <html data-pending>: 0 once the page is fully drawn (the
+ * browser test and the load benchmark wait for it). */
+let pending = 0;
+const setPending = (d: number) => {
+  pending += d;
+  document.documentElement.dataset.pending = String(pending);
+};
+
+async function call(method: 'GET' | 'POST', path: string, body?: unknown): Promise<any> {
+  const headers: Record<string, string> = { accept: 'application/json' };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (method === 'POST' && csrf) headers['x-tally-csrf'] = csrf;
+  let response: Response;
+  let text: string;
+  setPending(1);
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      credentials: 'same-origin',
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    text = await response.text();
+  } catch (e) {
+    throw new ApiError(0, 'network', 'The server did not answer. Is Tally running?');
+  } finally {
+    setPending(-1);
+  }
+  let json: any = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    /* not JSON: reported below */
+  }
+  if (!response.ok) {
+    throw new ApiError(
+      response.status,
+      json?.error ?? 'http_error',
+      json?.message ?? `HTTP ${response.status}`,
+    );
+  }
+  return json;
+}
+
+/** The signed-in session, or null when there is none. */
+export async function getSession(): Promise<Session | null> {
+  const s = await call('GET', '/api/v1/session');
+  if (!s?.user) return null;
+  csrf = s.csrf_token;
+  return s as Session;
+}
+
+export async function login(email: string, password: string): Promise<Session> {
+  const s = (await call('POST', '/api/v1/login', { email, password })) as Session;
+  csrf = s.csrf_token;
+  return s;
+}
+
+export async function logout(): Promise<void> {
+  await call('POST', '/api/v1/logout');
+  csrf = '';
+}
+
+/** POST /api/v1/query for `project` with the session cookie. */
+export function query(project: string, body: Record<string, unknown>): Promise<any> {
+  return call('POST', `/api/v1/query?project=${encodeURIComponent(project)}`, body);
+}
