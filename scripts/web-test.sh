@@ -66,7 +66,7 @@ tally user list
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 TALLY_URL="http://127.0.0.1:$PORT"
-env -u TALLY_BIN -u TALLY_URL TALLY_WRITER_BATCH_MAX_WAIT_MS=20 \
+env -u TALLY_BIN -u TALLY_URL TALLY_WRITER_BATCH_MAX_WAIT_MS=20 TALLY_CACHE_MAX_STALENESS_MS=0 \
     "$TALLY_BIN" --data-dir "$DATA" serve --listen "127.0.0.1:$PORT" >"$DATA/server.log" 2>&1 &
 SERVER_PID=$!
 up=0

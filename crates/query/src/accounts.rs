@@ -332,6 +332,15 @@ impl AccountsQuery {
 }
 
 impl crate::Report for AccountsQuery {
+    fn reads(&self) -> crate::Reads {
+        // Health compares windows before the range's end, and "new" asks whether an
+        // account was seen before: its whole history.
+        crate::Reads {
+            from: i64::MIN,
+            to: self.end,
+        }
+    }
+
     fn normalized(&self) -> Value {
         json!({
             "kind": "accounts",

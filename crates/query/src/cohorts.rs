@@ -270,6 +270,15 @@ impl RetentionQuery {
 }
 
 impl crate::Report for RetentionQuery {
+    fn reads(&self) -> crate::Reads {
+        // A person's first time needs their whole history before the range; returns are
+        // looked for up to `intervals` periods after it.
+        crate::Reads {
+            from: i64::MIN,
+            to: self.scan_end(),
+        }
+    }
+
     fn normalized(&self) -> Value {
         let mut v = json!({
             "kind": "retention",
@@ -425,6 +434,14 @@ impl LifecycleQuery {
 }
 
 impl crate::Report for LifecycleQuery {
+    fn reads(&self) -> crate::Reads {
+        // "new" and "resurrecting" look at everything before the range.
+        crate::Reads {
+            from: i64::MIN,
+            to: self.0.frame.end,
+        }
+    }
+
     fn normalized(&self) -> Value {
         self.0.normalized("lifecycle")
     }
@@ -491,6 +508,13 @@ impl StickinessQuery {
 }
 
 impl crate::Report for StickinessQuery {
+    fn reads(&self) -> crate::Reads {
+        crate::Reads {
+            from: self.0.frame.start,
+            to: self.0.frame.end,
+        }
+    }
+
     fn normalized(&self) -> Value {
         self.0.normalized("stickiness")
     }

@@ -152,6 +152,13 @@ impl EventsQuery {
 }
 
 impl crate::Report for EventsQuery {
+    fn reads(&self) -> crate::Reads {
+        crate::Reads {
+            from: self.start,
+            to: self.end,
+        }
+    }
+
     fn normalized(&self) -> Value {
         self.normalized_query()
     }

@@ -499,6 +499,14 @@ impl FunnelQuery {
 }
 
 impl crate::Report for FunnelQuery {
+    fn reads(&self) -> crate::Reads {
+        // An attempt started in the range may finish up to a window after it.
+        crate::Reads {
+            from: self.start,
+            to: self.end.saturating_add(self.window),
+        }
+    }
+
     fn normalized(&self) -> Value {
         json!({
             "kind": "funnel",

@@ -43,12 +43,74 @@ pub const KINDS: &[&str] = &[
 ];
 
 /// A parsed query of one kind.
-trait Report {
+trait Report: Send + Sync {
     /// The response body: `results`, and whatever else the kind answers with.
     fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError>;
 
     /// The query as understood, defaults filled in; echoed as `query`.
     fn normalized(&self) -> Value;
+
+    /// The span of event times the answer can depend on.
+    fn reads(&self) -> Reads;
+}
+
+/// The event times `[from, to)` (UTC microseconds) an answer can depend on: an event
+/// stored later with a time in the span may change it, one outside cannot. `i64::MIN`
+/// and `i64::MAX` stand for no bound (reports that look at people's whole history, such
+/// as first-time retention or lifecycle's "new").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reads {
+    pub from: i64,
+    pub to: i64,
+}
+
+impl Reads {
+    /// Every event time.
+    pub const ALL: Reads = Reads {
+        from: i64::MIN,
+        to: i64::MAX,
+    };
+}
+
+/// A query parsed and normalized, not yet run: what a cache keys on and checks, and
+/// what [`Plan::execute`] answers.
+pub struct Plan {
+    kind: &'static str,
+    report: Box<dyn Report>,
+}
+
+impl Plan {
+    /// One of [`KINDS`].
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The query as understood: defaults filled in, its date range resolved to absolute
+    /// times in its timezone (whole days, so equal questions asked the same day have
+    /// equal normalized forms). Echoed in the response as `query`.
+    pub fn normalized(&self) -> Value {
+        self.report.normalized()
+    }
+
+    /// The span of event times the answer depends on.
+    pub fn reads(&self) -> Reads {
+        self.report.reads()
+    }
+
+    /// Whether an answer may be kept and served again: every kind but `realtime`, whose
+    /// answer is about the last minutes and is always computed.
+    pub fn cacheable(&self) -> bool {
+        self.kind != "realtime"
+    }
+
+    /// Runs the query for `project`; the response body, `query` included.
+    ///
+    /// Blocks on the store: call it from a blocking thread.
+    pub fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
+        let mut body = self.report.execute(store, project)?;
+        body["query"] = self.report.normalized();
+        Ok(body)
+    }
 }
 
 /// Runs one query for `project` and returns the response body.
@@ -60,6 +122,17 @@ pub fn run(
     request: &Value,
     now: DateTime<Utc>,
 ) -> Result<Value, QueryError> {
+    plan(request, now, || first_event_time(store, project))?.execute(store, project)
+}
+
+/// Parses and normalizes one query, without running it. `first_event` says when the
+/// project's first event happened; it is asked only for `date_range: "all"` (a cache may
+/// answer it, or [`first_event_time`] from the store).
+pub fn plan(
+    request: &Value,
+    now: DateTime<Utc>,
+    first_event: impl FnOnce() -> Result<Option<i64>, QueryError>,
+) -> Result<Plan, QueryError> {
     let obj = request
         .as_object()
         .ok_or_else(|| QueryError::invalid("", "the query must be a JSON object"))?;
@@ -73,14 +146,8 @@ pub fn run(
             ))
         }
     };
-    let first_event = || first_event_time(store, project);
-    let query: Box<dyn Report> = match kind {
-        "stats" => Box::new(StatsQuery::parse(
-            obj,
-            now,
-            |p| first_event_time(store, p),
-            project,
-        )?),
+    let report: Box<dyn Report> = match kind {
+        "stats" => Box::new(StatsQuery::parse(obj, now, first_event)?),
         "events" => Box::new(events::EventsQuery::parse(obj, now, first_event)?),
         "trends" => Box::new(trends::TrendsQuery::parse(obj, now, first_event)?),
         "funnel" => Box::new(funnel::FunnelQuery::parse(obj, now, first_event)?),
@@ -100,9 +167,12 @@ pub fn run(
             ))
         }
     };
-    let mut body = query.execute(store, project)?;
-    body["query"] = query.normalized();
-    Ok(body)
+    let kind = KINDS
+        .iter()
+        .copied()
+        .find(|k| *k == kind)
+        .expect("every kind parsed above is listed");
+    Ok(Plan { kind, report })
 }
 
 /// Collects the bound values of a query as its SQL text is written, so a placeholder
@@ -163,7 +233,7 @@ impl Binder {
 }
 
 /// When the project's first event happened (for the "all" date range).
-fn first_event_time(store: &dyn Store, project: &str) -> Result<Option<i64>, QueryError> {
+pub fn first_event_time(store: &dyn Store, project: &str) -> Result<Option<i64>, QueryError> {
     let text = match store.dialect() {
         Dialect::DuckDb => "SELECT epoch_us(min(ts)) FROM events WHERE project_id = ?",
         // `ts` is microseconds there already; an empty table answers 0, not NULL.

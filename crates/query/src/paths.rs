@@ -132,6 +132,13 @@ impl PathsQuery {
 }
 
 impl crate::Report for PathsQuery {
+    fn reads(&self) -> crate::Reads {
+        crate::Reads {
+            from: self.start,
+            to: self.end,
+        }
+    }
+
     fn normalized(&self) -> Value {
         json!({
             "kind": "paths",

@@ -25,6 +25,14 @@ impl RealtimeQuery {
 }
 
 impl crate::Report for RealtimeQuery {
+    fn reads(&self) -> crate::Reads {
+        // Never cached (`Plan::cacheable`); the last minutes, up to a little ahead.
+        crate::Reads {
+            from: self.now - self.minutes as i64 * 60 * crate::time::MICROS_PER_SEC,
+            to: i64::MAX,
+        }
+    }
+
     fn normalized(&self) -> Value {
         json!({ "kind": "realtime", "minutes": self.minutes })
     }

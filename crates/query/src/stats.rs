@@ -193,8 +193,7 @@ impl StatsQuery {
     pub fn parse(
         obj: &Map<String, Value>,
         now: DateTime<Utc>,
-        first_event: impl FnOnce(&str) -> Result<Option<i64>, QueryError>,
-        project: &str,
+        first_event: impl FnOnce() -> Result<Option<i64>, QueryError>,
     ) -> Result<Self, QueryError> {
         const KEYS: &[&str] = &[
             "kind",
@@ -218,8 +217,7 @@ impl StatsQuery {
 
         let tz = parse_timezone(obj.get("timezone"))?;
         let metrics = parse_metrics(obj.get("metrics"))?;
-        let (start, end) =
-            parse_date_range(obj.get("date_range"), tz, now, || first_event(project))?;
+        let (start, end) = parse_date_range(obj.get("date_range"), tz, now, first_event)?;
 
         let mut dimensions = Vec::new();
         for (i, d) in string_list(obj.get("dimensions"), "dimensions")?
@@ -704,6 +702,19 @@ impl crate::Report for StatsQuery {
 
     fn execute(&self, store: &dyn Store, project: &str) -> Result<Value, QueryError> {
         StatsQuery::execute(self, store, project)
+    }
+
+    fn reads(&self) -> crate::Reads {
+        // `compare` also reads the period before, as long as this one.
+        let span = self.end - self.start;
+        crate::Reads {
+            from: if self.compare {
+                self.start - span
+            } else {
+                self.start
+            },
+            to: self.end,
+        }
     }
 }
 

@@ -503,6 +503,20 @@ impl TrendsQuery {
 }
 
 impl crate::Report for TrendsQuery {
+    fn reads(&self) -> crate::Reads {
+        // Rolling windows read the days before the range too.
+        let lookback = self
+            .series
+            .iter()
+            .map(|s| (s.math.window_days() - 1) * 86_400 * MICROS_PER_SEC)
+            .max()
+            .unwrap_or(0);
+        crate::Reads {
+            from: self.start - lookback,
+            to: self.end,
+        }
+    }
+
     fn normalized(&self) -> Value {
         json!({
             "kind": "trends",

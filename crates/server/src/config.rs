@@ -54,6 +54,31 @@ pub struct Config {
     pub redis: RedisConfig,
     pub clickhouse: ClickHouseSection,
     pub auth: AuthConfig,
+    pub cache: CacheConfig,
+}
+
+/// The query result cache (docs/caching.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Keep and serve query answers. Only the single-node mode (`role = "all"`) caches:
+    /// a scale-out query process computes every answer.
+    pub enabled: bool,
+    /// The in-process cache's bound, in bytes of answers kept.
+    pub l1_bytes: u64,
+    /// The longest an answer whose range reaches now is served after newer data was
+    /// stored (a day's range gets all of it, shorter ranges less).
+    pub max_staleness_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            l1_bytes: 256 * 1024 * 1024,
+            max_staleness_ms: 10_000,
+        }
+    }
 }
 
 /// Dashboard users' sessions and logins (docs/dashboard.md).
@@ -302,6 +327,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             clickhouse: ClickHouseSection::default(),
             auth: AuthConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }

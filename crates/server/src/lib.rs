@@ -7,6 +7,7 @@
 //! from an [`AppState`], so tests can drive the real server on `127.0.0.1:0`.
 
 mod auth;
+mod cache;
 pub mod config;
 mod dashboard;
 mod dedup;
@@ -60,6 +61,8 @@ pub struct AppState {
     posthog_limits: tally_ingest::PostHogLimits,
     /// The bound on concurrent store queries ([`query`]'s module docs).
     admission: query::Admission,
+    /// Query results (cache.rs).
+    cache: cache::Cache,
     /// Set while the embedded writer loads its dedup window at start: not ready yet.
     writer_starting: AtomicBool,
     /// The shutdown signal has come: `/readyz` says 503 while requests finish.
@@ -532,6 +535,7 @@ pub async fn serve(
                 failing: state.writer_failing.clone(),
                 dead_letter,
                 dedup,
+                flushes: Some(state.cache.flushes.clone()),
             }
             .run()
             .await;
@@ -721,6 +725,12 @@ fn app_state(
         segment_limits,
         posthog_limits,
         admission: query::Admission::new(config.query.max_concurrent, config.query.max_queued),
+        // Only a process with the writer in it learns when data changes (cache.rs).
+        cache: cache::Cache::new(
+            config.cache.enabled && config.role == config::Role::All,
+            config.cache.l1_bytes,
+            Duration::from_millis(config.cache.max_staleness_ms),
+        ),
         writer_starting: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         disk: None,

@@ -18,7 +18,12 @@ pub(crate) const EVENTS_REJECTED: &str = "tally_events_rejected_total";
 pub(crate) const WRITER_BATCH_EVENTS: &str = "tally_writer_batch_events";
 pub(crate) const WRITER_FLUSH_SECONDS: &str = "tally_writer_flush_seconds";
 pub(crate) const WRITER_ERRORS: &str = "tally_writer_errors_total";
-pub(crate) const QUERY_SECONDS: &str = "tally_store_query_seconds";
+/// A query request's latency, answered from the cache or not.
+pub(crate) const QUERY_SECONDS: &str = "tally_query_seconds";
+/// The time of each query that reached the store.
+pub(crate) const STORE_QUERY_SECONDS: &str = "tally_store_query_seconds";
+/// Queries that reached the store.
+pub(crate) const STORE_QUERIES: &str = "tally_store_queries_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -1,5 +1,10 @@
 //! `POST /api/v1/query`: authenticate with a read key, run the query, answer JSON.
 //!
+//! Answers come from the result cache when it holds a good one (cache.rs, and
+//! docs/caching.md): `"refresh"` in the query, or `Cache-Control: no-cache`, says how
+//! much the caller accepts; every answer carries a `cache` block, and cached ones an
+//! `ETag` that `If-None-Match` turns into 304.
+//!
 //! Admission: at most `query.max_concurrent` queries run on the store at once, and at
 //! most `query.max_queued` more wait for a turn; a query past both is refused at once
 //! with 503 `too_busy` and `Retry-After`, so a burst of heavy dashboards cannot pile up
@@ -13,15 +18,15 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{json, Value};
-use tally_query::QueryError;
+use tally_query::{Plan, QueryError};
 use tally_store::{Store, StoreError};
 
+use crate::cache::{self, Entry, Key, Refresh, Standing};
 use crate::error::ApiError;
-use crate::metrics::QUERY_SECONDS;
+use crate::metrics::{QUERY_SECONDS, STORE_QUERIES, STORE_QUERY_SECONDS};
 use crate::AppState;
 
 /// A query is a small JSON object; a larger body is a mistake or an attack. 413 with
@@ -49,7 +54,7 @@ pub(crate) async fn query(
         state.body_timeout(),
     )
     .await?;
-    let request: Value = serde_json::from_slice(&body).map_err(|e| {
+    let mut request: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "malformed_json",
             format!(
@@ -59,15 +64,13 @@ pub(crate) async fn query(
             ),
         )
     })?;
-    // A label from the fixed list, never the client's text.
-    let kind = match request.get("kind").and_then(Value::as_str) {
-        None => "stats",
-        Some(k) => tally_query::KINDS
-            .iter()
-            .copied()
-            .find(|known| *known == k)
-            .unwrap_or("unknown"),
-    };
+    // `refresh` is for the cache, not part of the question (or its key).
+    let asked = request.as_object_mut().and_then(|o| o.remove("refresh"));
+    let mut refresh =
+        Refresh::parse(asked.as_ref()).map_err(|message| invalid("refresh", message))?;
+    if no_cache(&headers) {
+        refresh = Refresh::Force;
+    }
     let store = match &state.store {
         Some(store) => store.clone(),
         None => {
@@ -79,37 +82,295 @@ pub(crate) async fn query(
     };
     let start = Instant::now();
     let budget = Duration::from_millis(state.config.query.timeout_ms);
-    let deadline = start + budget;
-    let permit = state.admission.admit(deadline, budget).await?;
-    let result = tokio::task::spawn_blocking(move || {
-        // Held until the store is done, even if the client has gone.
-        let _permit = permit;
-        let store = Deadline {
-            inner: store,
-            until: deadline,
-        };
-        tally_query::run(&store, &project, &request, chrono::Utc::now())
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let job = Job {
+        state: state.clone(),
+        store,
+        project,
+        budget,
+        deadline: start + budget,
+    };
+    let plan = Arc::new(job.plan(request).await?);
+    let kind = plan.kind();
+    let response = if state.cache.enabled && plan.cacheable() {
+        cached(job, plan, refresh, &headers).await
+    } else {
+        let (version, as_of) = state.cache.flushes.current();
+        job.compute(plan.clone(), version, as_of)
+            .await
+            .map(|entry| {
+                let block = cache_block(&entry, false, false, chrono::Utc::now());
+                json_response(StatusCode::OK, cache::body_with(&entry, &block))
+            })
+    };
     metrics::histogram!(QUERY_SECONDS, "kind" => kind).record(start.elapsed().as_secs_f64());
-    match result {
-        Ok(body) => Ok((StatusCode::OK, Json(body)).into_response()),
-        Err(QueryError::Invalid { field, message }) => Err(ApiError::bad_request(
-            "invalid_query",
-            format!("{field}: {message}"),
-        )
-        .with_details(json!({ "field": field }))),
-        Err(QueryError::Store(StoreError::Timeout(_))) => {
-            metrics::counter!(QUERIES_REFUSED, "reason" => "timeout").increment(1);
-            Err(timed_out(budget))
+    response
+}
+
+/// What one request needs to reach the store.
+#[derive(Clone)]
+struct Job {
+    state: Arc<AppState>,
+    store: Arc<dyn Store>,
+    project: String,
+    budget: Duration,
+    deadline: Instant,
+}
+
+impl Job {
+    /// Parses the query. Only `date_range: "all"` needs the store (the project's first
+    /// event); that lookup takes no turn at the store, it is one small statement.
+    async fn plan(&self, request: Value) -> Result<Plan, ApiError> {
+        let now = chrono::Utc::now();
+        let needs_store = std::cell::Cell::new(false);
+        let quick = tally_query::plan(&request, now, || {
+            needs_store.set(true);
+            Ok(None)
+        });
+        if !needs_store.get() {
+            return quick.map_err(|e| query_error(e, self.budget));
         }
-        Err(QueryError::Unsupported(message)) => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            message,
-        )),
-        Err(QueryError::Store(e)) => Err(ApiError::internal(e)),
+        let job = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = job.timed_store();
+            tally_query::plan(&request, now, || {
+                tally_query::first_event_time(&store, &job.project)
+            })
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| query_error(e, self.budget))
+    }
+
+    fn timed_store(&self) -> Deadline {
+        Deadline {
+            inner: self.store.clone(),
+            until: self.deadline,
+        }
+    }
+
+    /// Runs `plan` on the store, after waiting for a turn. `version` and `as_of`: the
+    /// data version current before it began, which the answer is at least as new as.
+    async fn compute(
+        &self,
+        plan: Arc<Plan>,
+        version: u64,
+        as_of: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Arc<Entry>, ApiError> {
+        let permit = self
+            .state
+            .admission
+            .admit(self.deadline, self.budget)
+            .await?;
+        let kind = plan.kind();
+        let job = self.clone();
+        let start = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            // Held until the store is done, even if the client has gone.
+            let _permit = permit;
+            plan.execute(&job.timed_store(), &job.project)
+                .map(|body| (body, plan.reads()))
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        metrics::counter!(STORE_QUERIES, "kind" => kind).increment(1);
+        metrics::histogram!(STORE_QUERY_SECONDS, "kind" => kind)
+            .record(start.elapsed().as_secs_f64());
+        let (body, reads) = result.map_err(|e| query_error(e, self.budget))?;
+        let body = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+        Ok(Arc::new(Entry {
+            body: body.into(),
+            reads,
+            version,
+            data_as_of: as_of,
+            computed_at: chrono::Utc::now(),
+        }))
+    }
+
+    /// The entry for `key` after one computation at most for all the requests that
+    /// ask for it at once: a request that finds another computing waits for its answer.
+    /// `good_enough` says which kept entry spares a computation. Whether this request
+    /// computed it.
+    async fn single_flight(
+        &self,
+        key: Key,
+        plan: Arc<Plan>,
+        good_enough: fn(Standing) -> bool,
+    ) -> Result<(Arc<Entry>, bool), ApiError> {
+        let cache = &self.state.cache;
+        let result = cache
+            .l1
+            .entry(key)
+            .and_try_compute_with(|kept| async move {
+                if let Some(kept) = kept {
+                    let standing = cache.standing(&self.project, kept.value(), chrono::Utc::now());
+                    if good_enough(standing) {
+                        return Ok(moka::ops::compute::Op::Nop);
+                    }
+                }
+                let (version, as_of) = cache.flushes.current();
+                let entry = self.compute(plan, version, as_of).await?;
+                Ok::<_, ApiError>(moka::ops::compute::Op::Put(entry))
+            })
+            .await?;
+        cache.record_size();
+        use moka::ops::compute::CompResult;
+        match result {
+            CompResult::Unchanged(e) => {
+                metrics::counter!("tally_cache_singleflight_waits_total").increment(1);
+                Ok((e.into_value(), false))
+            }
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) => Ok((e.into_value(), true)),
+            CompResult::StillNone(_) | CompResult::Removed(_) => {
+                Err(ApiError::internal("the cache kept no answer"))
+            }
+        }
+    }
+}
+
+/// Answers from the cache, computing when it has nothing good enough (module docs of
+/// cache.rs).
+async fn cached(
+    job: Job,
+    plan: Arc<Plan>,
+    refresh: Refresh,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let cache = &job.state.cache;
+    let key = Key::new(&job.project, &plan.normalized());
+    let now = chrono::Utc::now();
+    let kept = match refresh {
+        Refresh::Force => None,
+        _ => cache.l1.get(&key).await,
+    };
+    let kept = kept.map(|e| {
+        let standing = cache.standing(&job.project, &e, now);
+        (e, standing)
+    });
+    let (entry, hit, stale) = match (refresh, kept) {
+        (Refresh::CacheOnly, None) => {
+            count_l1("miss");
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_cached",
+                "no answer to this query is kept yet; ask with \"refresh\": \"auto\" to compute it",
+            ));
+        }
+        (Refresh::CacheOnly, Some((e, standing))) => (e, true, standing != Standing::Fresh),
+        (Refresh::StaleWhileRevalidate, Some((e, standing))) => {
+            if standing != Standing::Fresh {
+                let (job, plan) = (job.clone(), plan.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = job.single_flight(key, plan, |s| s == Standing::Fresh).await {
+                        tracing::warn!(error = %e.message, "background recompute failed");
+                    }
+                });
+            }
+            (e, true, standing != Standing::Fresh)
+        }
+        (Refresh::Auto, Some((e, standing))) if standing != Standing::Stale => {
+            (e, true, standing == Standing::Recent)
+        }
+        (refresh, _) => {
+            let good_enough: fn(Standing) -> bool = match refresh {
+                Refresh::Force => |_| false,
+                _ => |s| s != Standing::Stale,
+            };
+            let (e, computed) = job.single_flight(key, plan, good_enough).await?;
+            (e, !computed, false)
+        }
+    };
+    count_l1(match (hit, stale) {
+        (false, _) => "miss",
+        (true, false) => "hit",
+        (true, true) => "stale",
+    });
+    let now = chrono::Utc::now();
+    let etag = cache::etag(&key, &entry);
+    let max_age = cache
+        .allowance(entry.reads, now)
+        .saturating_sub(cache::age(&entry, now))
+        .as_secs();
+    let cache_headers = [
+        (header::ETAG, etag.clone()),
+        (header::CACHE_CONTROL, format!("private, max-age={max_age}")),
+        (header::VARY, "authorization, x-api-key, cookie".to_owned()),
+    ];
+    if let Some(asked) = headers.get(header::IF_NONE_MATCH) {
+        let matches = asked
+            .to_str()
+            .map(|v| v.split(',').any(|t| t.trim() == etag))
+            .unwrap_or(false);
+        metrics::counter!("tally_cache_requests_total", "layer" => "http",
+            "result" => if matches { "hit" } else { "miss" })
+        .increment(1);
+        if matches {
+            return Ok((StatusCode::NOT_MODIFIED, cache_headers).into_response());
+        }
+    }
+    let block = cache_block(&entry, hit, stale, now);
+    let mut response = json_response(StatusCode::OK, cache::body_with(&entry, &block));
+    for (name, value) in cache_headers {
+        response
+            .headers_mut()
+            .insert(name, value.parse().expect("ASCII header values"));
+    }
+    Ok(response)
+}
+
+fn count_l1(result: &'static str) {
+    metrics::counter!("tally_cache_requests_total", "layer" => "l1", "result" => result)
+        .increment(1);
+}
+
+/// `"cache"` in every answer: whether it came from the cache, and how old it is.
+fn cache_block(entry: &Entry, hit: bool, stale: bool, now: chrono::DateTime<chrono::Utc>) -> Value {
+    let age = cache::age(entry, now).as_millis() as f64 / 1000.0;
+    json!({
+        "hit": hit,
+        "layer": if hit { Value::from("l1") } else { Value::Null },
+        "computed_at": entry.computed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data_as_of": entry.data_as_of.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "age_s": age,
+        "stale": stale,
+    })
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body),
+    )
+        .into_response()
+}
+
+/// `Cache-Control: no-cache` from the client: compute now, as `"refresh": "force"`.
+fn no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    let message = message.into();
+    ApiError::bad_request("invalid_query", format!("{field}: {message}"))
+        .with_details(json!({ "field": field }))
+}
+
+fn query_error(e: QueryError, budget: Duration) -> ApiError {
+    match e {
+        QueryError::Invalid { field, message } => invalid(&field, message),
+        QueryError::Store(StoreError::Timeout(_)) => {
+            metrics::counter!(QUERIES_REFUSED, "reason" => "timeout").increment(1);
+            timed_out(budget)
+        }
+        QueryError::Unsupported(message) => {
+            ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", message)
+        }
+        QueryError::Store(e) => ApiError::internal(e),
     }
 }
 

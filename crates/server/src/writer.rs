@@ -19,6 +19,7 @@ use tally_model::StoredBatch;
 use tally_queue::{Entry, EntryId, Record, RedisStreams, StreamReader, Wal, WalReader};
 use tally_store::Store;
 
+use crate::cache::{Flush, Flushes};
 use crate::config::WriterConfig;
 use crate::dedup::Dedup;
 use crate::metrics::{WRITER_BATCH_EVENTS, WRITER_ERRORS, WRITER_FLUSH_SECONDS};
@@ -36,6 +37,8 @@ pub(crate) struct Writer {
     /// Where records that cannot be decoded are kept for an operator to inspect.
     pub dead_letter: PathBuf,
     pub dedup: Dedup,
+    /// Told what each insert touched, for the result cache.
+    pub flushes: Option<Arc<Flushes>>,
 }
 
 impl Writer {
@@ -98,6 +101,7 @@ impl Writer {
             &mut self.dedup,
             upto,
             retries,
+            self.flushes.clone(),
         )
         .await
         {
@@ -124,6 +128,7 @@ async fn store_payloads(
     dedup: &mut Dedup,
     upto: u64,
     retries: Retries<'_>,
+    flushes: Option<Arc<Flushes>>,
 ) -> bool {
     let mut pending = Pending {
         payloads,
@@ -133,6 +138,7 @@ async fn store_payloads(
     loop {
         let store = store.clone();
         let dead_letter = dead_letter.to_owned();
+        let flushes = flushes.clone();
         // The dedup sets go to the blocking thread and come back; an empty one holds the
         // place.
         let mut owned = std::mem::replace(dedup, Dedup::new(0, 0));
@@ -144,6 +150,7 @@ async fn store_payloads(
                 &dead_letter,
                 upto,
                 backoff,
+                flushes.as_deref(),
             );
             (owned, pending, stored)
         })
@@ -190,6 +197,7 @@ fn attempt(
     dead_letter: &Path,
     upto: u64,
     retry_in: Duration,
+    flushes: Option<&Flushes>,
 ) -> bool {
     let first = pending.keep.is_none();
     let mut batches = decode_all(&pending.payloads, first.then_some(dead_letter));
@@ -197,7 +205,7 @@ fn attempt(
         Some(keep) => retain_kept(&mut batches, keep),
         None => pending.keep = Some(drop_duplicates(dedup, &mut batches)),
     }
-    insert_once(store, &batches, upto, retry_in)
+    insert_once(store, &batches, upto, retry_in, flushes)
 }
 
 /// One insert of `batches`: whether they are stored. A panic in the store is caught
@@ -207,12 +215,16 @@ fn insert_once(
     batches: &[StoredBatch<'_>],
     upto: u64,
     retry_in: Duration,
+    flushes: Option<&Flushes>,
 ) -> bool {
     let events: usize = batches.iter().map(|b| b.events.len()).sum();
     let start = Instant::now();
     let retry_in_ms = retry_in.as_millis() as u64;
     match std::panic::catch_unwind(AssertUnwindSafe(|| store.insert(batches, upto))) {
-        Ok(Ok(_stats)) => {
+        Ok(Ok(stats)) => {
+            if let Some(flushes) = flushes {
+                flushes.record(Flush::of(batches, &stats));
+            }
             metrics::histogram!(WRITER_FLUSH_SECONDS).record(start.elapsed().as_secs_f64());
             metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
             metrics::counter!("tally_writer_events_total").increment(events as u64);
@@ -307,6 +319,7 @@ impl StreamWriter {
                     &mut self.dedup,
                     0,
                     retries,
+                    None,
                 )
                 .await
                 {
@@ -465,7 +478,7 @@ mod tests {
             draining: &draining,
             failing: &failing,
         };
-        assert!(store_payloads(&store, payloads, &dead_letter, &mut dedup, 3, retries).await);
+        assert!(store_payloads(&store, payloads, &dead_letter, &mut dedup, 3, retries, None).await);
         assert!(
             !failing.load(Ordering::Acquire),
             "the last insert succeeded"

@@ -91,6 +91,24 @@ impl Derived {
         }
     }
 
+    /// The projects with people, accounts, memberships or links to write.
+    pub(crate) fn projects(&self) -> std::collections::BTreeSet<String> {
+        let persons = self.persons.keys().map(|(p, _)| p);
+        let groups = self.groups.keys().map(|(p, _)| p);
+        let members = self.members.keys().map(|(p, _, _)| p);
+        let links = self
+            .links
+            .iter()
+            .filter(|(_, devices)| !devices.is_empty())
+            .map(|(p, _)| p);
+        persons
+            .chain(groups)
+            .chain(members)
+            .chain(links)
+            .cloned()
+            .collect()
+    }
+
     /// Every link as `(project, device, user, linked at)`.
     pub(crate) fn links(&self) -> impl Iterator<Item = (&str, &str, &str, i64)> {
         self.links.iter().flat_map(|(project, devices)| {

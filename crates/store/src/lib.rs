@@ -43,12 +43,17 @@ pub struct Sql {
 /// Rows of a query result, each a list of JSON values in select-list order.
 pub type Rows = Vec<Vec<Value>>;
 
-/// What one insert wrote, for metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What one insert wrote, for metrics and for result caches.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct InsertStats {
     pub events: usize,
     pub persons: usize,
     pub groups: usize,
+    /// The projects whose people, accounts, memberships or identity links this insert
+    /// wrote: any answer of theirs may have changed, whatever its date range (a link
+    /// merges a device's whole history into a person). Events alone change only the
+    /// answers whose ranges hold their times.
+    pub identities: std::collections::BTreeSet<String>,
 }
 
 /// The SQL a store speaks, for the query engine.

@@ -60,6 +60,9 @@ impl TestServer {
         };
         config.writer.batch_max_wait_ms = 20;
         config.store.memory_limit = "512MB".into();
+        // Tests read what they just sent: no answer served after newer data (the cache's
+        // own tests set what they test).
+        config.cache.max_staleness_ms = 0;
         tweak(&mut config);
         config.validate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -622,6 +622,7 @@ impl Store for ClickHouseStore {
                 derived.add(project, e, |_, _| false);
             }
         }
+        stats.identities = derived.projects();
         let links: Vec<Value> = derived
             .links()
             .map(|(project, device, user, at)| {

@@ -83,6 +83,7 @@ pub(super) fn insert(
         app.flush()?;
     }
 
+    stats.identities = derived.projects();
     let (persons, groups, members) = (
         std::mem::take(&mut derived.persons),
         std::mem::take(&mut derived.groups),

@@ -1,0 +1,421 @@
+//! The query result cache (docs/caching.md): L1 in this process, bounded in bytes, with
+//! one computation per key at a time, and invalidation by the hours of event time each
+//! stored batch touched.
+//!
+//! - The key is a hash of the project, the normalized query (its date range resolved to
+//!   absolute whole days in its timezone) and [`CODE_VERSION`]: equal questions share an
+//!   entry, two projects never do.
+//! - Each store insert the writer makes records, per project, the UTC hours its events
+//!   fall in ([`Flush`]), under a new data version. An entry remembers the version that
+//!   was current when its computation began; it is fresh while no hour of its range
+//!   ([`tally_query::Reads`]) was touched after that version. An insert that writes
+//!   people, accounts or identity links touches the project's whole history (a link
+//!   merges a device's past into a person).
+//! - A closed range that nothing touched stays valid until memory evicts it. A range that
+//!   reaches now may be served for a while after newer data arrived: at most
+//!   `cache.max_staleness_ms`, less for short ranges ([`Cache::allowance`]); the answer
+//!   then says `"stale": true`.
+//! - Errors, timeouts and partial answers are never kept.
+//!
+//! Only a process that runs the writer knows when data changes, so only the single-node
+//! mode (`role = "all"`) caches; a scale-out query process computes every answer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+use tally_model::{EventType, StoredBatch};
+use tally_query::Reads;
+use tally_store::InsertStats;
+
+/// Changes whenever the meaning of a cached answer may change with the code: part of
+/// every key, so answers of an older build are never served by a newer one.
+pub(crate) const CODE_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/cache-1");
+
+const HOUR: i64 = 3_600_000_000;
+
+/// What one store insert touched.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Flush {
+    pub(crate) projects: HashMap<String, Touched>,
+}
+
+/// The part of one project's data an insert touched.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Touched {
+    /// UTC hours (event time / 1 h) the new events fall in.
+    pub(crate) hours: BTreeSet<i64>,
+    /// People, accounts or links were written: every answer may change.
+    pub(crate) everything: bool,
+}
+
+impl Flush {
+    /// What inserting `batches` touched, as the store reported it in `stats`.
+    pub(crate) fn of(batches: &[StoredBatch<'_>], stats: &InsertStats) -> Flush {
+        let mut flush = Flush::default();
+        for batch in batches {
+            let touched = flush
+                .projects
+                .entry(batch.project_id.to_string())
+                .or_default();
+            for e in &batch.events {
+                touched.hours.insert(e.timestamp.div_euclid(HOUR));
+                // The store reports the traits and links it wrote; an alias always
+                // links two ids, whatever the store knew.
+                if e.kind == EventType::Alias {
+                    touched.everything = true;
+                }
+            }
+        }
+        for project in &stats.identities {
+            flush
+                .projects
+                .entry(project.clone())
+                .or_default()
+                .everything = true;
+        }
+        flush
+    }
+}
+
+/// The data versions: what each insert touched, and when.
+pub(crate) struct Flushes {
+    state: RwLock<FlushState>,
+}
+
+struct FlushState {
+    version: u64,
+    /// When the current version's data was committed (the start, for version 0).
+    as_of: DateTime<Utc>,
+    projects: HashMap<String, ProjectVersions>,
+}
+
+#[derive(Default)]
+struct ProjectVersions {
+    /// The last version that touched every answer of the project.
+    everything: u64,
+    /// The last version that touched each hour.
+    hours: BTreeMap<i64, u64>,
+    /// The last version that touched anything.
+    latest: u64,
+}
+
+impl Flushes {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: RwLock::new(FlushState {
+                version: 0,
+                as_of: Utc::now(),
+                projects: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The current data version and when it was committed.
+    pub(crate) fn current(&self) -> (u64, DateTime<Utc>) {
+        let s = self.state.read();
+        (s.version, s.as_of)
+    }
+
+    /// Records a committed insert under a new version.
+    pub(crate) fn record(&self, flush: Flush) {
+        let mut s = self.state.write();
+        s.version += 1;
+        s.as_of = Utc::now();
+        let version = s.version;
+        for (project, touched) in flush.projects {
+            let p = s.projects.entry(project).or_default();
+            p.latest = version;
+            if touched.everything {
+                p.everything = version;
+            }
+            for hour in touched.hours {
+                p.hours.insert(hour, version);
+            }
+        }
+    }
+
+    /// Whether nothing `reads` covers in `project` was touched after `version`.
+    pub(crate) fn untouched_since(&self, project: &str, reads: Reads, version: u64) -> bool {
+        let s = self.state.read();
+        let Some(p) = s.projects.get(project) else {
+            return true;
+        };
+        if p.latest <= version {
+            return true;
+        }
+        if p.everything > version {
+            return false;
+        }
+        let from = reads.from.div_euclid(HOUR);
+        // `to` is exclusive: an event at exactly `to` is outside.
+        let to = reads.to.saturating_sub(1).div_euclid(HOUR);
+        if from > to {
+            return true;
+        }
+        !p.hours.range(from..=to).any(|(_, v)| *v > version)
+    }
+}
+
+/// A cache key: the hash of (code version, project, normalized query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Key([u8; 32]);
+
+impl Key {
+    pub(crate) fn new(project: &str, normalized: &serde_json::Value) -> Key {
+        let mut h = Sha256::new();
+        for part in [CODE_VERSION, project] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(normalized.to_string().as_bytes());
+        Key(h.finalize().into())
+    }
+
+    /// A short form for the ETag.
+    fn short(&self) -> String {
+        hex::encode(&self.0[..12])
+    }
+}
+
+/// One kept answer.
+pub(crate) struct Entry {
+    /// The response body, a JSON object, without its `cache` block.
+    pub(crate) body: Bytes,
+    pub(crate) reads: Reads,
+    /// The data version current when the computation began: the answer holds at
+    /// least everything committed up to it.
+    pub(crate) version: u64,
+    pub(crate) data_as_of: DateTime<Utc>,
+    pub(crate) computed_at: DateTime<Utc>,
+}
+
+/// What a request asked of the cache (`"refresh"` in the query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refresh {
+    /// A fresh (or, for an open range, recent enough) answer, else compute.
+    Auto,
+    /// Compute now.
+    Force,
+    /// Never compute: what is kept, or 404 `not_cached`.
+    CacheOnly,
+    /// What is kept, however old; compute again in the background if it is not fresh.
+    StaleWhileRevalidate,
+}
+
+impl Refresh {
+    pub(crate) fn parse(v: Option<&serde_json::Value>) -> Result<Refresh, String> {
+        match v.map(|v| v.as_str()) {
+            None => Ok(Refresh::Auto),
+            Some(Some("auto")) => Ok(Refresh::Auto),
+            Some(Some("force")) => Ok(Refresh::Force),
+            Some(Some("cache_only")) => Ok(Refresh::CacheOnly),
+            Some(Some("stale_while_revalidate")) => Ok(Refresh::StaleWhileRevalidate),
+            _ => Err(
+                "must be \"auto\", \"force\", \"cache_only\" or \"stale_while_revalidate\"".into(),
+            ),
+        }
+    }
+}
+
+/// How an entry stands when it is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Nothing it covers was touched since it was computed.
+    Fresh,
+    /// Touched, but its range reaches now and it is younger than the allowance.
+    Recent,
+    /// Touched: computing again would give a different answer.
+    Stale,
+}
+
+pub(crate) struct Cache {
+    pub(crate) enabled: bool,
+    pub(crate) l1: moka::future::Cache<Key, Arc<Entry>>,
+    pub(crate) flushes: Arc<Flushes>,
+    max_staleness: Duration,
+}
+
+impl Cache {
+    pub(crate) fn new(enabled: bool, l1_bytes: u64, max_staleness: Duration) -> Self {
+        let l1 = moka::future::Cache::builder()
+            .max_capacity(l1_bytes)
+            // Bytes held: the body and the entry's own fields.
+            .weigher(|_: &Key, e: &Arc<Entry>| {
+                (e.body.len() + std::mem::size_of::<Entry>() + 64).min(u32::MAX as usize) as u32
+            })
+            .build();
+        Self {
+            enabled,
+            l1,
+            flushes: Arc::new(Flushes::new()),
+            max_staleness,
+        }
+    }
+
+    /// How long after newer data an answer whose range reaches now may still be
+    /// served: a 1,440th of the range's length (60 s for a day), at least 1 s, at most
+    /// `cache.max_staleness_ms`. A closed range gets none.
+    pub(crate) fn allowance(&self, reads: Reads, now: DateTime<Utc>) -> Duration {
+        let now = now.timestamp_micros();
+        if reads.to <= now {
+            return Duration::ZERO;
+        }
+        let from = reads.from.max(now - 366 * 24 * HOUR);
+        let span = Duration::from_micros((reads.to.min(now + 24 * HOUR) - from).max(0) as u64);
+        (span / 1440)
+            .max(Duration::from_secs(1))
+            .min(self.max_staleness)
+    }
+
+    pub(crate) fn standing(&self, project: &str, e: &Entry, now: DateTime<Utc>) -> Standing {
+        if self.flushes.untouched_since(project, e.reads, e.version) {
+            Standing::Fresh
+        } else if age(e, now) <= self.allowance(e.reads, now) {
+            Standing::Recent
+        } else {
+            Standing::Stale
+        }
+    }
+
+    pub(crate) fn record_size(&self) {
+        metrics::gauge!("tally_cache_bytes", "layer" => "l1").set(self.l1.weighted_size() as f64);
+    }
+}
+
+pub(crate) fn age(e: &Entry, now: DateTime<Utc>) -> Duration {
+    (now - e.computed_at).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// A strong ETag for `entry` under `key`: it changes when the data the answer was
+/// computed from does.
+pub(crate) fn etag(key: &Key, entry: &Entry) -> String {
+    format!("\"{}-{}\"", key.short(), entry.version)
+}
+
+/// The response body: `entry`'s with the `cache` block first.
+pub(crate) fn body_with(entry: &Entry, block: &serde_json::Value) -> Vec<u8> {
+    let block = block.to_string();
+    let mut out = Vec::with_capacity(entry.body.len() + block.len() + 12);
+    out.extend_from_slice(b"{\"cache\":");
+    out.extend_from_slice(block.as_bytes());
+    let rest = &entry.body[1..];
+    if rest.first() != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flush(project: &str, hours: &[i64], everything: bool) -> Flush {
+        let mut f = Flush::default();
+        f.projects.insert(
+            project.into(),
+            Touched {
+                hours: hours.iter().copied().collect(),
+                everything,
+            },
+        );
+        f
+    }
+
+    fn span(from_h: i64, to_h: i64) -> Reads {
+        Reads {
+            from: from_h * HOUR,
+            to: to_h * HOUR,
+        }
+    }
+
+    #[test]
+    fn an_entry_goes_stale_only_when_an_hour_it_reads_is_touched_after_it() {
+        let f = Flushes::new();
+        f.record(flush("p", &[10], false));
+        let (v, _) = f.current();
+        assert!(f.untouched_since("p", span(0, 24), v));
+        f.record(flush("p", &[30], false));
+        assert!(f.untouched_since("p", span(0, 24), v), "an hour outside");
+        f.record(flush("q", &[5], false));
+        assert!(f.untouched_since("p", span(0, 24), v), "another project");
+        f.record(flush("p", &[24], false));
+        assert!(f.untouched_since("p", span(0, 24), v), "`to` is exclusive");
+        f.record(flush("p", &[23], false));
+        assert!(
+            !f.untouched_since("p", span(0, 24), v),
+            "the last hour inside"
+        );
+        let (v2, _) = f.current();
+        assert!(f.untouched_since("p", span(0, 24), v2));
+        f.record(flush("p", &[], true));
+        assert!(!f.untouched_since("p", span(0, 24), v2), "people or links");
+        assert!(!f.untouched_since("p", Reads::ALL, v2));
+    }
+
+    #[test]
+    fn negative_times_fall_in_their_own_hours() {
+        let f = Flushes::new();
+        f.record(flush("p", &[-1], false));
+        assert!(f.untouched_since("p", span(0, 5), 0));
+        assert!(!f.untouched_since("p", Reads::ALL, 0));
+    }
+
+    #[test]
+    fn the_staleness_allowance_grows_with_the_range_and_is_capped() {
+        let cache = Cache::new(true, 1 << 20, Duration::from_secs(60));
+        let now = Utc::now();
+        let n = now.timestamp_micros();
+        let closed = Reads {
+            from: n - 48 * HOUR,
+            to: n - HOUR,
+        };
+        assert_eq!(cache.allowance(closed, now), Duration::ZERO);
+        let day = Reads {
+            from: n - 12 * HOUR,
+            to: n + 12 * HOUR,
+        };
+        assert_eq!(cache.allowance(day, now), Duration::from_secs(60));
+        let hour = Reads {
+            from: n - HOUR / 2,
+            to: n + HOUR / 2,
+        };
+        assert_eq!(cache.allowance(hour, now), Duration::from_millis(2_500));
+        let year = Reads {
+            from: n - 365 * 24 * HOUR,
+            to: n + HOUR,
+        };
+        assert_eq!(cache.allowance(year, now), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn keys_differ_by_project_and_query_and_agree_on_equal_ones() {
+        let q = serde_json::json!({"kind": "stats", "metrics": ["visitors"]});
+        assert_eq!(Key::new("a", &q), Key::new("a", &q));
+        assert_ne!(Key::new("a", &q), Key::new("b", &q));
+        let other = serde_json::json!({"kind": "stats", "metrics": ["pageviews"]});
+        assert_ne!(Key::new("a", &q), Key::new("a", &other));
+    }
+
+    #[test]
+    fn the_cache_block_goes_first_in_the_body() {
+        let e = Entry {
+            body: Bytes::from_static(br#"{"results":[1]}"#),
+            reads: Reads::ALL,
+            version: 0,
+            data_as_of: Utc::now(),
+            computed_at: Utc::now(),
+        };
+        let out = body_with(&e, &serde_json::json!({"hit": true}));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cache": {"hit": true}, "results": [1]})
+        );
+    }
+}
