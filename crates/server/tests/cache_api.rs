@@ -28,24 +28,32 @@ fn event(name: &str, user: &str, ms_ago: i64) -> Value {
            "properties": {"page_path": "/p"}})
 }
 
-/// `tally_store_queries_total{kind="<kind>"}` from /metrics.
-async fn store_queries(server: &TestServer, kind: &str) -> u64 {
+/// The value of one counter series (`name{labels}`) in /metrics; 0 before its first count.
+async fn counter(server: &TestServer, series: &str) -> u64 {
     let text = server.metrics().await;
-    let needle = format!("tally_store_queries_total{{kind=\"{kind}\"}} ");
+    let needle = format!("{series} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&needle))
         .map(|v| v.trim().parse::<f64>().unwrap() as u64)
         .unwrap_or(0)
 }
 
-/// `tally_cache_requests_total{layer="l1",result="<result>"}` from /metrics.
+/// `tally_store_queries_total{kind="<kind>"}`.
+async fn store_queries(server: &TestServer, kind: &str) -> u64 {
+    counter(
+        server,
+        &format!("tally_store_queries_total{{kind=\"{kind}\"}}"),
+    )
+    .await
+}
+
+/// `tally_cache_requests_total{layer="l1",result="<result>"}`.
 async fn l1_requests(server: &TestServer, result: &str) -> u64 {
-    let text = server.metrics().await;
-    let needle = format!("tally_cache_requests_total{{layer=\"l1\",result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
-        .unwrap_or(0)
+    counter(
+        server,
+        &format!("tally_cache_requests_total{{layer=\"l1\",result=\"{result}\"}}"),
+    )
+    .await
 }
 
 /// A closed range: the three days before yesterday, as dates in UTC.
