@@ -1,10 +1,12 @@
-// Tally's dashboard: a login page, the Overview and the Insights, on the public API. The
-// view is picked from the path (/login, /, /insights/trends...) and its state from the
-// query string (state.ts).
+// Tally's dashboard: a login page, the Overview, the Insights and Accounts, on the public
+// API. The view is picked from the path (/login, /, /insights/trends, /accounts...) and
+// its state from the query string (state.ts).
 import './style.css';
 import { ApiError, Project, Session, getSession, login, logout } from './api';
 import { h } from './dom';
+import { accounts } from './accounts';
 import { funnel } from './funnel';
+import { lifecycle, stickiness } from './lifecycle';
 import { noAccess, overview } from './overview';
 import { retention } from './retention';
 import { Params, ViewState, pageUrl, readState, stateUrl } from './state';
@@ -31,6 +33,9 @@ const PAGES: Page[] = [
   { path: '/insights/trends', title: 'Trends', tab: 'Trends', draw: trends },
   { path: '/insights/funnel', title: 'Funnel', tab: 'Funnel', draw: funnel },
   { path: '/insights/retention', title: 'Retention', tab: 'Retention', draw: retention },
+  { path: '/insights/lifecycle', title: 'Lifecycle', tab: 'Lifecycle', draw: lifecycle },
+  { path: '/insights/stickiness', title: 'Stickiness', tab: 'Stickiness', draw: stickiness },
+  { path: '/accounts', title: 'Accounts', tab: 'Accounts', draw: accounts },
 ];
 
 // Links inside the app change the view without a page load.
