@@ -106,7 +106,13 @@ const APP_EVENTS = [
   // u5 (FR): the previous 7 days only.
   uev('u5', at(10, 9), 'page_visit', 'FR', { page_url: 'https://app.example/home' }),
   uev('u5', at(10, 9, 30), 'signed_up', 'FR'),
+  // u6: 20 days ago only, out of every period below but the accounts' 30 days.
+  uev('u6', at(20, 9), 'page_visit', 'FR', { page_url: 'https://app.example/home' }),
 ];
+// Accounts: u1 u2 in acme, u3 u4 in globex, u6 in initech (the events' group id); u5 in
+// none.
+const ACCOUNT_OF = { u1: 'acme', u2: 'acme', u3: 'globex', u4: 'globex', u6: 'initech' };
+for (const e of APP_EVENTS) if (ACCOUNT_OF[e.user_id]) e.context.group_id = ACCOUNT_OF[e.user_id];
 // Trends, 7d by day (6 days ago first, today last):
 //   A = signed_up, total: u1 d6, u2 d5, u4 d3 → 3; previous 7 days u5 → 1: +200 %.
 //   B = page_visit, unique: u1 u2 d6, u3 d4, u4 d3 → 4; previous u5 → 1: +300 %.
@@ -154,6 +160,27 @@ const HAND_RETENTION_RECURRING = [
   [day(1), 0, [0, 0]],
   [day(0), 0, [0]],
 ];
+
+// Lifecycle, any event, by day over 7d (6 days ago first): active d6 u1 u2 (new), d5 u1
+// u2 (returning), d4 u2 (returning) u3 (new) with u1 dormant, d3 u1 (resurrecting) u4
+// (new) with u2 u3 dormant, d2 nobody with u1 u4 dormant.
+//   [new, returning, resurrecting, dormant, active]
+const HAND_LIFECYCLE = [
+  [day(6), 2, 0, 0, 0, 2],
+  [day(5), 0, 2, 0, 0, 2],
+  [day(4), 1, 1, 0, -1, 2],
+  [day(3), 1, 0, 1, -2, 2],
+  [day(2), 0, 0, 0, -2, 0],
+  [day(1), 0, 0, 0, 0, 0],
+  [day(0), 0, 0, 0, 0, 0],
+];
+// Stickiness: u1 (d6 d5 d3) and u2 (d6 d5 d4) 3 days, u3 and u4 1 day: 4 people.
+const HAND_STICKINESS = [[1, 2, 50], [2, 0, 0], [3, 2, 50], [4, 0, 0], [5, 0, 0], [6, 0, 0], [7, 0, 0]];
+// Accounts over 7d, most events first: acme (u1 5 + u2 3 events, 2 users, first seen 6
+// days ago: New), globex (1 + 2, 2 users, New), initech (u6 20 days ago: no events in
+// the period, not new: Inactive). [id, users, events, health]
+const HAND_ACCOUNTS = [['acme', 2, 8, 'New'], ['globex', 2, 3, 'New'], ['initech', 0, 0, 'Inactive']];
+const ACCOUNT_COLUMNS = ['account_id', 'name', 'health', 'users', 'dau', 'wau', 'mau', 'stickiness', 'events', 'previous_events', 'trend', 'last_active'];
 
 async function api(path, { key, body, method = 'POST' } = {}) {
   const r = await fetch(`${URL_}${path}`, {
@@ -536,6 +563,97 @@ async function insights(page, context, problems, shots) {
   assert.deepEqual(await readRetention(page), HAND_RETENTION_RECURRING);
 }
 
+/** Insights → Lifecycle and Stickiness, and Accounts, on the product dataset. */
+async function activityAndAccounts(page, context, shots) {
+  // --- Lifecycle ---
+  await page.click('#tab-lifecycle');
+  await page.waitForURL(/\/insights\/lifecycle\?project=app&range=7d/);
+  await settled(page, '#lifecycle-table');
+  const lc = await readGrid(page, '#lifecycle-table');
+  assert.deepEqual(lc, HAND_LIFECYCLE, 'lifecycle, by hand');
+  const rl = (await appQuery({ kind: 'lifecycle', date_range: '7d', interval: 'day' })).results;
+  assert.deepEqual(lc, rl.labels.map((l, i) => [l, rl.new[i], rl.returning[i], rl.resurrecting[i], rl.dormant[i], rl.new[i] + rl.returning[i] + rl.resurrecting[i]]), 'lifecycle, as the API answers');
+  assert.equal(await page.$$eval('#lifecycle-box .stack', (s) => s.length), 7, 'a bar per day');
+  assert.deepEqual(await downloadCsv(page, '#lifecycle-csv'), [await headers(page, '#lifecycle-table'), ...asCsv(lc)], 'the CSV is the table');
+  axeMinor.n += await axe(page, 'lifecycle');
+  shots.push(await shot(page, '10-lifecycle'));
+  await page.selectOption('#target', 'signed_up');
+  await page.waitForURL(/target=signed_up/);
+  await settled(page, '#lifecycle-table');
+  const rs = (await appQuery({ kind: 'lifecycle', date_range: '7d', interval: 'day', target: { event: 'signed_up' } })).results;
+  assert.deepEqual((await readGrid(page, '#lifecycle-table')).map((r) => r[1]), rs.new, 'sign-ups: everyone is new once');
+  assert.deepEqual(rs.new, [1, 1, 0, 1, 0, 0, 0]);
+  assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, '#lifecycle-table'), readGrid(tab, '#lifecycle-table'))), await readGrid(page, '#lifecycle-table'), 'the link reproduces the lifecycle');
+
+  // --- Stickiness ---
+  await page.click('#tab-stickiness');
+  await page.waitForURL(/\/insights\/stickiness\?project=app&range=7d/);
+  await settled(page, '#stickiness-table');
+  const st = await readGrid(page, '#stickiness-table');
+  assert.deepEqual(st, HAND_STICKINESS, 'stickiness, by hand');
+  const rst = await appQuery({ kind: 'stickiness', date_range: '7d', interval: 'day' });
+  assert.deepEqual(st, rst.results.map((x) => [x.intervals, x.count, x.percentage]), 'stickiness, as the API answers');
+  assert.match(await page.textContent('#stickiness-summary'), /4 active people, 7 days/);
+  assert.deepEqual(await downloadCsv(page, '#stickiness-csv'), [await headers(page, '#stickiness-table'), ...asCsv(st)], 'the CSV is the table');
+  axeMinor.n += await axe(page, 'stickiness');
+  shots.push(await shot(page, '11-stickiness'));
+
+  // --- Accounts ---
+  await page.click('#tab-accounts');
+  await page.waitForURL(/\/accounts\?project=app&range=7d/);
+  await settled(page, '#accounts-table');
+  const ACC = '#accounts-table';
+  const apiAccounts = async (extra = {}) =>
+    (await appQuery({ kind: 'accounts', date_range: '7d', ...extra })).results.map((a) => ACCOUNT_COLUMNS.map((c) => a[c] ?? null));
+  const pick = (rows) => rows.map((r) => [r[0], r[3], r[8], r[2]]);
+  let acc = await readGrid(page, ACC);
+  assert.deepEqual(pick(acc), HAND_ACCOUNTS, 'accounts, by hand');
+  assert.deepEqual(acc, await apiAccounts(), 'accounts, as the API answers');
+  assert.equal(await page.textContent('#accounts-range'), '1–3 of 3');
+  axeMinor.n += await axe(page, 'accounts');
+  shots.push(await shot(page, '12-accounts'));
+  // Sorting: a click on Account sorts A to Z, a second Z to A.
+  await page.click('button[data-sort="account_id"]');
+  await page.waitForURL(/sort=account_id&dir=asc/);
+  await settled(page, ACC);
+  assert.deepEqual((await readGrid(page, ACC)).map((r) => r[0]), ['acme', 'globex', 'initech']);
+  await page.click('button[data-sort="account_id"]');
+  await page.waitForURL(/sort=account_id&dir=desc/);
+  await settled(page, ACC);
+  acc = await readGrid(page, ACC);
+  assert.deepEqual(acc.map((r) => r[0]), ['initech', 'globex', 'acme']);
+  assert.deepEqual(acc, await apiAccounts({ order_by: [['account_id', 'desc']] }));
+  assert.equal(await page.getAttribute(`${ACC} th[aria-sort]`, 'aria-sort'), 'descending');
+  // Filtering by health.
+  await page.selectOption('#health', 'Inactive');
+  await page.waitForURL(/health=Inactive/);
+  await settled(page, ACC);
+  assert.deepEqual((await readGrid(page, ACC)).map((r) => r[0]), ['initech']);
+  await page.selectOption('#health', '');
+  await page.waitForFunction(() => !location.search.includes('health='));
+  await settled(page, ACC);
+  // Paging, two a page: the state is in the URL too.
+  await quiet(page);
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC&per=2`);
+  await settled(page, ACC);
+  assert.deepEqual((await readGrid(page, ACC)).map((r) => r[0]), ['acme', 'globex']);
+  assert.equal(await page.textContent('#accounts-range'), '1–2 of 3');
+  await page.click('#accounts-next');
+  await page.waitForURL(/page=2/);
+  await settled(page, ACC);
+  acc = await readGrid(page, ACC);
+  assert.deepEqual(acc.map((r) => r[0]), ['initech']);
+  assert.deepEqual(acc, await apiAccounts({ pagination: { limit: 2, offset: 2 } }));
+  assert.equal(await page.textContent('#accounts-range'), '3–3 of 3');
+  // The CSV has every matching account, not only this page.
+  assert.deepEqual(
+    await downloadCsv(page, '#accounts-csv'),
+    [await page.$$eval(`${ACC} thead th`, (t) => t.map((x) => x.textContent.replace(/ [▲▼]$/, ''))), ...asCsv(await apiAccounts())],
+    'the CSV: all accounts',
+  );
+  assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, ACC), readGrid(tab, ACC))), acc, 'the link reproduces the page of accounts');
+}
+
 const axeMinor = { n: 0 };
 
 test('the dashboard: login, overview, insights, filters, projects, access, accessibility', { timeout: 220_000 }, async () => {
@@ -663,6 +781,7 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     // --- Insights: trends, funnel, retention ---
     await quiet(page);
     await insights(page, context, problems, shots);
+    await activityAndAccounts(page, context, shots);
 
     // --- logout ends the session ---
     await quiet(page);
