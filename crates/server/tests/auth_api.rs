@@ -458,7 +458,12 @@ async fn the_dashboard_is_served_at_the_root() {
         "{html}"
     );
     // Every view of the dashboard is the same page, so a link to one opens cold.
-    for view in ["/login", "/insights/trends", "/insights/funnel", "/accounts"] {
+    for view in [
+        "/login",
+        "/insights/trends",
+        "/insights/funnel",
+        "/accounts",
+    ] {
         let r = client()
             .get(format!("{}{view}", server.base))
             .send()
