@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The dashboard in headless Chromium (Debian's package, driven by playwright-core) against
-# a freshly started Tally server on loopback, with two projects and two users made by the
+# a freshly started Tally server on loopback, with three projects and two users made by the
 # CLI; web/test/dashboard.test.mjs seeds the events and checks the pages. Needs a server
 # binary built with the dashboard (web/dist present at build time): TALLY_BIN, or
 # $CARGO_TARGET_DIR/release/tally. Screenshots go to $WEB_ARTIFACTS (default
@@ -57,6 +57,7 @@ tally() { env -u TALLY_BIN -u TALLY_URL "$TALLY_BIN" --data-dir "$DATA" "$@"; }
 json_keys() { python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["write_key"], j["read_key"])'; }
 SHOP=$(tally project create shop --format json | json_keys)
 BLOG=$(tally project create blog --format json | json_keys)
+APP=$(tally project create app --format json | json_keys)
 PASSWORD="web-test-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
 ADMIN_EMAIL=admin@web-test.example
 VIEWER_EMAIL=viewer@web-test.example
@@ -96,6 +97,7 @@ echo "web-test: server up at $TALLY_URL (data in $DATA)"
 
 export TALLY_URL PASSWORD ADMIN_EMAIL VIEWER_EMAIL ARTIFACTS
 export SHOP_WRITE_KEY=${SHOP%% *} SHOP_READ_KEY=${SHOP##* } BLOG_WRITE_KEY=${BLOG%% *}
+export APP_WRITE_KEY=${APP%% *} APP_READ_KEY=${APP##* }
 timeout -k 10 300 node --test --test-timeout=240000 web/test/*.test.mjs || status=$?
 echo "web-test: screenshots in $ARTIFACTS"
 exit "$status"

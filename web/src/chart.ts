@@ -1,5 +1,6 @@
-// The Overview's time chart: uPlot (about 22 KB gzipped), the period's series and,
-// with compare on, the previous period's drawn dashed under it, bucket by bucket.
+// Time charts: uPlot (about 22 KB gzipped). The Overview's draws the period's series and,
+// with compare on, the previous period's dashed under it, bucket by bucket; `drawLines`
+// draws any number of lines (the trends builder's series, breakdowns and formula).
 import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 
@@ -18,17 +19,50 @@ export interface Series {
 }
 
 export function drawChart(target: HTMLElement, s: Series): () => void {
-  const xs = s.labels.map(labelToSeconds);
-  const hourly = s.labels.some((l) => l.includes(' '));
+  const lines: Line[] = [{ label: s.metricLabel, data: s.current, color: '#4f46e5', fill: true }];
+  if (s.previous) lines.push({ label: 'Previous period', data: s.previous, color: '#6b7280', dashed: true });
+  return drawLines(target, s.labels, lines);
+}
+
+export interface Line {
+  label: string;
+  data: (number | null)[];
+  color: string;
+  dashed?: boolean;
+  fill?: boolean;
+  /** Drawn against the right-hand axis (a formula beside the counts it is made of). */
+  right?: boolean;
+}
+
+/** Colours for lines, distinct and readable on white; the previous period of a line is
+ * its colour dashed. */
+export const PALETTE = ['#4338ca', '#047857', '#b45309', '#b91c1c', '#0e7490', '#6d28d9', '#be185d', '#4d7c0f', '#475569', '#92400e'];
+
+export function drawLines(target: HTMLElement, labels: string[], lines: Line[]): () => void {
+  const xs = labels.map(labelToSeconds);
+  const hourly = labels.some((l) => l.includes(' '));
   const series: uPlot.Series[] = [
     {},
-    { label: s.metricLabel, stroke: '#4f46e5', width: 2, fill: 'rgba(79, 70, 229, 0.08)' },
+    ...lines.map((l) => ({
+      label: l.label,
+      stroke: l.color,
+      width: l.dashed ? 1.5 : 2,
+      dash: l.dashed ? [6, 4] : undefined,
+      fill: l.fill ? 'rgba(79, 70, 229, 0.08)' : undefined,
+      spanGaps: false,
+      scale: l.right ? 'right' : 'y',
+    })),
   ];
-  const data: uPlot.AlignedData = [xs, s.current];
-  if (s.previous) {
-    series.push({ label: 'Previous period', stroke: '#6b7280', width: 1.5, dash: [6, 4] });
-    (data as number[][]).push(s.previous);
-  }
+  const right = lines.some((l) => l.right);
+  // One tick per bucket, or every k-th when there are many: uPlot's own ticks fall
+  // between buckets (three "Nov 27" for one day).
+  const every = Math.max(1, Math.ceil(xs.length / 12));
+  const ticks = xs.filter((_, i) => i % every === 0);
+  const range = (_u: uPlot, min: number | null, max: number | null): uPlot.Range.MinMax => [
+    Math.min(0, min ?? 0),
+    Math.max(1, (max ?? 0) * 1.1),
+  ];
+  const data = [xs, ...lines.map((l) => l.data)] as uPlot.AlignedData;
   const width = () => Math.max(280, target.clientWidth || 600);
   const plot = new uPlot(
     {
@@ -36,10 +70,11 @@ export function drawChart(target: HTMLElement, s: Series): () => void {
       height: 240,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), 'Etc/UTC'),
       series,
-      scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(1, max * 1.1)] } },
+      scales: { x: { time: true }, y: { range }, ...(right ? { right: { range } } : {}) },
       axes: [
-        { stroke: '#374151', values: hourly ? '{HH}:{mm}' : '{MMM} {D}' },
+        { stroke: '#374151', values: hourly ? '{HH}:{mm}' : '{MMM} {D}', splits: xs.length > 1 ? () => ticks : undefined },
         { stroke: '#374151', size: 50 },
+        ...(right ? [{ stroke: '#92400e', size: 50, scale: 'right', side: 1 as const, grid: { show: false } }] : []),
       ],
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },

@@ -1,14 +1,50 @@
-// Tally's dashboard: a login page and the Overview, on the public API. The view is
-// picked from the path (/login, /) and its state from the query string (state.ts).
+// Tally's dashboard: a login page, the Overview, the Insights and Accounts, on the public
+// API. The view is picked from the path (/login, /, /insights/trends, /accounts...) and
+// its state from the query string (state.ts).
 import './style.css';
-import { ApiError, Session, getSession, login, logout } from './api';
+import { ApiError, Project, Session, getSession, login, logout } from './api';
 import { h } from './dom';
-import { noAccess, overview, Overview } from './overview';
-import { ViewState, readState, stateUrl } from './state';
+import { accounts } from './accounts';
+import { funnel } from './funnel';
+import { lifecycle, stickiness } from './lifecycle';
+import { noAccess, overview } from './overview';
+import { retention } from './retention';
+import { Params, ViewState, pageUrl, readState, stateUrl } from './state';
+import { trends } from './trends';
+import { View } from './ui';
 
 const app = document.getElementById('app')!;
 let session: Session | null = null;
-let current: Overview | null = null;
+let current: View | null = null;
+/** Where a visitor was going when the login page took over: a link opens after login. */
+let afterLogin = '/';
+
+type Nav = (s: ViewState, p: Params) => void;
+interface Page {
+  path: string;
+  title: string;
+  /** The tab it sits under in the header. */
+  tab: string;
+  draw: (project: Project, state: ViewState, nav: Nav, session: Session) => View;
+}
+
+const PAGES: Page[] = [
+  { path: '/', title: 'Overview', tab: 'Overview', draw: (p, s, nav, session) => overview(session, p, s, (x) => nav(x, {})) },
+  { path: '/insights/trends', title: 'Trends', tab: 'Trends', draw: trends },
+  { path: '/insights/funnel', title: 'Funnel', tab: 'Funnel', draw: funnel },
+  { path: '/insights/retention', title: 'Retention', tab: 'Retention', draw: retention },
+  { path: '/insights/lifecycle', title: 'Lifecycle', tab: 'Lifecycle', draw: lifecycle },
+  { path: '/insights/stickiness', title: 'Stickiness', tab: 'Stickiness', draw: stickiness },
+  { path: '/accounts', title: 'Accounts', tab: 'Accounts', draw: accounts },
+];
+
+// Links inside the app change the view without a page load.
+document.addEventListener('click', (e) => {
+  const a = (e.target as Element | null)?.closest?.('a[data-nav]') as HTMLAnchorElement | null;
+  if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+  e.preventDefault();
+  navigate(a.getAttribute('href')!);
+});
 
 function navigate(url: string, replace = false): void {
   if (replace) history.replaceState(null, '', url);
@@ -30,7 +66,10 @@ async function render(): Promise<void> {
     }
   }
   if (session === null) {
-    if (location.pathname !== '/login') history.replaceState(null, '', '/login');
+    if (location.pathname !== '/login') {
+      afterLogin = location.pathname + location.search;
+      history.replaceState(null, '', '/login');
+    }
     app.replaceChildren(loginPage());
     document.title = 'Log in · Tally';
     return;
@@ -42,7 +81,15 @@ async function render(): Promise<void> {
       app.replaceChildren(shell(session, state, h('p', { class: 'card' }, 'You may see no project yet: ask an admin.')));
       return;
     }
-    navigate(stateUrl({ ...state, project: state.project || first.id }), true);
+    if (location.pathname === '/login') {
+      navigate(stateUrl({ ...state, project: state.project || first.id }), true);
+    } else {
+      // The same page, in the first project.
+      const q = new URLSearchParams(location.search);
+      q.set('project', first.id);
+      if (!q.has('range')) q.set('range', state.range);
+      navigate(`${location.pathname}?${q.toString()}`, true);
+    }
     return;
   }
   const project = session.projects.find((p) => p.id === state.project);
@@ -51,19 +98,38 @@ async function render(): Promise<void> {
     document.title = 'No access · Tally';
     return;
   }
-  const go = (s: ViewState) => navigate(stateUrl(s));
-  current = overview(session, project, state, go);
-  app.replaceChildren(shell(session, state, current.el));
-  document.title = `${project.name} · Tally`;
+  if (location.pathname === '/insights' || location.pathname === '/insights/') {
+    navigate(pageUrl('/insights/trends', state), true);
+    return;
+  }
+  const page = PAGES.find((p) => p.path === location.pathname);
+  if (!page) {
+    app.replaceChildren(
+      shell(session, state, h('div', { class: 'card error', role: 'alert', id: 'not-found' }, h('h2', {}, 'No such page'), h('a', { href: stateUrl(state), 'data-nav': '' }, 'Open the Overview')), 'Not found'),
+    );
+    document.title = 'Not found · Tally';
+    return;
+  }
+  const nav: Nav = (s, p) => navigate(pageUrl(page.path, s, p));
+  current = page.draw(project, state, nav, session);
+  app.replaceChildren(shell(session, state, current.el, page.title));
+  document.title = `${page.title} · ${project.name} · Tally`;
 }
 
-function shell(s: Session, state: ViewState, content: HTMLElement): HTMLElement {
+function shell(s: Session, state: ViewState, content: HTMLElement, title = 'Overview'): HTMLElement {
+  // Another project: the same page with its own parameters, without the filters (they
+  // name this project's values).
+  const switchTo = (project: string) => {
+    const q = new URLSearchParams(location.search);
+    q.set('project', project);
+    q.delete('f');
+    navigate(`${location.pathname}?${q.toString()}`);
+  };
   const switcher = h(
     'select',
     {
       id: 'project',
-      onchange: (e: Event) =>
-        navigate(stateUrl({ ...state, project: (e.target as HTMLSelectElement).value, filters: [] })),
+      onchange: (e: Event) => switchTo((e.target as HTMLSelectElement).value),
     },
     ...s.projects.map((p) => h('option', { value: p.id, selected: p.id === state.project }, p.name)),
   );
@@ -79,6 +145,24 @@ function shell(s: Session, state: ViewState, content: HTMLElement): HTMLElement 
       h('span', { class: 'brand' }, 'Tally'),
       h('label', { for: 'project' }, 'Project'),
       switcher,
+      // The tabs keep the project, range, compare and filters; each page's own
+      // parameters start afresh.
+      h(
+        'nav',
+        { class: 'tabs', 'aria-label': 'Pages' },
+        ...PAGES.map((p) =>
+          h(
+            'a',
+            {
+              href: pageUrl(p.path, state),
+              'data-nav': '',
+              id: `tab-${p.tab.toLowerCase()}`,
+              'aria-current': p.path === location.pathname ? 'page' : undefined,
+            },
+            p.tab,
+          ),
+        ),
+      ),
       h('span', { class: 'spacer' }),
       h('span', { class: 'who', id: 'who' }, `${s.user.email} (${s.user.role})`),
       h(
@@ -98,7 +182,7 @@ function shell(s: Session, state: ViewState, content: HTMLElement): HTMLElement 
         'Log out',
       ),
     ),
-    h('main', { id: 'main' }, h('h1', { class: 'visually-hidden' }, 'Overview'), content),
+    h('main', { id: 'main' }, h('h1', { class: 'visually-hidden' }, title), content),
   );
 }
 
@@ -124,7 +208,9 @@ function loginPage(): HTMLElement {
         submit.textContent = 'Logging in…';
         try {
           session = await login(email.value, password.value);
-          navigate('/', true);
+          const next = afterLogin;
+          afterLogin = '/';
+          navigate(next, true);
         } catch (err) {
           error.textContent = err instanceof ApiError ? err.message : String(err);
           submit.removeAttribute('disabled');

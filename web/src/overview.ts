@@ -2,10 +2,11 @@
 // breakdowns (a click on a row filters the whole page by it), top events and the live
 // visitor count. Every section loads on its own and shows its own loading, error and
 // empty states.
-import { ApiError, Project, Session, query } from './api';
+import { Project, Session, query } from './api';
 import { drawChart } from './chart';
 import { formatDuration, formatNumber, h } from './dom';
 import { RANGES, ViewState, apiFilters, stateUrl } from './state';
+import { DIMENSION_NAMES, emptyState, failure } from './ui';
 
 interface Kpi {
   metric: string;
@@ -85,15 +86,6 @@ const BREAKDOWNS: Breakdown[] = [
     ],
   },
 ];
-
-const DIMENSION_NAMES: Record<string, string> = {
-  'event:page': 'Page',
-  'event:name': 'Event',
-  'visit:source': 'Source',
-  'visit:country': 'Country',
-  'visit:device': 'Device',
-  'visit:browser': 'Browser',
-};
 
 export interface Overview {
   el: HTMLElement;
@@ -380,38 +372,6 @@ function chartSummary(rows: any[], compare: boolean): string {
   if (peak) text += `; highest ${peak.metrics[0]} on ${peak.dimensions[0]}; sum of buckets ${total}`;
   if (compare) text += '; dashed line: the previous period';
   return text;
-}
-
-function failure(what: string, e: unknown, retry: () => void): HTMLElement {
-  const message = e instanceof ApiError ? e.message : String(e);
-  return h(
-    'div',
-    { class: 'error', role: 'alert' },
-    h('p', {}, `Could not load ${what}: ${message}`),
-    h('button', { type: 'button', onclick: () => retry() }, 'Retry'),
-  );
-}
-
-function emptyState(project: Project): HTMLElement {
-  const origin = location.origin;
-  const key = project.write_key ?? 'WRITE_KEY';
-  const snippet = `<script src="${origin}/js/tally.js" data-api-key="${key}" defer></script>`;
-  const curl =
-    `curl -s ${origin}/api/track -H 'x-api-key: ${key}' -H 'content-type: application/json' ` +
-    `-d '[{"event_name":"page_visit","user_id":"","context":{"device_id":"d1"},"properties":{"page_url":"https://example.com/"}}]'`;
-  return h(
-    'section',
-    { class: 'card empty-state', 'aria-labelledby': 'empty-title' },
-    h('h2', { id: 'empty-title' }, `No events yet in ${project.name}`),
-    h('p', {}, 'Add the tracker to your site, before </body>:'),
-    h('pre', {}, h('code', { id: 'snippet' }, snippet)),
-    h('p', {}, 'Or send a first event from a terminal:'),
-    h('pre', {}, h('code', { id: 'curl' }, curl)),
-    project.write_key
-      ? null
-      : h('p', {}, 'Ask an admin for the project’s write key (`tally keys list`) and put it in place of WRITE_KEY.'),
-    h('p', {}, 'This page fills in as events arrive. See docs/ingest.md for the SDKs Tally takes.'),
-  );
 }
 
 /** The page for a project the user may not see (or that does not exist). */

@@ -1,5 +1,7 @@
 // The view's state lives in the URL, so a link reproduces what is on screen:
 //   /?project=shop&range=7d&compare=0&f=visit:source|Google&f=event:page|/pricing
+// The part every page shares is a ViewState; each page adds its own parameters
+// (`Params`), e.g. /insights/trends?...&s=signed_up|total&interval=week.
 
 export const RANGES: { id: string; label: string }[] = [
   { id: 'day', label: 'Today' },
@@ -55,3 +57,19 @@ export function stateUrl(s: ViewState, path = '/'): string {
 export function apiFilters(s: ViewState): unknown[] {
   return s.filters.map((f) => ['is', f.dimension, [f.value]]);
 }
+
+/** A page's own URL parameters; a list repeats the key (`s=a&s=b`). */
+export type Params = Record<string, string | string[] | undefined>;
+
+export function pageUrl(path: string, s: ViewState, params: Params = {}): string {
+  const url = stateUrl(s, path);
+  const q = new URLSearchParams(url.slice(url.indexOf('?') + 1));
+  for (const [k, v] of Object.entries(params)) {
+    if (v === undefined) continue;
+    for (const x of Array.isArray(v) ? v : [v]) q.append(k, x);
+  }
+  return `${path}?${q.toString()}`;
+}
+
+/** The current URL's parameters. */
+export const urlParams = () => new URLSearchParams(location.search);

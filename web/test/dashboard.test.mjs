@@ -4,11 +4,14 @@
 // Overview's numbers by hand below, and checks the screen against them and against the
 // query API's answers for the same queries.
 //
-// Env: TALLY_URL, SHOP_WRITE_KEY, SHOP_READ_KEY, BLOG_WRITE_KEY, ADMIN_EMAIL,
-// VIEWER_EMAIL, PASSWORD, ARTIFACTS (screenshot folder).
+// The Insights pages (trends, funnel, retention) read a second dataset, of signed-in
+// people in the project "app", worked out by hand below too.
+//
+// Env: TALLY_URL, SHOP_WRITE_KEY, SHOP_READ_KEY, BLOG_WRITE_KEY, APP_WRITE_KEY,
+// APP_READ_KEY, ADMIN_EMAIL, VIEWER_EMAIL, PASSWORD, ARTIFACTS (screenshot folder).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
@@ -75,6 +78,110 @@ const HAND_7D_PAGES = [['/home', 3, 3], ['/pricing', 2, 2], ['/docs', 1, 1]];
 const HAND_7D_PRICING_VISITORS = 2;
 const KPI_METRICS = ['visitors', 'visits', 'pageviews', 'views_per_visit', 'bounce_rate', 'visit_duration'];
 
+// --- the product dataset (project "app"): four people in the last 7 days, one before ---
+const day = (daysAgo) => new Date(todayStart - daysAgo * DAY).toISOString().slice(0, 10);
+const uev = (user, ts, name, country, properties = {}) => ({
+  event_name: name,
+  user_id: user,
+  timestamp: ts,
+  context: { device_id: `d-${user}`, session_id: `s-${user}-${ts.slice(0, 10)}`, country },
+  properties,
+});
+const APP_EVENTS = [
+  // u1 (DE) converts in 20 minutes and comes back on days 5 and 3 ago.
+  uev('u1', at(6, 10), 'page_visit', 'DE', { page_url: 'https://app.example/pricing' }),
+  uev('u1', at(6, 10, 5), 'signed_up', 'DE'),
+  uev('u1', at(6, 10, 20), 'purchase', 'DE', { amount: 30 }),
+  uev('u1', at(5, 11), 'feature_used', 'DE'),
+  uev('u1', at(3, 11), 'feature_used', 'DE'),
+  // u2 (DE) signs up 22 hours after the visit, never buys, comes back a day later.
+  uev('u2', at(6, 11), 'page_visit', 'DE', { page_url: 'https://app.example/pricing' }),
+  uev('u2', at(5, 9), 'signed_up', 'DE'),
+  uev('u2', at(4, 15), 'feature_used', 'DE'),
+  // u3 (US) only visits.
+  uev('u3', at(4, 9), 'page_visit', 'US', { page_url: 'https://app.example/home' }),
+  // u4 (US) signs up 10 minutes after the visit.
+  uev('u4', at(3, 12), 'page_visit', 'US', { page_url: 'https://app.example/home' }),
+  uev('u4', at(3, 12, 10), 'signed_up', 'US'),
+  // u5 (FR): the previous 7 days only.
+  uev('u5', at(10, 9), 'page_visit', 'FR', { page_url: 'https://app.example/home' }),
+  uev('u5', at(10, 9, 30), 'signed_up', 'FR'),
+  // u6: 20 days ago only, out of every period below but the accounts' 30 days.
+  uev('u6', at(20, 9), 'page_visit', 'FR', { page_url: 'https://app.example/home' }),
+];
+// Accounts: u1 u2 in acme, u3 u4 in globex, u6 in initech (the events' group id); u5 in
+// none.
+const ACCOUNT_OF = { u1: 'acme', u2: 'acme', u3: 'globex', u4: 'globex', u6: 'initech' };
+for (const e of APP_EVENTS) if (ACCOUNT_OF[e.user_id]) e.context.group_id = ACCOUNT_OF[e.user_id];
+// Trends, 7d by day (6 days ago first, today last):
+//   A = signed_up, total: u1 d6, u2 d5, u4 d3 → 3; previous 7 days u5 → 1: +200 %.
+//   B = page_visit, unique: u1 u2 d6, u3 d4, u4 d3 → 4; previous u5 → 1: +300 %.
+//   A / B * 100 per day: 1/2, 1/0, 0/1, 1/1, then 0/0: 50, null, 0, 100, null ×3; over
+//   the range 3/4 → 75; previous 1/1 → 100: -25 %.
+const HAND_TRENDS = [
+  ['A: signed_up (Total events)', 3, 1, 200, 1, 1, 0, 1, 0, 0, 0],
+  ['B: page_visit (Unique people)', 4, 1, 300, 2, 0, 1, 1, 0, 0, 0],
+];
+const HAND_TRENDS_FORMULA = ['Formula: A / B * 100', 75, 100, -25, 50, null, 0, 100, null, null, null];
+// By country, totals: A: DE u1 u2 = 2, US u4 = 1; B: DE 2, US 2; formula DE 2/2, US 1/2.
+const HAND_TRENDS_BY_COUNTRY = { 'A|DE': 2, 'A|US': 1, 'B|DE': 2, 'B|US': 2, 'formula|DE': 100, 'formula|US': 50 };
+// Funnel page_visit → signed_up → purchase over 7d, 14-day window: 4 visit; u1, u2, u4
+// sign up (after 300, 79,200 and 600 s: median 600, mean 26,700); u1 buys 900 s later.
+const HAND_FUNNEL = [
+  [1, 'page_visit', 4, 100, 100, 0, null, null],
+  [2, 'signed_up', 3, 75, 75, 1, 600, 26700],
+  [3, 'purchase', 1, 25, 33.33, 2, 900, 900],
+];
+// With a 1-hour window u2's sign-up is too late: 4 → 2 → 1. By country (first touch):
+// DE u1 u2: 2 → 1 → 1; US u3 u4: 2 → 1 → 0.
+const HAND_FUNNEL_1H_COUNTS = [4, 2, 1];
+const HAND_FUNNEL_1H_BY_COUNTRY = { All: [4, 2, 1], DE: [2, 1, 1], US: [2, 1, 0] };
+// Retention, first-time signed_up, back for any event, by day, 4 intervals, 7d: cohorts
+// of 6 days ago to today; an interval that has not begun is left out.
+//   d6: u1, back d5 and d3 (intervals 1, 3); d5: u2, back d4 (1); d3: u4, never back.
+const HAND_RETENTION = [
+  [day(6), 1, [1, 1, 0, 1]],
+  [day(5), 1, [1, 1, 0, 0]],
+  [day(4), 0, [0, 0, 0, 0]],
+  [day(3), 1, [1, 0, 0, 0]],
+  [day(2), 0, [0, 0, 0]],
+  [day(1), 0, [0, 0]],
+  [day(0), 0, [0]],
+];
+// Recurring, any event: a cohort per day someone was active in.
+//   d6: u1 u2; d5: both back (u1 feature, u2 sign-up); d4: u2; d3: u1.
+//   d5: u1 u2; d4: u2; d3: u1; d2: nobody.  d4: u2 u3, neither back.  d3: u1 u4, neither.
+const HAND_RETENTION_RECURRING = [
+  [day(6), 2, [2, 2, 1, 1]],
+  [day(5), 2, [2, 1, 1, 0]],
+  [day(4), 2, [2, 0, 0, 0]],
+  [day(3), 2, [2, 0, 0, 0]],
+  [day(2), 0, [0, 0, 0]],
+  [day(1), 0, [0, 0]],
+  [day(0), 0, [0]],
+];
+
+// Lifecycle, any event, by day over 7d (6 days ago first): active d6 u1 u2 (new), d5 u1
+// u2 (returning), d4 u2 (returning) u3 (new) with u1 dormant, d3 u1 (resurrecting) u4
+// (new) with u2 u3 dormant, d2 nobody with u1 u4 dormant.
+//   [new, returning, resurrecting, dormant, active]
+const HAND_LIFECYCLE = [
+  [day(6), 2, 0, 0, 0, 2],
+  [day(5), 0, 2, 0, 0, 2],
+  [day(4), 1, 1, 0, -1, 2],
+  [day(3), 1, 0, 1, -2, 2],
+  [day(2), 0, 0, 0, -2, 0],
+  [day(1), 0, 0, 0, 0, 0],
+  [day(0), 0, 0, 0, 0, 0],
+];
+// Stickiness: u1 (d6 d5 d3) and u2 (d6 d5 d4) 3 days, u3 and u4 1 day: 4 people.
+const HAND_STICKINESS = [[1, 2, 50], [2, 0, 0], [3, 2, 50], [4, 0, 0], [5, 0, 0], [6, 0, 0], [7, 0, 0]];
+// Accounts over 7d, most events first: acme (u1 5 + u2 3 events, 2 users, first seen 6
+// days ago: New), globex (1 + 2, 2 users, New), initech (u6 20 days ago: no events in
+// the period, not new: Inactive). [id, users, events, health]
+const HAND_ACCOUNTS = [['acme', 2, 8, 'New'], ['globex', 2, 3, 'New'], ['initech', 0, 0, 'Inactive']];
+const ACCOUNT_COLUMNS = ['account_id', 'name', 'health', 'users', 'dau', 'wau', 'mau', 'stickiness', 'events', 'previous_events', 'trend', 'last_active'];
+
 async function api(path, { key, body, method = 'POST' } = {}) {
   const r = await fetch(`${URL_}${path}`, {
     method,
@@ -87,19 +194,25 @@ async function api(path, { key, body, method = 'POST' } = {}) {
 }
 const shopQuery = (body) => api('/api/v1/query', { key: env('SHOP_READ_KEY'), body: { timezone: 'UTC', ...body } });
 
-async function seed() {
-  const r = await api('/api/track', { key: env('SHOP_WRITE_KEY'), body: EVENTS });
-  assert.equal(r.accepted, EVENTS.length, JSON.stringify(r));
+const appQuery = (body) => api('/api/v1/query', { key: env('APP_READ_KEY'), body: { timezone: 'UTC', ...body } });
+
+async function seedOne(writeKey, run, events) {
+  const r = await api('/api/track', { key: writeKey, body: events });
+  assert.equal(r.accepted, events.length, JSON.stringify(r));
   const deadline = Date.now() + 15_000;
   for (;;) {
-    const q = await shopQuery({ metrics: ['events'], date_range: 'all' });
-    if (q.results[0].metrics[0] >= EVENTS.length) {
-      assert.equal(q.results[0].metrics[0], EVENTS.length);
+    const q = await run({ metrics: ['events'], date_range: 'all' });
+    if (q.results[0].metrics[0] >= events.length) {
+      assert.equal(q.results[0].metrics[0], events.length);
       return;
     }
     assert.ok(Date.now() < deadline, 'the events did not reach the store within 15 s');
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+async function seed() {
+  await seedOne(env('SHOP_WRITE_KEY'), shopQuery, EVENTS);
+  await seedOne(env('APP_WRITE_KEY'), appQuery, APP_EVENTS);
 }
 
 // --- the browser -------------------------------------------------------------------
@@ -169,7 +282,381 @@ const apiKpis = async (range, filters = []) => {
   return { values, changes };
 };
 
-test('the dashboard: login, overview numbers, filters, projects, access, accessibility', { timeout: 180_000 }, async () => {
+/** A table as its cells' raw values (data-value): numbers as numbers, null as null. */
+async function readGrid(page, selector) {
+  await page.waitForSelector(selector);
+  return page.$$eval(`${selector} tbody tr`, (rows) =>
+    rows.map((r) =>
+      [...r.children].map((c) => {
+        const v = c.dataset.value;
+        if (v === 'null') return null;
+        return v !== '' && !Number.isNaN(Number(v)) ? Number(v) : v;
+      }),
+    ),
+  );
+}
+const rowKeys = (page, selector) => page.$$eval(`${selector} tbody tr`, (rows) => rows.map((r) => r.dataset.key));
+const headers = (page, selector) => page.$$eval(`${selector} thead th`, (ths) => ths.map((t) => t.textContent));
+
+/** Waits until the page's requests are done and `selector` is drawn. */
+async function settled(page, selector) {
+  await quiet(page);
+  await page.waitForSelector(selector);
+  await quiet(page);
+}
+
+/** RFC 4180, enough for the exports: quoted fields, doubled quotes, CRLF. */
+function parseCsv(text) {
+  const rows = [];
+  let row = [];
+  let field = '';
+  let quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') (field += '"'), i++;
+      else if (c === '"') quoted = false;
+      else field += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ',') row.push(field), (field = '');
+    else if (c === '\r' && text[i + 1] === '\n') row.push(field), rows.push(row), (row = []), (field = ''), i++;
+    else field += c;
+  }
+  assert.equal(field, '', 'the CSV ends with a line break');
+  return rows;
+}
+
+async function downloadCsv(page, button) {
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click(button)]);
+  assert.match(download.suggestedFilename(), /^tally-[a-z]+-app-7d\.csv$/);
+  return parseCsv(readFileSync(await download.path(), 'utf8'));
+}
+const asCsv = (rows) => rows.map((r) => r.map((v) => (v === null ? '' : String(v))));
+
+/** Opens `url` in a fresh tab of the same session and hands its page to `read`. */
+async function reopen(context, url, read) {
+  const tab = await context.newPage();
+  const problems = watch(tab);
+  try {
+    await tab.goto(url);
+    const out = await read(tab);
+    await quiet(tab);
+    assert.deepEqual(problems, [], `no error reopening ${url}`);
+    return out;
+  } finally {
+    await tab.close();
+  }
+}
+
+const TRENDS_TABLE = '#trends-table';
+/** The trends table's numbers (every column but the series' and breakdown's names) as
+ * the query API answers them, with the previous period `previous` for the compare. */
+async function apiTrends(body, previous, breakdown = false) {
+  const now = await appQuery({ kind: 'trends', date_range: '7d', ...body });
+  const before = await appQuery({ kind: 'trends', date_range: previous, ...body });
+  const rows = (r) => [
+    ...r.results.map((x) => ({ key: [x.series, ...x.breakdown].join('|'), total: x.total, data: x.data })),
+    ...(r.formula?.results ?? []).map((x) => ({ key: ['formula', ...x.breakdown].join('|'), total: x.total, data: x.data })),
+  ];
+  const prev = new Map(rows(before).map((x) => [x.key, x.total]));
+  return rows(now).map((x) => {
+    const p = prev.get(x.key) ?? 0;
+    const change = p === 0 || x.total === null ? null : Math.round(((x.total - p) / p) * 10_000) / 100;
+    return [x.key, x.total, p, change, ...x.data];
+  });
+}
+const numbersOf = (grid, keys, nameCols) => grid.map((r, i) => [keys[i], ...r.slice(nameCols)]);
+
+const apiFunnelRows = (r) =>
+  r.results.flatMap((g) =>
+    g.steps.map((s) => [
+      s.step + 1,
+      s.event,
+      ...(g.breakdown === null && r.results.length === 1 ? [] : [g.breakdown === null ? 'All' : g.breakdown]),
+      s.count,
+      s.conversion_rate,
+      s.step_conversion_rate,
+      s.dropped,
+      s.median_time_to_convert_s,
+      s.avg_time_to_convert_s,
+    ]),
+  );
+
+async function readRetention(page) {
+  await page.waitForSelector('#retention-table');
+  return page.$$eval('#retention-table tbody tr', (rows) =>
+    rows.map((r) => [r.dataset.key, Number(r.dataset.size), [...r.querySelectorAll('td.cell')].map((td) => Number(td.dataset.count))]),
+  );
+}
+const readRetentionPct = (page) =>
+  page.$$eval('#retention-table tbody tr', (rows) => rows.map((r) => [...r.querySelectorAll('td.cell')].map((td) => Number(td.dataset.pct))));
+
+/** Insights → Trends, Funnel and Retention on the product dataset. */
+async function insights(page, context, problems, shots) {
+  // --- Trends: the tab keeps the project and range; the switcher keeps the page ---
+  await page.click('#tab-trends');
+  await page.waitForURL(/\/insights\/trends\?project=blog&range=7d/);
+  await page.selectOption('#project', 'app');
+  await page.waitForURL(/\/insights\/trends\?project=app/);
+  await settled(page, TRENDS_TABLE);
+  await page.selectOption('#series-A-event', 'signed_up');
+  await page.waitForURL(/s=total%7Csigned_up/);
+  await page.click('#add-series');
+  await page.selectOption('#series-B-event', 'page_visit');
+  await page.waitForURL(/s=total%7Cpage_visit/);
+  await page.selectOption('#series-B-math', 'unique');
+  await page.waitForURL(/s=unique%7Cpage_visit/);
+  await settled(page, TRENDS_TABLE);
+  const previous = [day(13), day(7)];
+  assert.equal(await page.textContent('#trends-period'), `${day(6)} to ${day(0)}, against ${previous[0]} to ${previous[1]}`);
+  assert.deepEqual(await headers(page, TRENDS_TABLE), ['Series', 'Total', 'Previous period', 'Change %', ...[6, 5, 4, 3, 2, 1, 0].map(day)]);
+  let grid = await readGrid(page, TRENDS_TABLE);
+  assert.deepEqual(grid, HAND_TRENDS, 'trends, worked out by hand');
+  const seriesAB = { series: [{ event: 'signed_up' }, { event: 'page_visit', math: 'unique' }] };
+  assert.deepEqual(numbersOf(grid, await rowKeys(page, TRENDS_TABLE), 1), await apiTrends(seriesAB, previous), 'trends, as the API answers');
+  assert.equal(await page.$$eval('#trends-chart canvas', (c) => c.length), 1, 'the chart is drawn');
+  // The legend: two series and their previous periods.
+  assert.equal(await page.$$eval('#trends-chart .u-legend .u-series', (s) => s.length), 1 + 4);
+
+  await page.fill('#formula', 'A / B * 100');
+  await page.press('#formula', 'Tab');
+  await page.waitForURL(/formula=A\+%2F\+B\+\*\+100/);
+  await settled(page, TRENDS_TABLE);
+  grid = await readGrid(page, TRENDS_TABLE);
+  assert.deepEqual(grid, [...HAND_TRENDS, HAND_TRENDS_FORMULA], 'the formula, by hand');
+  const withFormula = { ...seriesAB, formula: 'A / B * 100' };
+  assert.deepEqual(numbersOf(grid, await rowKeys(page, TRENDS_TABLE), 1), await apiTrends(withFormula, previous));
+  axeMinor.n += await axe(page, 'trends');
+  shots.push(await shot(page, '07-trends'));
+
+  await page.selectOption('#breakdown', 'visit:country');
+  await page.waitForURL(/bd=visit%3Acountry/);
+  await settled(page, TRENDS_TABLE);
+  grid = await readGrid(page, TRENDS_TABLE);
+  const keys = await rowKeys(page, TRENDS_TABLE);
+  assert.deepEqual(Object.fromEntries(keys.map((k, i) => [k, grid[i][2]])), HAND_TRENDS_BY_COUNTRY, 'totals by country, by hand');
+  assert.deepEqual(grid.map((r) => r[1]), keys.map((k) => k.split('|')[1]), 'the country column');
+  const byCountry = { ...withFormula, breakdown: ['visit:country'] };
+  assert.deepEqual(numbersOf(grid, keys, 2), await apiTrends(byCountry, previous, true), 'by country, as the API answers');
+
+  // CSV: the table as it is on screen.
+  const csv = await downloadCsv(page, '#trends-csv');
+  assert.deepEqual(csv, [await headers(page, TRENDS_TABLE), ...asCsv(grid)], 'the CSV is the table');
+  // The URL reproduces the view.
+  const trendsUrl = page.url();
+  assert.deepEqual(await reopen(context, trendsUrl, async (tab) => (await settled(tab, TRENDS_TABLE), readGrid(tab, TRENDS_TABLE))), grid, 'the link reproduces the trends');
+
+  // The interval: weeks, as the API answers.
+  await page.selectOption('#interval', 'week');
+  await page.waitForURL(/interval=week/);
+  await settled(page, TRENDS_TABLE);
+  const weekly = await readGrid(page, TRENDS_TABLE);
+  assert.deepEqual(numbersOf(weekly, await rowKeys(page, TRENDS_TABLE), 2), await apiTrends({ ...byCountry, interval: 'week' }, previous, true));
+  assert.deepEqual(weekly.map((r) => r[2]), grid.map((r) => r[2]), 'the totals do not depend on the interval');
+
+  // The error state: 91 days by the hour is over the API's 2,000 buckets.
+  await page.goto(`${URL_}/insights/trends?project=app&range=91d&tz=UTC&interval=hour`);
+  await page.waitForSelector('#trends .error[role=alert]');
+  assert.match(await page.textContent('#trends .error'), /Could not load the trends: .*2,?000/);
+  await quiet(page);
+  const expected = problems.splice(0).filter((p) => !(p.kind === 'http' && p.status === 400 && p.url.includes('/api/v1/query')) && !(p.kind === 'console' && /400/.test(p.text)));
+  assert.deepEqual(expected, [], 'only the refused query went wrong');
+
+  // --- Funnel ---
+  await page.goto(`${URL_}/insights/trends?project=app&range=7d&tz=UTC`);
+  await settled(page, TRENDS_TABLE);
+  await page.click('#tab-funnel');
+  await page.waitForURL(/\/insights\/funnel\?project=app&range=7d/);
+  await page.waitForSelector('#funnel-hint');
+  await page.selectOption('#step-0', 'page_visit');
+  await page.waitForURL(/step=page_visit/);
+  await page.selectOption('#step-1', 'signed_up');
+  await page.waitForURL(/step=signed_up/);
+  await settled(page, '#funnel-table');
+  await page.click('#add-step');
+  await page.selectOption('#step-2', 'purchase');
+  await page.waitForURL(/step=purchase/);
+  await settled(page, '#funnel-table');
+  const bars = () => page.$$eval('#funnel-bars .funnel-step', (li) => li.map((l) => [Number(l.dataset.count), Number(l.dataset.conversion)]));
+  assert.deepEqual(await bars(), [[4, 100], [3, 75], [1, 25]], 'the bars, by hand');
+  let funnelGrid = await readGrid(page, '#funnel-table');
+  assert.deepEqual(funnelGrid, HAND_FUNNEL, 'the funnel, by hand');
+  const steps = [{ event: 'page_visit' }, { event: 'signed_up' }, { event: 'purchase' }];
+  const funnelQuery = (extra) => appQuery({ kind: 'funnel', date_range: '7d', steps, ...extra });
+  assert.deepEqual(funnelGrid, apiFunnelRows(await funnelQuery({})), 'the funnel, as the API answers');
+  assert.match(await page.textContent('#funnel-bars'), /75% of step 1; 1 dropped off; median time 10m 0s/);
+  assert.match(await page.textContent('#funnel-summary'), /1 of 4 converted \(25%\)/);
+  axeMinor.n += await axe(page, 'funnel');
+  shots.push(await shot(page, '08-funnel'));
+
+  await page.fill('#window-value', '1');
+  await page.press('#window-value', 'Tab');
+  await page.waitForURL(/window=1d/);
+  await page.selectOption('#window-unit', 'h');
+  await page.waitForURL(/window=1h/);
+  await settled(page, '#funnel-table');
+  assert.deepEqual((await bars()).map((b) => b[0]), HAND_FUNNEL_1H_COUNTS, 'a 1-hour window, by hand');
+  const hour = { window: { value: 1, unit: 'hour' } };
+  assert.deepEqual(await readGrid(page, '#funnel-table'), apiFunnelRows(await funnelQuery(hour)));
+
+  await page.selectOption('#breakdown', 'visit:country');
+  await page.waitForURL(/bd=visit%3Acountry/);
+  await settled(page, '#funnel-table');
+  funnelGrid = await readGrid(page, '#funnel-table');
+  const byValue = {};
+  for (const r of funnelGrid) (byValue[r[2]] ??= []).push(r[3]);
+  assert.deepEqual(byValue, HAND_FUNNEL_1H_BY_COUNTRY, 'by country, by hand');
+  assert.deepEqual(funnelGrid, apiFunnelRows(await funnelQuery({ ...hour, breakdown: 'visit:country' })), 'by country, as the API answers');
+  assert.deepEqual(await downloadCsv(page, '#funnel-csv'), [await headers(page, '#funnel-table'), ...asCsv(funnelGrid)], 'the CSV is the table');
+  assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, '#funnel-table'), readGrid(tab, '#funnel-table'))), funnelGrid, 'the link reproduces the funnel');
+
+  // --- Retention ---
+  await page.click('#tab-retention');
+  await page.waitForURL(/\/insights\/retention\?project=app&range=7d/);
+  await settled(page, '#retention-box > *');
+  await page.selectOption('#target', 'signed_up');
+  await page.waitForURL(/target=signed_up/);
+  await page.selectOption('#period', 'day');
+  await page.waitForURL(/period=day/);
+  await page.fill('#intervals', '4');
+  await page.press('#intervals', 'Tab');
+  await page.waitForURL(/intervals=4/);
+  await settled(page, '#retention-table');
+  const retentionQuery = (extra) =>
+    appQuery({ kind: 'retention', date_range: '7d', period: 'day', intervals: 4, returning: { event: '$any' }, ...extra });
+  const apiRetention = (r) => r.results.map((c) => [c.cohort, c.size, c.values.map((v) => v.count)]);
+  assert.deepEqual(await readRetention(page), HAND_RETENTION, 'first-time retention, by hand');
+  let r = await retentionQuery({ target: { event: 'signed_up' } });
+  assert.deepEqual(await readRetention(page), apiRetention(r), 'first-time retention, as the API answers');
+  assert.deepEqual(await readRetentionPct(page), r.results.map((c) => c.values.map((v) => v.percentage)));
+  assert.deepEqual((await readRetentionPct(page))[0], [100, 100, 0, 100]);
+
+  await page.selectOption('#type', 'recurring');
+  await page.waitForURL(/type=recurring/);
+  await page.selectOption('#target', '$any');
+  await page.waitForURL(/target=%24any/);
+  await settled(page, '#retention-table');
+  assert.deepEqual(await readRetention(page), HAND_RETENTION_RECURRING, 'recurring retention, by hand');
+  r = await retentionQuery({ type: 'recurring', target: { event: '$any' } });
+  assert.deepEqual(await readRetention(page), apiRetention(r), 'recurring retention, as the API answers');
+  assert.deepEqual((await readRetentionPct(page))[1], [100, 50, 50, 0]);
+  const csvExpected = [
+    ['Cohort', 'People', ...[0, 1, 2, 3].flatMap((i) => [`Day ${i}`, `Day ${i} %`])],
+    ...r.results.map((c) => [c.cohort, c.size, ...[0, 1, 2, 3].flatMap((i) => (c.values[i] ? [c.values[i].count, c.values[i].percentage] : [null, null]))]),
+  ];
+  assert.deepEqual(await downloadCsv(page, '#retention-csv'), asCsv(csvExpected), 'the CSV: each cell, people and %');
+  const retentionUrl = page.url();
+  assert.deepEqual(await reopen(context, retentionUrl, async (tab) => (await settled(tab, '#retention-table'), readRetention(tab))), HAND_RETENTION_RECURRING, 'the link reproduces the retention');
+  axeMinor.n += await axe(page, 'retention');
+  shots.push(await shot(page, '09-retention'));
+
+  // Empty: a project without events shows how to send the first one.
+  await page.selectOption('#project', 'blog');
+  await page.waitForURL(/\/insights\/retention\?project=blog/);
+  await page.waitForSelector('#retention-box .empty-state');
+  assert.match(await page.textContent('#retention-box'), /No data in this period/);
+  await quiet(page);
+  // The browser's back button goes back to the app's retention, as it was.
+  await page.goBack();
+  await page.waitForURL(retentionUrl);
+  await settled(page, '#retention-table');
+  assert.deepEqual(await readRetention(page), HAND_RETENTION_RECURRING);
+}
+
+/** Insights → Lifecycle and Stickiness, and Accounts, on the product dataset. */
+async function activityAndAccounts(page, context, shots) {
+  // --- Lifecycle ---
+  await page.click('#tab-lifecycle');
+  await page.waitForURL(/\/insights\/lifecycle\?project=app&range=7d/);
+  await settled(page, '#lifecycle-table');
+  const lc = await readGrid(page, '#lifecycle-table');
+  assert.deepEqual(lc, HAND_LIFECYCLE, 'lifecycle, by hand');
+  const rl = (await appQuery({ kind: 'lifecycle', date_range: '7d', interval: 'day' })).results;
+  assert.deepEqual(lc, rl.labels.map((l, i) => [l, rl.new[i], rl.returning[i], rl.resurrecting[i], rl.dormant[i], rl.new[i] + rl.returning[i] + rl.resurrecting[i]]), 'lifecycle, as the API answers');
+  assert.equal(await page.$$eval('#lifecycle-box .stack', (s) => s.length), 7, 'a bar per day');
+  assert.deepEqual(await downloadCsv(page, '#lifecycle-csv'), [await headers(page, '#lifecycle-table'), ...asCsv(lc)], 'the CSV is the table');
+  axeMinor.n += await axe(page, 'lifecycle');
+  shots.push(await shot(page, '10-lifecycle'));
+  await page.selectOption('#target', 'signed_up');
+  await page.waitForURL(/target=signed_up/);
+  await settled(page, '#lifecycle-table');
+  const rs = (await appQuery({ kind: 'lifecycle', date_range: '7d', interval: 'day', target: { event: 'signed_up' } })).results;
+  assert.deepEqual((await readGrid(page, '#lifecycle-table')).map((r) => r[1]), rs.new, 'sign-ups: everyone is new once');
+  assert.deepEqual(rs.new, [1, 1, 0, 1, 0, 0, 0]);
+  assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, '#lifecycle-table'), readGrid(tab, '#lifecycle-table'))), await readGrid(page, '#lifecycle-table'), 'the link reproduces the lifecycle');
+
+  // --- Stickiness ---
+  await page.click('#tab-stickiness');
+  await page.waitForURL(/\/insights\/stickiness\?project=app&range=7d/);
+  await settled(page, '#stickiness-table');
+  const st = await readGrid(page, '#stickiness-table');
+  assert.deepEqual(st, HAND_STICKINESS, 'stickiness, by hand');
+  const rst = await appQuery({ kind: 'stickiness', date_range: '7d', interval: 'day' });
+  assert.deepEqual(st, rst.results.map((x) => [x.intervals, x.count, x.percentage]), 'stickiness, as the API answers');
+  assert.match(await page.textContent('#stickiness-summary'), /4 active people, 7 days/);
+  assert.deepEqual(await downloadCsv(page, '#stickiness-csv'), [await headers(page, '#stickiness-table'), ...asCsv(st)], 'the CSV is the table');
+  axeMinor.n += await axe(page, 'stickiness');
+  shots.push(await shot(page, '11-stickiness'));
+
+  // --- Accounts ---
+  await page.click('#tab-accounts');
+  await page.waitForURL(/\/accounts\?project=app&range=7d/);
+  await settled(page, '#accounts-table');
+  const ACC = '#accounts-table';
+  const apiAccounts = async (extra = {}) =>
+    (await appQuery({ kind: 'accounts', date_range: '7d', ...extra })).results.map((a) => ACCOUNT_COLUMNS.map((c) => a[c] ?? null));
+  const pick = (rows) => rows.map((r) => [r[0], r[3], r[8], r[2]]);
+  let acc = await readGrid(page, ACC);
+  assert.deepEqual(pick(acc), HAND_ACCOUNTS, 'accounts, by hand');
+  assert.deepEqual(acc, await apiAccounts(), 'accounts, as the API answers');
+  assert.equal(await page.textContent('#accounts-range'), '1–3 of 3');
+  axeMinor.n += await axe(page, 'accounts');
+  shots.push(await shot(page, '12-accounts'));
+  // Sorting: a click on Account sorts A to Z, a second Z to A.
+  await page.click('button[data-sort="account_id"]');
+  await page.waitForURL(/sort=account_id&dir=asc/);
+  await settled(page, ACC);
+  assert.deepEqual((await readGrid(page, ACC)).map((r) => r[0]), ['acme', 'globex', 'initech']);
+  await page.click('button[data-sort="account_id"]');
+  await page.waitForURL(/sort=account_id&dir=desc/);
+  await settled(page, ACC);
+  acc = await readGrid(page, ACC);
+  assert.deepEqual(acc.map((r) => r[0]), ['initech', 'globex', 'acme']);
+  assert.deepEqual(acc, await apiAccounts({ order_by: [['account_id', 'desc']] }));
+  assert.equal(await page.getAttribute(`${ACC} th[aria-sort]`, 'aria-sort'), 'descending');
+  // Filtering by health.
+  await page.selectOption('#health', 'Inactive');
+  await page.waitForURL(/health=Inactive/);
+  await settled(page, ACC);
+  assert.deepEqual((await readGrid(page, ACC)).map((r) => r[0]), ['initech']);
+  await page.selectOption('#health', '');
+  await page.waitForFunction(() => !location.search.includes('health='));
+  await settled(page, ACC);
+  // Paging, two a page: the state is in the URL too.
+  await quiet(page);
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC&per=2`);
+  await settled(page, ACC);
+  assert.deepEqual((await readGrid(page, ACC)).map((r) => r[0]), ['acme', 'globex']);
+  assert.equal(await page.textContent('#accounts-range'), '1–2 of 3');
+  await page.click('#accounts-next');
+  await page.waitForURL(/page=2/);
+  await settled(page, ACC);
+  acc = await readGrid(page, ACC);
+  assert.deepEqual(acc.map((r) => r[0]), ['initech']);
+  assert.deepEqual(acc, await apiAccounts({ pagination: { limit: 2, offset: 2 } }));
+  assert.equal(await page.textContent('#accounts-range'), '3–3 of 3');
+  // The CSV has every matching account, not only this page.
+  assert.deepEqual(
+    await downloadCsv(page, '#accounts-csv'),
+    [await page.$$eval(`${ACC} thead th`, (t) => t.map((x) => x.textContent.replace(/ [▲▼]$/, ''))), ...asCsv(await apiAccounts())],
+    'the CSV: all accounts',
+  );
+  assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, ACC), readGrid(tab, ACC))), acc, 'the link reproduces the page of accounts');
+}
+
+const axeMinor = { n: 0 };
+
+test('the dashboard: login, overview, insights, filters, projects, access, accessibility', { timeout: 220_000 }, async () => {
   await seed();
   mkdirSync(ARTIFACTS, { recursive: true });
   const profile = mkdtempSync(join(tmpdir(), 'tally-web-test-'));
@@ -182,7 +669,6 @@ test('the dashboard: login, overview numbers, filters, projects, access, accessi
     bypassCSP: true, // only so that axe-core can be injected; the app itself runs under the CSP
   });
   const shots = [];
-  let axeMinor = 0;
   try {
     const page = context.pages()[0] ?? (await context.newPage());
     const problems = watch(page);
@@ -191,7 +677,7 @@ test('the dashboard: login, overview numbers, filters, projects, access, accessi
     await page.goto(`${URL_}/?tz=UTC`);
     await page.waitForSelector('form.login');
     assert.equal(new URL(page.url()).pathname, '/login', 'not logged in: the login page');
-    axeMinor += await axe(page, 'login');
+    axeMinor.n += await axe(page, 'login');
     shots.push(await shot(page, '01-login'));
     await page.fill('#email', env('ADMIN_EMAIL'));
     await page.fill('#password', 'not the password');
@@ -254,7 +740,7 @@ test('the dashboard: login, overview numbers, filters, projects, access, accessi
     assert.equal(live, rt.results.visitors);
     await page.waitForSelector('#chart canvas');
     await quiet(page);
-    axeMinor += await axe(page, 'overview');
+    axeMinor.n += await axe(page, 'overview');
     shots.push(await shot(page, '03-overview-7d'));
 
     // --- a click on a row filters the whole page; the chip takes it off again ---
@@ -289,8 +775,13 @@ test('the dashboard: login, overview numbers, filters, projects, access, accessi
     const snippet = await page.textContent('#snippet');
     assert.ok(snippet.includes(`${URL_}/js/tally.js`) && snippet.includes(env('BLOG_WRITE_KEY')), snippet);
     assert.match(await page.textContent('#curl'), /curl -s .*\/api\/track -H 'x-api-key: /);
-    axeMinor += await axe(page, 'empty project');
+    axeMinor.n += await axe(page, 'empty project');
     shots.push(await shot(page, '05-empty-project'));
+
+    // --- Insights: trends, funnel, retention ---
+    await quiet(page);
+    await insights(page, context, problems, shots);
+    await activityAndAccounts(page, context, shots);
 
     // --- logout ends the session ---
     await quiet(page);
@@ -316,7 +807,7 @@ test('the dashboard: login, overview numbers, filters, projects, access, accessi
     });
     assert.equal(denied.status(), 403, 'the API refuses the viewer too');
     assert.equal((await denied.json()).error, 'no_access');
-    axeMinor += await axe(page, 'no access');
+    axeMinor.n += await axe(page, 'no access');
     shots.push(await shot(page, '06-viewer-no-access'));
 
     await quiet(page);
@@ -325,6 +816,6 @@ test('the dashboard: login, overview numbers, filters, projects, access, accessi
     await context.close();
     rmSync(profile, { recursive: true, force: true });
     console.log(`web test: screenshots in ${ARTIFACTS}: ${shots.map((s) => s.split('/').pop()).join(', ')}`);
-    console.log(`web test: axe-core minor/moderate findings: ${axeMinor}`);
+    console.log(`web test: axe-core minor/moderate findings: ${axeMinor.n}`);
   }
 });

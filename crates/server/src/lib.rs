@@ -200,6 +200,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/session", get(auth::current))
         .route("/", get(dashboard::index))
         .route("/login", get(dashboard::index))
+        .route("/insights/{*view}", get(dashboard::index))
+        .route("/accounts", get(dashboard::index))
         .route("/assets/{*file}", get(dashboard::asset))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/js/tally.js", get(tracker_script))

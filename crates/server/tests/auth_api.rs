@@ -457,6 +457,21 @@ async fn the_dashboard_is_served_at_the_root() {
         html.contains("<div id=\"app\"") || html.contains("The dashboard was not built"),
         "{html}"
     );
+    // Every view of the dashboard is the same page, so a link to one opens cold.
+    for view in [
+        "/login",
+        "/insights/trends",
+        "/insights/funnel",
+        "/accounts",
+    ] {
+        let r = client()
+            .get(format!("{}{view}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{view}");
+        assert_eq!(r.text().await.unwrap(), html, "{view}");
+    }
     let r = client()
         .get(format!("{}/assets/nope.js", server.base))
         .send()
