@@ -17,10 +17,12 @@
 //!   then says `"stale": true`.
 //! - Errors, timeouts and partial answers are never kept.
 //!
-//! Only a process that runs the writer knows when data changes, so only the single-node
-//! mode (`role = "all"`) caches; a scale-out query process computes every answer.
+//! In the single-node mode the writer tells this process's [`Flushes`] directly. In
+//! scale-out, writers publish each flush to Redis and every query process follows it
+//! (`l2.rs`), which also keeps answers in Redis (L2) for all of them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,17 +41,19 @@ pub(crate) const CODE_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/cache
 const HOUR: i64 = 3_600_000_000;
 
 /// What one store insert touched.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Flush {
     pub(crate) projects: HashMap<String, Touched>,
 }
 
 /// The part of one project's data an insert touched.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Touched {
     /// UTC hours (event time / 1 h) the new events fall in.
+    #[serde(rename = "h", default, skip_serializing_if = "BTreeSet::is_empty")]
     pub(crate) hours: BTreeSet<i64>,
     /// People, accounts or links were written: every answer may change.
+    #[serde(rename = "all", default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) everything: bool,
 }
 
@@ -82,9 +86,16 @@ impl Flush {
     }
 }
 
+/// How long a process that follows the flushes from Redis may go without hearing from
+/// it before it stops vouching for any kept answer.
+pub(crate) const OUT_OF_TOUCH: Duration = Duration::from_secs(2);
+
 /// The data versions: what each insert touched, and when.
 pub(crate) struct Flushes {
     state: RwLock<FlushState>,
+    /// For flushes followed from Redis: when the follower last heard from it (ms since
+    /// the epoch; 0: not yet, or lost). `None`: told directly by this process's writer.
+    contact: Option<AtomicI64>,
 }
 
 struct FlushState {
@@ -92,6 +103,10 @@ struct FlushState {
     /// When the current version's data was committed (the start, for version 0).
     as_of: DateTime<Utc>,
     projects: HashMap<String, ProjectVersions>,
+    /// Flushes before it may be unknown here (they came before this process followed
+    /// them, or while it was out of touch): an answer computed at an older version
+    /// cannot be vouched for.
+    horizon: u64,
 }
 
 #[derive(Default)]
@@ -105,14 +120,72 @@ struct ProjectVersions {
 }
 
 impl Flushes {
+    /// Versions this process's own writer records.
     pub(crate) fn new() -> Self {
         Self {
             state: RwLock::new(FlushState {
                 version: 0,
                 as_of: Utc::now(),
                 projects: HashMap::new(),
+                horizon: 0,
             }),
+            contact: None,
         }
+    }
+
+    /// Versions followed from the writers' shared log: nothing is vouched for until
+    /// the follower has read it ([`Flushes::resync`]).
+    pub(crate) fn followed() -> Self {
+        Self {
+            contact: Some(AtomicI64::new(0)),
+            ..Self::new()
+        }
+    }
+
+    /// The follower heard from the log just now.
+    pub(crate) fn heard(&self) {
+        if let Some(c) = &self.contact {
+            c.store(Utc::now().timestamp_millis(), Ordering::Release);
+        }
+    }
+
+    /// The follower lost the log: nothing is vouched for until it is back.
+    pub(crate) fn lost(&self) {
+        if let Some(c) = &self.contact {
+            c.store(0, Ordering::Release);
+        }
+    }
+
+    /// Whether flushes reach this process now (always, for its own writer's).
+    pub(crate) fn in_touch(&self) -> bool {
+        match &self.contact {
+            None => true,
+            Some(c) => {
+                let heard = c.load(Ordering::Acquire);
+                heard > 0
+                    && Utc::now().timestamp_millis() - heard <= OUT_OF_TOUCH.as_millis() as i64
+            }
+        }
+    }
+
+    /// Every flush after `horizon` is known from now on (the follower has (re)read the
+    /// log from there); answers computed at older versions are not vouched for.
+    pub(crate) fn resync(&self, horizon: u64) {
+        let mut s = self.state.write();
+        s.horizon = s.horizon.max(horizon);
+        s.version = s.version.max(horizon);
+    }
+
+    /// Records a flush read from the shared log, at the version the log gave it.
+    pub(crate) fn apply(&self, version: u64, as_of: DateTime<Utc>, flush: Flush) {
+        let mut s = self.state.write();
+        if version <= s.version {
+            // Read again after a reconnect: already applied, or older than the horizon.
+            return;
+        }
+        s.version = version;
+        s.as_of = as_of;
+        Self::touch(&mut s, version, flush);
     }
 
     /// The current data version and when it was committed.
@@ -127,6 +200,10 @@ impl Flushes {
         s.version += 1;
         s.as_of = Utc::now();
         let version = s.version;
+        Self::touch(&mut s, version, flush);
+    }
+
+    fn touch(s: &mut FlushState, version: u64, flush: Flush) {
         for (project, touched) in flush.projects {
             let p = s.projects.entry(project).or_default();
             p.latest = version;
@@ -141,7 +218,13 @@ impl Flushes {
 
     /// Whether nothing `reads` covers in `project` was touched after `version`.
     pub(crate) fn untouched_since(&self, project: &str, reads: Reads, version: u64) -> bool {
+        if !self.in_touch() {
+            return false;
+        }
         let s = self.state.read();
+        if version < s.horizon {
+            return false;
+        }
         let Some(p) = s.projects.get(project) else {
             return true;
         };
@@ -180,6 +263,11 @@ impl Key {
     fn short(&self) -> String {
         hex::encode(&self.0[..12])
     }
+
+    /// The whole key, for Redis.
+    pub(crate) fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
 }
 
 /// One kept answer.
@@ -192,6 +280,54 @@ pub(crate) struct Entry {
     pub(crate) version: u64,
     pub(crate) data_as_of: DateTime<Utc>,
     pub(crate) computed_at: DateTime<Utc>,
+}
+
+/// An entry's header in L2, after its version.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    from: i64,
+    to: i64,
+    /// `data_as_of` and `computed_at`, µs since the epoch.
+    as_of: i64,
+    at: i64,
+}
+
+impl Entry {
+    /// The form kept in L2: the version as 20 digits (a Redis script compares them so
+    /// that an answer never replaces a newer one), a JSON header line, the body.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let header = serde_json::to_string(&Header {
+            from: self.reads.from,
+            to: self.reads.to,
+            as_of: self.data_as_of.timestamp_micros(),
+            at: self.computed_at.timestamp_micros(),
+        })
+        .expect("plain numbers");
+        let mut out = Vec::with_capacity(self.body.len() + header.len() + 22);
+        out.extend_from_slice(format!("{:020}", self.version).as_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// An entry [`Entry::encode`] made; `None` for anything else.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Entry> {
+        let version = std::str::from_utf8(bytes.get(..20)?).ok()?.parse().ok()?;
+        let rest = &bytes[20..];
+        let newline = rest.iter().position(|b| *b == b'\n')?;
+        let header: Header = serde_json::from_slice(&rest[..newline]).ok()?;
+        Some(Entry {
+            body: Bytes::copy_from_slice(&rest[newline + 1..]),
+            reads: Reads {
+                from: header.from,
+                to: header.to,
+            },
+            version,
+            data_as_of: DateTime::from_timestamp_micros(header.as_of)?,
+            computed_at: DateTime::from_timestamp_micros(header.at)?,
+        })
+    }
 }
 
 /// What a request asked of the cache (`"refresh"` in the query).
@@ -236,11 +372,14 @@ pub(crate) enum Standing {
 pub(crate) struct Cache {
     pub(crate) enabled: bool,
     pub(crate) l1: moka::future::Cache<Key, Arc<Entry>>,
+    /// Shared by the query processes of a scale-out deployment.
+    pub(crate) l2: Option<Arc<crate::l2::L2>>,
     pub(crate) flushes: Arc<Flushes>,
     max_staleness: Duration,
 }
 
 impl Cache {
+    /// A cache whose flushes this process's writer records.
     pub(crate) fn new(enabled: bool, l1_bytes: u64, max_staleness: Duration) -> Self {
         let l1 = moka::future::Cache::builder()
             .max_capacity(l1_bytes)
@@ -252,9 +391,17 @@ impl Cache {
         Self {
             enabled,
             l1,
+            l2: None,
             flushes: Arc::new(Flushes::new()),
             max_staleness,
         }
+    }
+
+    /// A cache that follows the flushes from Redis, and keeps answers there too.
+    pub(crate) fn shared(mut self, l2: Arc<crate::l2::L2>) -> Self {
+        self.l2 = Some(l2);
+        self.flushes = Arc::new(Flushes::followed());
+        self
     }
 
     /// How long after newer data an answer whose range reaches now may still be

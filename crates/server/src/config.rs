@@ -61,14 +61,21 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Keep and serve query answers. Only the single-node mode (`role = "all"`) caches:
-    /// a scale-out query process computes every answer.
+    /// Keep and serve query answers: in the single-node mode in this process (L1), in
+    /// scale-out also in Redis (L2), shared by every query process.
     pub enabled: bool,
     /// The in-process cache's bound, in bytes of answers kept.
     pub l1_bytes: u64,
     /// The longest an answer whose range reaches now is served after newer data was
     /// stored (a day's range gets all of it, shorter ranges less).
     pub max_staleness_ms: u64,
+    /// Scale-out: the Redis that holds L2, the flush log and the leases; empty: the
+    /// queue's (`redis.url`).
+    pub redis_url: String,
+    /// Scale-out: the bound on one L2 call; past it the request goes on without L2.
+    pub redis_timeout_ms: u64,
+    /// Scale-out: how long an answer is kept in L2 after it was computed.
+    pub l2_ttl_s: u64,
 }
 
 impl Default for CacheConfig {
@@ -77,6 +84,9 @@ impl Default for CacheConfig {
             enabled: true,
             l1_bytes: 256 * 1024 * 1024,
             max_staleness_ms: 10_000,
+            redis_url: String::new(),
+            redis_timeout_ms: 50,
+            l2_ttl_s: 3_600,
         }
     }
 }

@@ -14,6 +14,7 @@ mod dedup;
 mod disk;
 mod error;
 mod ingest;
+mod l2;
 pub mod meta;
 mod metrics;
 mod query;
@@ -655,16 +656,31 @@ async fn serve_scale_out(
                     config.ingest.dedup_window_hours,
                     config.ingest.dedup_max_ids,
                 ),
+                // Writers wait for Redis longer than queries do: a flush must get there.
+                flushes: Arc::new(l2::L2::new(
+                    cache_redis_url(&config),
+                    Duration::from_secs(5),
+                    Duration::from_secs(config.cache.l2_ttl_s.max(1)),
+                )?),
             }
             .run(),
         )),
         _ => None,
     };
+    let follower = state
+        .cache
+        .l2
+        .clone()
+        .filter(|_| state.cache.enabled)
+        .map(|l2| tokio::spawn(l2.follow(state.cache.flushes.clone())));
     let reload = tokio::spawn(reload_keys(state.clone(), data_dir.clone()));
     tracing::info!(?role, "scale-out role starting");
     run_http(&config, listener, state, shutdown).await?;
     reload.abort();
     upkeep.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     draining.store(true, Ordering::Release);
     if let Some(writer) = writer {
         tracing::info!("http stopped; the writer finishes its batch");
@@ -727,17 +743,42 @@ fn app_state(
         segment_limits,
         posthog_limits,
         admission: query::Admission::new(config.query.max_concurrent, config.query.max_queued),
-        // Only a process with the writer in it learns when data changes (cache.rs).
-        cache: cache::Cache::new(
-            config.cache.enabled && config.role == config::Role::All,
-            config.cache.l1_bytes,
-            Duration::from_millis(config.cache.max_staleness_ms),
-        ),
+        cache: result_cache(config)?,
         writer_starting: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         disk: None,
         writer_failing: Arc::new(AtomicBool::new(false)),
     })
+}
+
+/// The query result cache (cache.rs): single-node, this process's writer tells it what
+/// changed; scale-out, it follows the writers' flushes in Redis and shares answers
+/// there (l2.rs).
+fn result_cache(config: &Config) -> anyhow::Result<cache::Cache> {
+    let cc = &config.cache;
+    let staleness = Duration::from_millis(cc.max_staleness_ms);
+    if config.queue.backend != config::QueueBackend::Redis {
+        return Ok(cache::Cache::new(cc.enabled, cc.l1_bytes, staleness));
+    }
+    let enabled = cc.enabled && config.role.queries();
+    let cache = cache::Cache::new(enabled, cc.l1_bytes, staleness);
+    if !enabled {
+        return Ok(cache);
+    }
+    Ok(cache.shared(Arc::new(l2::L2::new(
+        cache_redis_url(config),
+        Duration::from_millis(cc.redis_timeout_ms.max(1)),
+        Duration::from_secs(cc.l2_ttl_s.max(1)),
+    )?)))
+}
+
+/// The Redis of the cache: `cache.redis_url`, else the queue's.
+fn cache_redis_url(config: &Config) -> &str {
+    if config.cache.redis_url.is_empty() {
+        &config.redis.url
+    } else {
+        &config.cache.redis_url
+    }
 }
 
 /// Serves HTTP until `shutdown`, then lets requests finish for the grace period.

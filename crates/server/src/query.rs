@@ -26,6 +26,7 @@ use tally_store::{Store, StoreError};
 
 use crate::cache::{self, Entry, Key, Refresh, Standing};
 use crate::error::ApiError;
+use crate::l2::{Lease, L2};
 use crate::metrics::{QUERY_SECONDS, STORE_QUERIES, STORE_QUERY_SECONDS};
 use crate::AppState;
 
@@ -98,7 +99,7 @@ pub(crate) async fn query(
         job.compute(plan.clone(), version, as_of)
             .await
             .map(|entry| {
-                let block = cache_block(&entry, false, false, chrono::Utc::now());
+                let block = cache_block(&entry, Source::Store, false, chrono::Utc::now());
                 json_response(StatusCode::OK, cache::body_with(&entry, &block))
             })
     };
@@ -187,16 +188,18 @@ impl Job {
     }
 
     /// The entry for `key` after one computation at most for all the requests that
-    /// ask for it at once: a request that finds another computing waits for its answer.
-    /// `good_enough` says which kept entry spares a computation. Whether this request
-    /// computed it.
+    /// ask for it at once: a request that finds another computing waits for its answer
+    /// (in this process through L1, in others through a lease in L2). `good_enough` says
+    /// which kept entry spares a computation. Where the entry came from.
     async fn single_flight(
         &self,
         key: Key,
         plan: Arc<Plan>,
         good_enough: fn(Standing) -> bool,
-    ) -> Result<(Arc<Entry>, bool), ApiError> {
+    ) -> Result<(Arc<Entry>, Source), ApiError> {
         let cache = &self.state.cache;
+        let from_l2 = std::sync::atomic::AtomicBool::new(false);
+        let from_l2 = &from_l2;
         let result = cache
             .l1
             .entry(key)
@@ -207,8 +210,18 @@ impl Job {
                         return Ok(moka::ops::compute::Op::Nop);
                     }
                 }
-                let (version, as_of) = cache.flushes.current();
-                let entry = self.compute(plan, version, as_of).await?;
+                let entry = match &cache.l2 {
+                    Some(l2) => {
+                        let (entry, shared) =
+                            self.shared_flight(l2, &key, plan, good_enough).await?;
+                        from_l2.store(shared, Ordering::Relaxed);
+                        entry
+                    }
+                    None => {
+                        let (version, as_of) = cache.flushes.current();
+                        self.compute(plan, version, as_of).await?
+                    }
+                };
                 Ok::<_, ApiError>(moka::ops::compute::Op::Put(entry))
             })
             .await?;
@@ -217,12 +230,95 @@ impl Job {
         match result {
             CompResult::Unchanged(e) => {
                 metrics::counter!("tally_cache_singleflight_waits_total").increment(1);
-                Ok((e.into_value(), false))
+                Ok((e.into_value(), Source::L1))
             }
-            CompResult::Inserted(e) | CompResult::ReplacedWith(e) => Ok((e.into_value(), true)),
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) => {
+                let source = if from_l2.load(Ordering::Relaxed) {
+                    Source::L2
+                } else {
+                    Source::Store
+                };
+                Ok((e.into_value(), source))
+            }
             CompResult::StillNone(_) | CompResult::Removed(_) => {
                 Err(ApiError::internal("the cache kept no answer"))
             }
+        }
+    }
+
+    /// One computation across processes: the process that gets the lease on `key`
+    /// computes and keeps the answer in L2; the others wait for it there. Without
+    /// Redis, or past the lease, this process computes. Whether the answer came from L2.
+    async fn shared_flight(
+        &self,
+        l2: &L2,
+        key: &Key,
+        plan: Arc<Plan>,
+        good_enough: fn(Standing) -> bool,
+    ) -> Result<(Arc<Entry>, bool), ApiError> {
+        let cache = &self.state.cache;
+        let usable = |e: Entry| {
+            let good = good_enough(cache.standing(&self.project, &e, chrono::Utc::now()));
+            good.then(|| Arc::new(e))
+        };
+        let ttl = self.deadline.saturating_duration_since(Instant::now());
+        let mut lease = l2.lease(key, ttl).await;
+        if let Lease::Taken = lease {
+            // Another process computes: wait for its answer while it holds the lease.
+            let mut pause = Duration::from_millis(5);
+            while Instant::now() + pause < self.deadline {
+                tokio::time::sleep(pause).await;
+                if let Some(e) = l2.get(key).await.and_then(usable) {
+                    metrics::counter!("tally_cache_singleflight_waits_total").increment(1);
+                    return Ok((e, true));
+                }
+                if !l2.leased(key).await {
+                    lease = l2
+                        .lease(key, self.deadline.saturating_duration_since(Instant::now()))
+                        .await;
+                    if !matches!(lease, Lease::Taken) {
+                        break;
+                    }
+                }
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+        // Kept by another process between this request's look and its lease?
+        if let Lease::Mine(_) = lease {
+            if let Some(e) = l2.get(key).await.and_then(usable) {
+                if let Lease::Mine(token) = &lease {
+                    l2.release(key, token).await;
+                }
+                return Ok((e, true));
+            }
+        }
+        let (version, as_of) = cache.flushes.current();
+        let computed = self.compute(plan, version, as_of).await;
+        if let Ok(entry) = &computed {
+            l2.put(key, entry).await;
+        }
+        if let Lease::Mine(token) = &lease {
+            l2.release(key, token).await;
+        }
+        Ok((computed?, false))
+    }
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Computed for this request.
+    Store,
+    L1,
+    L2,
+}
+
+impl Source {
+    fn layer(self) -> Value {
+        match self {
+            Source::Store => Value::Null,
+            Source::L1 => "l1".into(),
+            Source::L2 => "l2".into(),
         }
     }
 }
@@ -242,21 +338,40 @@ async fn cached(
         Refresh::Force => None,
         _ => cache.l1.get(&key).await,
     };
-    let kept = kept.map(|e| {
+    let mut kept = kept.map(|e| {
         let standing = cache.standing(&job.project, &e, now);
-        (e, standing)
+        (e, standing, Source::L1)
     });
-    let (entry, hit, stale) = match (refresh, kept) {
+    // Nothing good here: another query process may have it (L2).
+    let good_here = matches!(kept, Some((_, s, _)) if s != Standing::Stale);
+    if let (Some(l2), false, false) = (&cache.l2, good_here, refresh == Refresh::Force) {
+        match l2.get(&key).await {
+            Some(e) if kept.as_ref().is_none_or(|(k, _, _)| e.version > k.version) => {
+                let e = Arc::new(e);
+                let standing = cache.standing(&job.project, &e, now);
+                count("l2", standing_result(standing));
+                if standing != Standing::Stale {
+                    cache.l1.insert(key, e.clone()).await;
+                }
+                kept = Some((e, standing, Source::L2));
+            }
+            Some(_) => count("l2", "stale"),
+            None => count("l2", "miss"),
+        }
+    }
+    let (entry, source, stale) = match (refresh, kept) {
         (Refresh::CacheOnly, None) => {
-            count_l1("miss");
+            count("l1", "miss");
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_cached",
                 "no answer to this query is kept yet; ask with \"refresh\": \"auto\" to compute it",
             ));
         }
-        (Refresh::CacheOnly, Some((e, standing))) => (e, true, standing != Standing::Fresh),
-        (Refresh::StaleWhileRevalidate, Some((e, standing))) => {
+        (Refresh::CacheOnly, Some((e, standing, source))) => {
+            (e, source, standing != Standing::Fresh)
+        }
+        (Refresh::StaleWhileRevalidate, Some((e, standing, source))) => {
             if standing != Standing::Fresh {
                 let (job, plan) = (job.clone(), plan.clone());
                 tokio::spawn(async move {
@@ -265,25 +380,30 @@ async fn cached(
                     }
                 });
             }
-            (e, true, standing != Standing::Fresh)
+            (e, source, standing != Standing::Fresh)
         }
-        (Refresh::Auto, Some((e, standing))) if standing != Standing::Stale => {
-            (e, true, standing == Standing::Recent)
+        (Refresh::Auto, Some((e, standing, source))) if standing != Standing::Stale => {
+            (e, source, standing == Standing::Recent)
         }
         (refresh, _) => {
             let good_enough: fn(Standing) -> bool = match refresh {
                 Refresh::Force => |_| false,
                 _ => |s| s != Standing::Stale,
             };
-            let (e, computed) = job.single_flight(key, plan, good_enough).await?;
-            (e, !computed, false)
+            let (e, source) = job.single_flight(key, plan, good_enough).await?;
+            (e, source, false)
         }
     };
-    count_l1(match (hit, stale) {
-        (false, _) => "miss",
-        (true, false) => "hit",
-        (true, true) => "stale",
-    });
+    // L1's count: a hit served from it, a stale entry served from it, or a miss (the
+    // answer came from L2 or the store).
+    count(
+        "l1",
+        match (source, stale) {
+            (Source::L1, false) => "hit",
+            (Source::L1, true) => "stale",
+            _ => "miss",
+        },
+    );
     let now = chrono::Utc::now();
     let etag = cache::etag(&key, &entry);
     let max_age = cache
@@ -307,7 +427,7 @@ async fn cached(
             return Ok((StatusCode::NOT_MODIFIED, cache_headers).into_response());
         }
     }
-    let block = cache_block(&entry, hit, stale, now);
+    let block = cache_block(&entry, source, stale, now);
     let mut response = json_response(StatusCode::OK, cache::body_with(&entry, &block));
     for (name, value) in cache_headers {
         response
@@ -317,17 +437,29 @@ async fn cached(
     Ok(response)
 }
 
-fn count_l1(result: &'static str) {
-    metrics::counter!("tally_cache_requests_total", "layer" => "l1", "result" => result)
+fn count(layer: &'static str, result: &'static str) {
+    metrics::counter!("tally_cache_requests_total", "layer" => layer, "result" => result)
         .increment(1);
 }
 
+fn standing_result(standing: Standing) -> &'static str {
+    match standing {
+        Standing::Fresh => "hit",
+        Standing::Recent | Standing::Stale => "stale",
+    }
+}
+
 /// `"cache"` in every answer: whether it came from the cache, and how old it is.
-fn cache_block(entry: &Entry, hit: bool, stale: bool, now: chrono::DateTime<chrono::Utc>) -> Value {
+fn cache_block(
+    entry: &Entry,
+    source: Source,
+    stale: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Value {
     let age = cache::age(entry, now).as_millis() as f64 / 1000.0;
     json!({
-        "hit": hit,
-        "layer": if hit { Value::from("l1") } else { Value::Null },
+        "hit": source != Source::Store,
+        "layer": source.layer(),
         "computed_at": entry.computed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "data_as_of": entry.data_as_of.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "age_s": age,

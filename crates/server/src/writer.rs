@@ -22,6 +22,7 @@ use tally_store::Store;
 use crate::cache::{Flush, Flushes};
 use crate::config::WriterConfig;
 use crate::dedup::Dedup;
+use crate::l2::L2;
 use crate::metrics::{WRITER_BATCH_EVENTS, WRITER_ERRORS, WRITER_FLUSH_SECONDS};
 
 pub(crate) struct Writer {
@@ -94,18 +95,20 @@ impl Writer {
             draining: &self.draining,
             failing: &self.failing,
         };
-        if !store_payloads(
+        let Some(flush) = store_payloads(
             &self.store,
             payloads,
             &self.dead_letter,
             &mut self.dedup,
             upto,
             retries,
-            self.flushes.clone(),
         )
         .await
-        {
+        else {
             return false;
+        };
+        if let Some(flushes) = &self.flushes {
+            flushes.record(flush);
         }
         if let Err(e) = self.wal.commit(upto) {
             tracing::error!(error = %e, upto, "wal commit failed; records will be replayed");
@@ -120,7 +123,8 @@ impl Writer {
 /// events are read in place ([`StoredBatch`]), so they cost no allocations to build and
 /// free. A failed insert is retried with backoff (up to 5 s apart), decoding the
 /// payloads again, until it succeeds or the writer is draining (shutdown): meanwhile
-/// the queue fills and ingest eventually answers 503. Whether they were stored.
+/// the queue fills and ingest eventually answers 503. What the stored events touched
+/// (for the result cache), or `None` if they were not stored.
 async fn store_payloads(
     store: &Arc<dyn Store>,
     payloads: Vec<(String, Bytes)>,
@@ -128,8 +132,7 @@ async fn store_payloads(
     dedup: &mut Dedup,
     upto: u64,
     retries: Retries<'_>,
-    flushes: Option<Arc<Flushes>>,
-) -> bool {
+) -> Option<Flush> {
     let mut pending = Pending {
         payloads,
         keep: None,
@@ -138,7 +141,6 @@ async fn store_payloads(
     loop {
         let store = store.clone();
         let dead_letter = dead_letter.to_owned();
-        let flushes = flushes.clone();
         // The dedup sets go to the blocking thread and come back; an empty one holds the
         // place.
         let mut owned = std::mem::replace(dedup, Dedup::new(0, 0));
@@ -150,19 +152,18 @@ async fn store_payloads(
                 &dead_letter,
                 upto,
                 backoff,
-                flushes.as_deref(),
             );
             (owned, pending, stored)
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         *dedup = owned;
-        retries.failing.store(!stored, Ordering::Release);
-        if stored {
-            return true;
+        retries.failing.store(stored.is_none(), Ordering::Release);
+        if stored.is_some() {
+            return stored;
         }
         if retries.draining.load(Ordering::Acquire) {
-            return false;
+            return None;
         }
         pending = back;
         metrics::counter!(WRITER_ERRORS, "stage" => "insert").increment(1);
@@ -189,7 +190,7 @@ struct Pending {
 
 /// One attempt at storing `pending`: decodes it, drops the duplicates (the first time:
 /// asks `dedup` and keeps a dead letter of what does not decode; later: as then) and
-/// inserts the rest. Whether they are stored.
+/// inserts the rest. What they touched, if they are stored.
 fn attempt(
     store: &dyn Store,
     pending: &mut Pending,
@@ -197,43 +198,38 @@ fn attempt(
     dead_letter: &Path,
     upto: u64,
     retry_in: Duration,
-    flushes: Option<&Flushes>,
-) -> bool {
+) -> Option<Flush> {
     let first = pending.keep.is_none();
     let mut batches = decode_all(&pending.payloads, first.then_some(dead_letter));
     match &pending.keep {
         Some(keep) => retain_kept(&mut batches, keep),
         None => pending.keep = Some(drop_duplicates(dedup, &mut batches)),
     }
-    insert_once(store, &batches, upto, retry_in, flushes)
+    insert_once(store, &batches, upto, retry_in)
 }
 
-/// One insert of `batches`: whether they are stored. A panic in the store is caught
-/// and counts as a failure, so the batch is retried rather than lost.
+/// One insert of `batches`: what they touched, if they are stored. A panic in the store
+/// is caught and counts as a failure, so the batch is retried rather than lost.
 fn insert_once(
     store: &dyn Store,
     batches: &[StoredBatch<'_>],
     upto: u64,
     retry_in: Duration,
-    flushes: Option<&Flushes>,
-) -> bool {
+) -> Option<Flush> {
     let events: usize = batches.iter().map(|b| b.events.len()).sum();
     let start = Instant::now();
     let retry_in_ms = retry_in.as_millis() as u64;
     match std::panic::catch_unwind(AssertUnwindSafe(|| store.insert(batches, upto))) {
         Ok(Ok(stats)) => {
-            if let Some(flushes) = flushes {
-                flushes.record(Flush::of(batches, &stats));
-            }
             metrics::histogram!(WRITER_FLUSH_SECONDS).record(start.elapsed().as_secs_f64());
             metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
             metrics::counter!("tally_writer_events_total").increment(events as u64);
-            return true;
+            return Some(Flush::of(batches, &stats));
         }
         Ok(Err(e)) => tracing::error!(error = %e, upto, retry_in_ms, "store insert failed"),
         Err(_) => tracing::error!(upto, retry_in_ms, "store insert panicked"),
     }
-    false
+    None
 }
 
 /// Drops the events already stored within the dedup window; returns which were kept.
@@ -278,6 +274,8 @@ pub(crate) struct StreamWriter {
     pub failing: Arc<AtomicBool>,
     pub dead_letter: PathBuf,
     pub dedup: Dedup,
+    /// Where each insert's flush is published for the query processes' caches.
+    pub flushes: Arc<L2>,
 }
 
 impl StreamWriter {
@@ -312,20 +310,28 @@ impl StreamWriter {
                     draining: &self.draining,
                     failing: &self.failing,
                 };
-                if !store_payloads(
+                let Some(flush) = store_payloads(
                     &self.store,
                     payloads,
                     &self.dead_letter,
                     &mut self.dedup,
                     0,
                     retries,
-                    None,
                 )
                 .await
-                {
+                else {
                     // Unacknowledged entries are delivered again after a restart.
                     tracing::warn!(
                         "writer stopped with inserts failing; the stream keeps the rest"
+                    );
+                    return;
+                };
+                // Published before the entries are acknowledged: a writer that dies
+                // in between leaves them to be inserted (deduplicated) and published
+                // again, so no query process misses what they touched.
+                if !self.publish(&flush).await {
+                    tracing::warn!(
+                        "writer stopped before its flush was published; the stream keeps the batch"
                     );
                     return;
                 }
@@ -352,6 +358,33 @@ impl StreamWriter {
             }
         }
         tracing::info!("stream writer stopped");
+    }
+
+    /// Publishes `flush` to the query processes, retrying until Redis takes it; false
+    /// if the writer is draining first.
+    async fn publish(&self, flush: &Flush) -> bool {
+        if flush
+            .projects
+            .values()
+            .all(|t| t.hours.is_empty() && !t.everything)
+        {
+            return true;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.flushes.publish(flush).await {
+                Ok(_) => return true,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot publish a flush; retrying");
+                    metrics::counter!(WRITER_ERRORS, "stage" => "publish").increment(1);
+                }
+            }
+            if self.draining.load(Ordering::Acquire) {
+                return false;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 }
 
@@ -478,7 +511,11 @@ mod tests {
             draining: &draining,
             failing: &failing,
         };
-        assert!(store_payloads(&store, payloads, &dead_letter, &mut dedup, 3, retries, None).await);
+        assert!(
+            store_payloads(&store, payloads, &dead_letter, &mut dedup, 3, retries)
+                .await
+                .is_some()
+        );
         assert!(
             !failing.load(Ordering::Acquire),
             "the last insert succeeded"

@@ -487,3 +487,180 @@ async fn redis_away_is_a_503_and_acknowledged_events_survive_its_restart() {
     );
     drop(writer);
 }
+
+/// Sends `n` events named `late-<from>..` at `at` (RFC 3339) through `port`.
+async fn send_at(c: &Cluster, port: u16, from: usize, n: usize, at: &str) {
+    let body: Vec<Value> = (from..from + n)
+        .map(|i| json!({"event_name": format!("late-{i}"), "user_id": format!("u{}", i % 7), "timestamp": at}))
+        .collect();
+    let r = c.track(port, json!(body)).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+/// One query to the query process on `port`; the answer's body.
+async fn ask(c: &Cluster, port: u16, body: &Value) -> Value {
+    let r = c
+        .client
+        .post(format!("http://127.0.0.1:{port}/api/v1/query"))
+        .header("x-api-key", &c.read_key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "query on {port}");
+    r.json().await.unwrap()
+}
+
+/// Asks `port` until its `events` answer is `want`, for at most `within`; the time it
+/// took.
+async fn answers_within(
+    c: &Cluster,
+    port: u16,
+    q: &Value,
+    want: u64,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = ask(c, port, q).await["results"][0]["metrics"][0].as_u64();
+        if got == Some(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{port} still answers {got:?}, not {want}, {within:?} after the data was stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The result cache across query processes: two share answers through Redis (L2) and
+/// compute one at a time (a lease); a late event for a closed range, once a writer
+/// published its flush, changes both processes' answers within a second; with Redis
+/// killed every query is still answered, right, and the errors are counted; after its
+/// restart both processes follow the flushes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn query_processes_share_answers_and_learn_of_every_flush() {
+    let mut c = Cluster::start().await;
+    let (ports, _ingest, _writer) = c.ingest_and_writer().await;
+    let q: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let _queries = [
+        c.tally.start("query", q[0], "q1"),
+        c.tally.start("query", q[1], "q2"),
+    ];
+    for port in &q {
+        wait_for(&c.client, &format!("http://127.0.0.1:{port}/readyz")).await;
+    }
+    let day = (chrono::Utc::now() - chrono::Duration::days(2)).date_naive();
+    let at = |hour: u32| format!("{day}T{hour:02}:00:00Z");
+    send_at(&c, ports[0], 0, 20, &at(10)).await;
+    assert_eq!(stored(&c.client, &c.ch_url, 20).await.0, 20);
+    // A closed range: no staleness allowance, only flushes make it stale.
+    let events = json!({"metrics": ["events"], "date_range": [day.to_string(), day.to_string()]});
+
+    let first = ask(&c, q[0], &events).await;
+    assert_eq!(first["results"][0]["metrics"][0], 20);
+    assert_eq!(first["cache"]["hit"], false);
+    let second = ask(&c, q[1], &events).await;
+    assert_eq!(second["results"][0]["metrics"][0], 20);
+    assert_eq!(second["cache"]["layer"], "l2", "{second}");
+    assert_eq!(
+        metric(&c.client, q[1], "tally_store_queries_total").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&c.client, q[0], "tally_store_queries_total").await,
+        1.0
+    );
+
+    // A late event in that day: both processes learn of its flush.
+    send_at(&c, ports[0], 20, 1, &at(13)).await;
+    assert_eq!(stored(&c.client, &c.ch_url, 21).await.0, 21);
+    for port in &q {
+        answers_within(&c, *port, &events, 21, Duration::from_secs(1)).await;
+    }
+    // An event of another day touches nothing this answer reads.
+    let before: f64 = {
+        let mut n = 0.0;
+        for port in &q {
+            n += metric(&c.client, *port, "tally_store_queries_total").await;
+        }
+        n
+    };
+    send_at(
+        &c,
+        ports[0],
+        21,
+        1,
+        &format!("{}T10:00:00Z", day - chrono::Duration::days(1)),
+    )
+    .await;
+    assert_eq!(stored(&c.client, &c.ch_url, 22).await.0, 22);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for port in &q {
+        let body = ask(&c, *port, &events).await;
+        assert_eq!(body["results"][0]["metrics"][0], 21);
+        assert_eq!(body["cache"]["hit"], true, "{body}");
+    }
+
+    // 200 identical requests on a cold key, half on each process: one store query.
+    let visitors =
+        json!({"metrics": ["visitors"], "date_range": [day.to_string(), day.to_string()]});
+    let mut pending = Vec::new();
+    for i in 0..200 {
+        let request = c
+            .client
+            .post(format!("http://127.0.0.1:{}/api/v1/query", q[i % 2]))
+            .header("x-api-key", &c.read_key)
+            .json(&visitors)
+            .send();
+        pending.push(tokio::spawn(async move {
+            let r = request.await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["results"][0]["metrics"][0].clone()
+        }));
+    }
+    for p in pending {
+        assert_eq!(p.await.unwrap(), 7);
+    }
+    let mut after = 0.0;
+    for port in &q {
+        after += metric(&c.client, *port, "tally_store_queries_total").await;
+    }
+    assert_eq!(after - before, 1.0, "one computation for both processes");
+
+    // Redis away: answers still come, from ClickHouse, and are right.
+    c.redis.stop();
+    // The followers' blocking reads see the connection close.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for port in &q {
+        for query in [&events, &visitors] {
+            let body = ask(&c, *port, query).await;
+            assert_eq!(body["cache"]["hit"], false, "not vouched for: {body}");
+        }
+        assert_eq!(
+            ask(&c, *port, &events).await["results"][0]["metrics"][0],
+            21
+        );
+        assert!(metric(&c.client, *port, "tally_cache_errors_total").await > 0.0);
+    }
+    tokio::task::block_in_place(|| c.redis.restart());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c
+            .track(
+                ports[0],
+                json!([{"event_name": "late-22", "user_id": "u1", "timestamp": at(15)}]),
+            )
+            .await;
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stored(&c.client, &c.ch_url, 23).await.0, 23);
+    for port in &q {
+        answers_within(&c, *port, &events, 22, Duration::from_secs(5)).await;
+    }
+}
