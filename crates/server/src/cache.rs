@@ -22,7 +22,7 @@
 //! (`l2.rs`), which also keeps answers in Redis (L2) for all of them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use tally_model::{EventType, StoredBatch};
-use tally_query::Reads;
+use tally_query::{Plan, Reads};
 use tally_store::InsertStats;
 
 /// Changes whenever the meaning of a cached answer may change with the code: part of
@@ -93,6 +93,8 @@ pub(crate) const OUT_OF_TOUCH: Duration = Duration::from_secs(2);
 /// The data versions: what each insert touched, and when.
 pub(crate) struct Flushes {
     state: RwLock<FlushState>,
+    /// Told of every new version (the warmer waits on it).
+    pub(crate) changed: tokio::sync::Notify,
     /// For flushes followed from Redis: when the follower last heard from it (ms since
     /// the epoch; 0: not yet, or lost). `None`: told directly by this process's writer.
     contact: Option<AtomicI64>,
@@ -129,6 +131,7 @@ impl Flushes {
                 projects: HashMap::new(),
                 horizon: 0,
             }),
+            changed: tokio::sync::Notify::new(),
             contact: None,
         }
     }
@@ -186,6 +189,7 @@ impl Flushes {
         s.version = version;
         s.as_of = as_of;
         Self::touch(&mut s, version, flush);
+        self.changed.notify_one();
     }
 
     /// The current data version and when it was committed.
@@ -201,6 +205,7 @@ impl Flushes {
         s.as_of = Utc::now();
         let version = s.version;
         Self::touch(&mut s, version, flush);
+        self.changed.notify_one();
     }
 
     fn touch(s: &mut FlushState, version: u64, flush: Flush) {
@@ -369,8 +374,21 @@ pub(crate) enum Standing {
     Stale,
 }
 
+/// A key that was asked for: what it takes to compute it again, and how often.
+pub(crate) struct Wanted {
+    pub(crate) project: String,
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) asked: AtomicU64,
+}
+
+/// How many keys the warmer remembers (the most recently asked; one not asked for an
+/// hour is forgotten).
+const WANTED_KEYS: u64 = 10_000;
+
 pub(crate) struct Cache {
     pub(crate) enabled: bool,
+    /// The keys asked for, for the warmer.
+    pub(crate) wanted: moka::future::Cache<Key, Arc<Wanted>>,
     pub(crate) l1: moka::future::Cache<Key, Arc<Entry>>,
     /// Shared by the query processes of a scale-out deployment.
     pub(crate) l2: Option<Arc<crate::l2::L2>>,
@@ -390,6 +408,10 @@ impl Cache {
             .build();
         Self {
             enabled,
+            wanted: moka::future::Cache::builder()
+                .max_capacity(WANTED_KEYS)
+                .time_to_idle(Duration::from_secs(3_600))
+                .build(),
             l1,
             l2: None,
             flushes: Arc::new(Flushes::new()),
@@ -427,6 +449,21 @@ impl Cache {
         } else {
             Standing::Stale
         }
+    }
+
+    /// Counts a request for `key`.
+    pub(crate) async fn want(&self, key: Key, project: &str, plan: &Arc<Plan>) {
+        self.wanted
+            .get_with(key, async {
+                Arc::new(Wanted {
+                    project: project.to_owned(),
+                    plan: plan.clone(),
+                    asked: AtomicU64::new(0),
+                })
+            })
+            .await
+            .asked
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_size(&self) {

@@ -76,6 +76,12 @@ pub struct CacheConfig {
     pub redis_timeout_ms: u64,
     /// Scale-out: how long an answer is kept in L2 after it was computed.
     pub l2_ttl_s: u64,
+    /// After each flush, the warmer computes again at most this many of the most asked
+    /// answers the flush touched. 0: no warmer.
+    pub warm_keys: usize,
+    /// The share of one core's time the warmer may use (it pauses after each
+    /// computation for that long over again).
+    pub warm_share: f64,
 }
 
 impl Default for CacheConfig {
@@ -87,6 +93,8 @@ impl Default for CacheConfig {
             redis_url: String::new(),
             redis_timeout_ms: 50,
             l2_ttl_s: 3_600,
+            warm_keys: 20,
+            warm_share: 0.25,
         }
     }
 }
@@ -526,6 +534,9 @@ impl Config {
         }
         if self.query.timeout_ms == 0 {
             return invalid("query.timeout_ms", "must be > 0");
+        }
+        if !(self.cache.warm_share > 0.0 && self.cache.warm_share <= 1.0) {
+            return invalid("cache.warm_share", "must be more than 0 and at most 1");
         }
         if self.queue.backend == QueueBackend::Redis && self.redis.url.is_empty() {
             return invalid("redis.url", "must be set with queue.backend = \"redis\"");

@@ -552,10 +552,14 @@ pub async fn serve(
         }
     };
     let reload = tokio::spawn(reload_keys(state.clone(), data_dir.clone()));
+    let warmer = spawn_warmer(&state);
     run_http(&config, listener, state, shutdown).await?;
     reload.abort();
     upkeep.abort();
     watching.abort();
+    if let Some(warmer) = warmer {
+        warmer.abort();
+    }
 
     tracing::info!("http stopped; flushing the queue into the store");
     // Closing joins the WAL thread after its last fsync, and a checkpoint writes the
@@ -674,12 +678,13 @@ async fn serve_scale_out(
         .filter(|_| state.cache.enabled)
         .map(|l2| tokio::spawn(l2.follow(state.cache.flushes.clone())));
     let reload = tokio::spawn(reload_keys(state.clone(), data_dir.clone()));
+    let warmer = spawn_warmer(&state);
     tracing::info!(?role, "scale-out role starting");
     run_http(&config, listener, state, shutdown).await?;
     reload.abort();
     upkeep.abort();
-    if let Some(follower) = follower {
-        follower.abort();
+    for task in [follower, warmer].into_iter().flatten() {
+        task.abort();
     }
     draining.store(true, Ordering::Release);
     if let Some(writer) = writer {
@@ -770,6 +775,12 @@ fn result_cache(config: &Config) -> anyhow::Result<cache::Cache> {
         Duration::from_millis(cc.redis_timeout_ms.max(1)),
         Duration::from_secs(cc.l2_ttl_s.max(1)),
     )?)))
+}
+
+/// The cache's warmer (query.rs), if this process caches.
+fn spawn_warmer(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
+    (state.cache.enabled && state.store.is_some() && state.config.cache.warm_keys > 0)
+        .then(|| tokio::spawn(query::warm(state.clone())))
 }
 
 /// The Redis of the cache: `cache.redis_url`, else the queue's.

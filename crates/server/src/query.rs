@@ -333,6 +333,7 @@ async fn cached(
 ) -> Result<Response, ApiError> {
     let cache = &job.state.cache;
     let key = Key::new(&job.project, &plan.normalized());
+    cache.want(key, &job.project, &plan).await;
     let now = chrono::Utc::now();
     let kept = match refresh {
         Refresh::Force => None,
@@ -435,6 +436,59 @@ async fn cached(
             .insert(name, value.parse().expect("ASCII header values"));
     }
     Ok(response)
+}
+
+/// The warmer (docs/caching.md): after each flush, computes again the most asked
+/// answers the flush touched (stale, or within their allowance) before anyone asks, so
+/// the next request finds them fresh. At most `cache.warm_keys` a pass, one at a time,
+/// each through the usual single-flight (so a request asking meanwhile waits for it
+/// rather than computing too) and admission; after each it pauses so that it uses at
+/// most `cache.warm_share` of one core's time.
+pub(crate) async fn warm(state: Arc<AppState>) {
+    let Some(store) = state.store.clone() else {
+        return;
+    };
+    let cache = &state.cache;
+    let (keys, share) = (state.config.cache.warm_keys, state.config.cache.warm_share);
+    let budget = Duration::from_millis(state.config.query.timeout_ms);
+    loop {
+        cache.flushes.changed.notified().await;
+        // Flushes come in bursts: one pass for the burst.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = chrono::Utc::now();
+        let mut touched = Vec::new();
+        for (key, wanted) in cache.wanted.iter() {
+            if let Some(e) = cache.l1.get(&*key).await {
+                if cache.standing(&wanted.project, &e, now) != Standing::Fresh {
+                    touched.push((wanted.asked.load(Ordering::Relaxed), *key, wanted));
+                }
+            }
+        }
+        touched.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, key, wanted) in touched.into_iter().take(keys) {
+            let job = Job {
+                state: state.clone(),
+                store: store.clone(),
+                project: wanted.project.clone(),
+                budget,
+                deadline: Instant::now() + budget,
+            };
+            let start = Instant::now();
+            match job
+                .single_flight(key, wanted.plan.clone(), |s| s == Standing::Fresh)
+                .await
+            {
+                Ok((_, Source::Store)) => {
+                    metrics::counter!("tally_cache_warmer_runs_total").increment(1)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e.message, "the warmer could not compute an answer")
+                }
+            }
+            tokio::time::sleep(start.elapsed().mul_f64((1.0 - share) / share)).await;
+        }
+    }
 }
 
 fn count(layer: &'static str, result: &'static str) {

@@ -198,6 +198,46 @@ async fn a_late_event_for_a_cached_closed_range_appears_in_the_next_answer() {
     assert_eq!(again.body["cache"]["hit"], true);
 }
 
+/// The warmer: after a late event's flush, the answer it touched is computed again
+/// before anyone asks, so the next request is a fresh hit with the new count and
+/// reaches no store.
+#[tokio::test]
+async fn the_warmer_computes_a_touched_answer_before_it_is_asked_again() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start_with(|c| c.cache.warm_keys = 20).await;
+    let inside = inside_closed_range();
+    assert_eq!(
+        server
+            .track(json!([event("buy", "u1", inside)]))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    server.wait_for_events(1).await;
+    let q = json!({"metrics": ["events"], "date_range": closed_range()});
+    assert_eq!(count(&server.query(q.clone()).await), 1);
+    let runs = counter(&server, "tally_cache_warmer_runs_total").await;
+
+    let late = event("buy", "late", inside - HOUR);
+    assert_eq!(server.track(json!([late])).await.status, StatusCode::OK);
+    server.wait_for_events(2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&server, "tally_cache_warmer_runs_total").await == runs {
+        assert!(Instant::now() < deadline, "the warmer never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stores = store_queries(&server, "stats").await;
+    let warmed = server.query(q.clone()).await;
+    assert_eq!(count(&warmed), 2);
+    assert_eq!(warmed.body["cache"]["hit"], true, "{}", warmed.body);
+    assert_eq!(warmed.body["cache"]["stale"], false);
+    assert_eq!(
+        store_queries(&server, "stats").await,
+        stores,
+        "no computation for it"
+    );
+}
+
 #[tokio::test]
 async fn an_etag_answers_304_until_the_data_changes() {
     let _serial = SERIAL.lock().await;

@@ -63,6 +63,8 @@ impl TestServer {
         // Tests read what they just sent: no answer served after newer data (the cache's
         // own tests set what they test).
         config.cache.max_staleness_ms = 0;
+        // Nor computed behind their backs (the warmer's own test turns it on).
+        config.cache.warm_keys = 0;
         tweak(&mut config);
         config.validate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
