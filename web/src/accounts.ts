@@ -6,7 +6,7 @@
 // URL: /accounts?project=shop&range=28d&health=At Risk&q=ac&sort=events&dir=desc&page=2&per=25
 import { Project, query } from './api';
 import { formatNumber, h } from './dom';
-import { Params, ViewState, urlParams } from './state';
+import { Params, ViewState, apiRange, urlParams } from './state';
 import { Cell, Grid, View, csvName, failure, loading, noData, periodControls, select, toCsv } from './ui';
 
 const HEALTH = ['New', 'Healthy', 'At Risk', 'Critical', 'Inactive'];
@@ -70,7 +70,7 @@ export function accounts(project: Project, state: ViewState, nav: (s: ViewState,
 
   const body = (limit: number, offset: number) => ({
     kind: 'accounts',
-    date_range: state.range,
+    date_range: apiRange(state),
     timezone: state.timezone,
     filters: [
       ...(p.health ? [['is', 'account:health', [p.health]]] : []),
