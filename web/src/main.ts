@@ -13,6 +13,7 @@ import { Params, ViewState, pageUrl, readState, stateUrl } from './state';
 import { trends } from './trends';
 import { View, freshness } from './ui';
 import { liveEvents } from './events';
+import { paths } from './paths';
 
 const app = document.getElementById('app')!;
 let session: Session | null = null;
@@ -38,6 +39,7 @@ const PAGES: Page[] = [
   { path: '/insights/retention', title: 'Retention', tab: 'Retention', draw: retention },
   { path: '/insights/lifecycle', title: 'Lifecycle', tab: 'Lifecycle', draw: lifecycle },
   { path: '/insights/stickiness', title: 'Stickiness', tab: 'Stickiness', draw: stickiness },
+  { path: '/insights/paths', title: 'Paths', tab: 'Paths', draw: paths },
   { path: '/accounts', title: 'Accounts', tab: 'Accounts', draw: accounts },
   { path: '/events', title: 'Live events', tab: 'Events', draw: liveEvents },
 ];

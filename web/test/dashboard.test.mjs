@@ -187,6 +187,17 @@ const HAND_STICKINESS = [[1, 2, 50], [2, 0, 0], [3, 2, 50], [4, 0, 0], [5, 0, 0]
 // days ago: New), globex (1 + 2, 2 users, New), initech (u6 20 days ago: no events in
 // the period, not new: Inactive). [id, users, events, health]
 const HAND_ACCOUNTS = [['acme', 2, 8, 'New'], ['globex', 2, 3, 'New'], ['initech', 0, 0, 'Inactive']];
+// Paths from the first sign-up in 7d, what came next, 3 steps: u1 signed up (d6), then
+// purchase, feature_used (d5), feature_used (d3); u2 (d5) then feature_used (d4); u4 (d3)
+// nothing after. 3 people; ties (1 each) by from, then to. [step, from, to, people, %]
+const HAND_PATHS = [
+  [1, 'signed_up', 'feature_used', 1, 33.33],
+  [1, 'signed_up', 'purchase', 1, 33.33],
+  [2, 'purchase', 'feature_used', 1, 33.33],
+  [3, 'feature_used', 'feature_used', 1, 33.33],
+];
+// What led there, 1 step: each of the three visited first.
+const HAND_PATHS_PREVIOUS = [[1, 'signed_up', 'page_visit', 3, 100]];
 const ACCOUNT_COLUMNS = ['account_id', 'name', 'health', 'users', 'dau', 'wau', 'mau', 'stickiness', 'events', 'previous_events', 'trend', 'last_active'];
 
 async function api(path, { key, body, method = 'POST' } = {}) {
@@ -669,6 +680,38 @@ async function activityAndAccounts(page, context, shots) {
 
 const axeMinor = { n: 0 };
 
+/** Insights → Paths on the product dataset. */
+async function pathsPage(page, context, shots) {
+  await page.click('#tab-paths');
+  await page.waitForURL(/\/insights\/paths\?project=app&range=7d/);
+  await settled(page, '#paths-box > *');
+  await page.selectOption('#path-start', 'signed_up');
+  await page.waitForURL(/start=signed_up/);
+  await settled(page, '#paths-table');
+  const apiPaths = async (extra) => {
+    const r = (await appQuery({ kind: 'paths', date_range: '7d', start: { event: 'signed_up' }, ...extra })).results;
+    return r.steps.flatMap((s) => s.edges.map((e) => [s.step, e.from, e.to, e.count, Math.round((e.count / r.people) * 10_000) / 100]));
+  };
+  let grid = await readGrid(page, '#paths-table');
+  assert.deepEqual(grid, HAND_PATHS, 'paths, by hand');
+  assert.deepEqual(grid, await apiPaths({ depth: 3 }), 'paths, as the API answers');
+  assert.match(await page.textContent('#paths-summary'), /: 3 people started$/);
+  assert.equal(await page.$$eval('#paths-box .path-column', (c) => c.length), 4, 'the start and three steps');
+  assert.deepEqual(await downloadCsv(page, '#paths-csv'), [await headers(page, '#paths-table'), ...asCsv(grid)], 'the CSV is the table');
+  axeMinor.n += await axe(page, 'paths');
+  shots.push(await shot(page, '15-paths'));
+  await assertFresh(page, 'paths');
+  await page.selectOption('#path-dir', 'previous');
+  await page.waitForURL(/dir=previous/);
+  await page.selectOption('#path-depth', '1');
+  await page.waitForURL(/depth=1/);
+  await settled(page, '#paths-table');
+  grid = await readGrid(page, '#paths-table');
+  assert.deepEqual(grid, HAND_PATHS_PREVIOUS, 'what led to a sign-up, by hand');
+  assert.deepEqual(grid, await apiPaths({ depth: 1, direction: 'previous' }), 'as the API answers');
+  assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, '#paths-table'), readGrid(tab, '#paths-table'))), grid, 'the link reproduces the paths');
+}
+
 /** The "updated N s ago" line: its text and its numbers. */
 async function readFreshness(page) {
   await page.waitForFunction(() => document.querySelector('#freshness')?.dataset.ageS !== undefined);
@@ -937,6 +980,8 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     await quiet(page);
     await insights(page, context, problems, shots);
     await activityAndAccounts(page, context, shots);
+    await quiet(page);
+    await pathsPage(page, context, shots);
 
     // --- Events: the live stream ---
     await quiet(page);
