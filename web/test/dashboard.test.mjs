@@ -198,6 +198,11 @@ const HAND_PATHS = [
 ];
 // What led there, 1 step: each of the three visited first.
 const HAND_PATHS_PREVIOUS = [[1, 'signed_up', 'page_visit', 3, 100]];
+// acme's page over 7d: New (first seen 6 days ago, the first event of u1; within 14
+// days of today), 8 events, none before; u1 5 events on 3 days (d6 d5 d3), u2 3 on 3
+// (d6 d5 d4). initech: Inactive (u6 only, 20 days ago), nobody in the period.
+const HAND_ACME = { users: 2, events: 8, previous_events: 0, trend: null };
+const HAND_ACME_PEOPLE = [['u1', 5, 3], ['u2', 3, 3]];
 const ACCOUNT_COLUMNS = ['account_id', 'name', 'health', 'users', 'dau', 'wau', 'mau', 'stickiness', 'events', 'previous_events', 'trend', 'last_active'];
 
 async function api(path, { key, body, method = 'POST' } = {}) {
@@ -680,6 +685,41 @@ async function activityAndAccounts(page, context, shots) {
 
 const axeMinor = { n: 0 };
 
+/** One account's page: from the accounts table's link. */
+async function accountPage(page, context, shots) {
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC`);
+  await settled(page, '#accounts-table');
+  await page.click('#accounts-table a.account-link:text-is("acme")');
+  await page.waitForURL(/account=acme/);
+  await settled(page, '#account-people-table');
+  await page.waitForSelector('#account-health');
+  const facts = () => page.$$eval('#account .kpi', (k) => Object.fromEntries(k.map((x) => [x.dataset.metric, x.dataset.value === 'null' ? null : Number(x.dataset.value)])));
+  const row = (await appQuery({ kind: 'accounts', date_range: '7d', filters: [['is', 'account:id', ['acme']]] })).results[0];
+  const f = await facts();
+  assert.deepEqual({ users: f.users, events: f.events, previous_events: f.previous_events, trend: f.trend }, HAND_ACME, 'acme, by hand');
+  assert.deepEqual(f, Object.fromEntries(Object.keys(f).map((k) => [k, row[k]])), 'acme, as the API answers');
+  assert.equal(await page.textContent('#account-health'), 'New');
+  assert.equal(await page.textContent('#account-why'), `First seen ${day(6)}, within 14 days of the period's end (${day(0)}).`);
+  const people = await readGrid(page, '#account-people-table');
+  assert.deepEqual(people.map((r) => r.slice(0, 3)), HAND_ACME_PEOPLE, 'its people, by hand');
+  const users = (await appQuery({ kind: 'accounts', account_id: 'acme', date_range: '7d', pagination: { limit: 100, offset: 0 } })).results;
+  assert.deepEqual(people, users.map((u) => [u.user_id, u.events, u.days_active, u.last_active, '']), 'its people, as the API answers');
+  assert.deepEqual(await downloadCsv(page, '#account-csv', /^tally-account-acme-app-7d\.csv$/), [await headers(page, '#account-people-table'), ...asCsv(people)], 'the CSV is the table');
+  axeMinor.n += await axe(page, 'account');
+  shots.push(await shot(page, '16-account'));
+  await assertFresh(page, 'account');
+  assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, '#account-people-table'), readGrid(tab, '#account-people-table'))), people, 'the link reproduces the account');
+  // An inactive account, and the way back.
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC&account=initech`);
+  await settled(page, '#account-health');
+  assert.equal(await page.textContent('#account-health'), 'Inactive');
+  assert.equal(await page.textContent('#account-why'), 'No activity in the period.');
+  assert.match(await page.textContent('#account-people-box'), /^Nobody/);
+  await page.click('#all-accounts');
+  await page.waitForFunction(() => location.pathname === '/accounts' && !location.search.includes('account='));
+  await settled(page, '#accounts-table');
+}
+
 /** Insights → Paths on the product dataset. */
 async function pathsPage(page, context, shots) {
   await page.click('#tab-paths');
@@ -982,6 +1022,8 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     await activityAndAccounts(page, context, shots);
     await quiet(page);
     await pathsPage(page, context, shots);
+    await quiet(page);
+    await accountPage(page, context, shots);
 
     // --- Events: the live stream ---
     await quiet(page);
