@@ -187,6 +187,10 @@ const HAND_STICKINESS = [[1, 2, 50], [2, 0, 0], [3, 2, 50], [4, 0, 0], [5, 0, 0]
 // days ago: New), globex (1 + 2, 2 users, New), initech (u6 20 days ago: no events in
 // the period, not new: Inactive). [id, users, events, health]
 const HAND_ACCOUNTS = [['acme', 2, 8, 'New'], ['globex', 2, 3, 'New'], ['initech', 0, 0, 'Inactive']];
+// The previous period is the 7 days before (13 to 7 days ago): nobody's events but u5's,
+// who has no account; u6's event 20 days ago is older, so no account had any and none
+// has a trend. [previous_events, trend]
+const HAND_ACCOUNTS_PREVIOUS = [[0, null], [0, null], [0, null]];
 // Paths from the first sign-up in 7d, what came next, 3 steps: u1 signed up (d6), then
 // purchase, feature_used (d5), feature_used (d3); u2 (d5) then feature_used (d4); u4 (d3)
 // nothing after. 3 people; ties (1 each) by from, then to. [step, from, to, people, %]
@@ -636,6 +640,7 @@ async function activityAndAccounts(page, context, shots) {
   const pick = (rows) => rows.map((r) => [r[0], r[3], r[8], r[2]]);
   let acc = await readGrid(page, ACC);
   assert.deepEqual(pick(acc), HAND_ACCOUNTS, 'accounts, by hand');
+  assert.deepEqual(acc.map((r) => [r[9], r[10]]), HAND_ACCOUNTS_PREVIOUS, 'the previous period, by hand');
   assert.deepEqual(acc, await apiAccounts(), 'accounts, as the API answers');
   assert.equal(await page.textContent('#accounts-range'), '1–3 of 3');
   axeMinor.n += await axe(page, 'accounts');
@@ -686,7 +691,7 @@ async function activityAndAccounts(page, context, shots) {
 const axeMinor = { n: 0 };
 
 /** One account's page: from the accounts table's link. */
-async function accountPage(page, context, shots) {
+async function accountPage(page, context, problems, shots) {
   await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC`);
   await settled(page, '#accounts-table');
   await page.click('#accounts-table a.account-link:text-is("acme")');
@@ -715,6 +720,20 @@ async function accountPage(page, context, shots) {
   assert.equal(await page.textContent('#account-health'), 'Inactive');
   assert.equal(await page.textContent('#account-why'), 'No activity in the period.');
   assert.match(await page.textContent('#account-people-box'), /^Nobody/);
+  // The error state: the API refuses an unknown timezone, and the page says so.
+  await quiet(page);
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=Nowhere/Nothing&account=acme`);
+  await page.waitForSelector('#account .error[role=alert]');
+  assert.match(await page.textContent('#account .error'), /Could not load the account: .*timezone/i);
+  await quiet(page);
+  await page.goto(`${URL_}/insights/paths?project=app&range=7d&tz=Nowhere/Nothing&start=signed_up`);
+  await page.waitForSelector('#paths .error[role=alert]');
+  assert.match(await page.textContent('#paths .error'), /Could not load the paths: .*timezone/i);
+  await quiet(page);
+  const refused = problems.splice(0).filter((p) => !(p.kind === 'http' && p.status === 400 && p.url.includes('/api/v1/query')) && !(p.kind === 'console' && /400/.test(p.text)));
+  assert.deepEqual(refused, [], 'only the refused queries went wrong');
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC&account=initech`);
+  await settled(page, '#account-health');
   await page.click('#all-accounts');
   await page.waitForFunction(() => location.pathname === '/accounts' && !location.search.includes('account='));
   await settled(page, '#accounts-table');
@@ -1023,7 +1042,7 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     await quiet(page);
     await pathsPage(page, context, shots);
     await quiet(page);
-    await accountPage(page, context, shots);
+    await accountPage(page, context, problems, shots);
 
     // --- Events: the live stream ---
     await quiet(page);
