@@ -107,6 +107,11 @@ export function newView(): void {
   generation++;
   answers.clear();
 }
+let forced = -1;
+/** The next view asks every question afresh (`"refresh": "force"`): the Refresh button. */
+export function forceNextView(): void {
+  forced = generation + 1;
+}
 const listeners = new Set<() => void>();
 /** Calls `f` after each answer is recorded; returns the unsubscribe. */
 export function onAnswer(f: () => void): () => void {
@@ -123,7 +128,8 @@ export async function query(
   opts: { slot?: string; track?: boolean } = {},
 ): Promise<any> {
   const asked = generation;
-  const r = await call('POST', `/api/v1/query?project=${encodeURIComponent(project)}`, body);
+  const sent = asked === forced ? { ...body, refresh: 'force' } : body;
+  const r = await call('POST', `/api/v1/query?project=${encodeURIComponent(project)}`, sent);
   if (opts.track !== false && asked === generation) {
     const cache = r && typeof r.cache === 'object' ? r.cache : null;
     const age = Number(cache?.age_s);

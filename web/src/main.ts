@@ -2,7 +2,7 @@
 // API. The view is picked from the path (/login, /, /insights/trends, /accounts...) and
 // its state from the query string (state.ts).
 import './style.css';
-import { ApiError, Project, Session, getSession, login, logout, newView } from './api';
+import { ApiError, Project, Session, forceNextView, getSession, login, logout, newView } from './api';
 import { h } from './dom';
 import { accounts } from './accounts';
 import { funnel } from './funnel';
@@ -197,7 +197,10 @@ function shell(s: Session, state: ViewState, content: HTMLElement, title = 'Over
 
 function freshLine(): HTMLElement {
   fresh?.destroy();
-  fresh = freshness();
+  fresh = freshness(() => {
+    forceNextView();
+    void render();
+  });
   return fresh.el;
 }
 

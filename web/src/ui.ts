@@ -116,13 +116,18 @@ export function periodControls(
   return h('div', { class: 'controls' }, h('label', { for: 'range' }, 'Date range'), range, dates, compare, ...extra);
 }
 
-/** "Updated 12 s ago": how old the oldest answer on screen is, ticking every second.
+/** "Updated 12 s ago": how old the oldest answer on screen is, ticking every second,
+ * and a Refresh button that draws the page again with every answer computed afresh.
  * Its age is the cache block's (an answer kept from an earlier computation is as old as
  * that computation), counted on from when it arrived; an answer without a cache block
  * is as old as its response. The title has the details of that answer. */
-export function freshness(): { el: HTMLElement; destroy(): void } {
-  const el = h('p', { class: 'freshness', id: 'freshness' });
+export function freshness(refresh: () => void): { el: HTMLElement; destroy(): void } {
+  const line = h('span', { id: 'freshness' });
+  const button = h('button', { type: 'button', id: 'refresh', class: 'refresh', title: 'Compute every number on this page again now', onclick: () => refresh(), hidden: true }, 'Refresh');
+  const box = h('p', { class: 'freshness' }, line, ' ', button);
+  const el = line;
   const tick = () => {
+    button.hidden = answers.size === 0;
     let oldest: Answer | null = null;
     for (const a of answers.values()) if (!oldest || a.at < oldest.at) oldest = a;
     if (!oldest) {
@@ -147,7 +152,7 @@ export function freshness(): { el: HTMLElement; destroy(): void } {
   const timer = window.setInterval(tick, 1000);
   const off = onAnswer(tick);
   return {
-    el,
+    el: box,
     destroy() {
       window.clearInterval(timer);
       off();

@@ -960,6 +960,16 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     const f2 = await readFreshness(page);
     assert.ok(f2.age - f1.age >= 2 && f2.age - f1.age <= 3, `it ticks: ${f1.age} s, then ${f2.age} s`);
     assert.equal(f2.text, `Updated ${f2.age} s ago`);
+    // Refresh: the page again, every answer computed now ("refresh": "force").
+    const forced = cacheBlocks(page);
+    await page.click('#refresh');
+    await readKpis(page);
+    await page.waitForSelector('#chart canvas');
+    await quiet(page);
+    const asked = forced.filter((b) => b.kind === 'stats');
+    assert.ok(asked.length >= 8 && asked.every((b) => b.body.refresh === 'force' && b.cache.hit === false && b.cache.age_s < 1), JSON.stringify(asked.map((b) => [b.body.refresh, b.cache])));
+    assert.ok((await readFreshness(page)).age <= 1, 'updated just now');
+    assert.deepEqual((await readKpis(page)).values, HAND_7D, 'the same numbers');
 
     // --- a click on a row filters the whole page; the chip takes it off again ---
     await page.click('#table-pages button.row-filter:text-is("/pricing")');
