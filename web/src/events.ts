@@ -3,18 +3,25 @@
 // deduplicated by uuid), with the `realtime` numbers of the same minutes above it. A
 // row opens to show the event's properties and context. The CSV is the table as shown.
 //
+// With minutes=0 it lists the events of the page's date range instead, oldest first, in
+// pages of 100, without live updates.
+//
 // URL: /events?project=shop&minutes=30&event=signed_up&paused=1
+//      /events?project=shop&range=custom&from=2026-11-01&to=2026-11-01&minutes=0&page=2
 import { Project, query } from './api';
 import { formatNumber, h } from './dom';
-import { Params, ViewState, apiFilters, urlParams } from './state';
+import { Params, ViewState, apiFilters, apiRange, urlParams } from './state';
 import { eventSelect } from './trends';
-import { Cell, Grid, View, csvButton, csvName, failure, filterChips, loading, noData, select } from './ui';
+import { Cell, Grid, View, csvButton, csvName, failure, filterChips, loading, noData, periodControls, select } from './ui';
 
 const WINDOWS: [string, string][] = [
   ['5', 'Last 5 minutes'],
   ['30', 'Last 30 minutes'],
   ['60', 'Last 60 minutes'],
+  ['0', 'The date range (no live updates)'],
 ];
+/** Events per page when browsing a date range. */
+const BROWSE_PAGE = 100;
 /** Rows kept on screen (the newest). */
 const KEEP = 200;
 /** The API's largest page, and how many pages a first load reads at most. */
@@ -86,6 +93,7 @@ const rowOf = (e: RawEvent): Cell[] => [
 
 export function liveEvents(project: Project, state: ViewState, nav: (s: ViewState, p: Params) => void): View {
   const p = readParams();
+  if (p.minutes === 0) return browse(project, state, nav, p);
   const go = (s: ViewState) => nav(s, toParams(p));
   const set = (changes: Partial<StreamParams>) => nav(state, toParams({ ...p, ...changes }));
   let alive = true;
@@ -206,40 +214,7 @@ export function liveEvents(project: Project, state: ViewState, nav: (s: ViewStat
       box.querySelector('.empty')!.textContent = `No events in the last ${p.minutes} minutes.`;
       return;
     }
-    box.replaceChildren(
-      h(
-        'div',
-        { class: 'table-scroll', tabindex: 0, role: 'region', 'aria-label': 'Live events' },
-        h(
-          'table',
-          { id: 'stream-table' },
-          h('caption', { class: 'visually-hidden' }, 'The events of the last minutes, newest first'),
-          h('thead', {}, h('tr', {}, ...COLUMNS.slice(0, -1).map((c) => h('th', { scope: 'col' }, c)), h('th', { scope: 'col' }, 'Details'))),
-          h(
-            'tbody',
-            {},
-            ...events.map((e) => {
-              const cells = rowOf(e);
-              return h(
-                'tr',
-                { 'data-key': e.uuid },
-                ...cells.slice(0, -1).map((v, i) => h(i === 0 ? 'th' : 'td', { scope: i === 0 ? 'row' : undefined, 'data-value': String(v) }, String(v))),
-                h(
-                  'td',
-                  {},
-                  h(
-                    'details',
-                    {},
-                    h('summary', {}, 'JSON'),
-                    h('pre', { class: 'event-json' }, JSON.stringify({ uuid: e.uuid, received_at: e.received_at, session_id: e.session_id, device_id: e.device_id, properties: e.properties, context: e.context, traits: e.traits }, null, 2)),
-                  ),
-                ),
-              );
-            }),
-          ),
-        ),
-      ),
-    );
+    box.replaceChildren(eventsTable(events, 'The events of the last minutes, newest first'));
   };
 
   void loadNumbers();
@@ -257,6 +232,122 @@ export function liveEvents(project: Project, state: ViewState, nav: (s: ViewStat
     destroy() {
       alive = false;
       window.clearInterval(timer);
+    },
+  };
+}
+
+/** The events as a table: a row each, opening to its JSON. */
+function eventsTable(events: RawEvent[], caption: string): HTMLElement {
+  return h(
+    'div',
+    { class: 'table-scroll', tabindex: 0, role: 'region', 'aria-label': 'Events' },
+    h(
+      'table',
+      { id: 'stream-table' },
+      h('caption', { class: 'visually-hidden' }, caption),
+      h('thead', {}, h('tr', {}, ...COLUMNS.slice(0, -1).map((c) => h('th', { scope: 'col' }, c)), h('th', { scope: 'col' }, 'Details'))),
+      h(
+        'tbody',
+        {},
+        ...events.map((e) => {
+          const cells = rowOf(e);
+          return h(
+            'tr',
+            { 'data-key': e.uuid },
+            ...cells.slice(0, -1).map((v, i) => h(i === 0 ? 'th' : 'td', { scope: i === 0 ? 'row' : undefined, 'data-value': String(v) }, String(v))),
+            h(
+              'td',
+              {},
+              h(
+                'details',
+                {},
+                h('summary', {}, 'JSON'),
+                h('pre', { class: 'event-json' }, JSON.stringify({ uuid: e.uuid, received_at: e.received_at, session_id: e.session_id, device_id: e.device_id, properties: e.properties, context: e.context, traits: e.traits }, null, 2)),
+              ),
+            ),
+          );
+        }),
+      ),
+    ),
+  );
+}
+
+/** `minutes=0`: the events of the page's date range, oldest first, 100 a page; no
+ * live updates. */
+function browse(project: Project, state: ViewState, nav: (s: ViewState, p: Params) => void, p: StreamParams): View {
+  const pageNo = Math.max(1, Math.round(Number(urlParams().get('page') ?? 1)) || 1);
+  const params = (changes: Partial<StreamParams> & { page?: number }) => ({
+    ...toParams({ ...p, ...changes }),
+    page: (changes.page ?? 1) > 1 ? String(changes.page) : undefined,
+  });
+  const set = (changes: Partial<StreamParams> & { page?: number }) => nav(state, params(changes));
+  const go = (s: ViewState) => nav(s, params({}));
+  let alive = true;
+  let grid: Grid | null = null;
+  const box = h('div', { id: 'stream-box' }, loading());
+  const summary = h('p', { class: 'period', id: 'stream-summary' });
+  const pager = h('div', { class: 'pager', id: 'stream-pager' });
+  const el = h(
+    'div',
+    { class: 'events-page' },
+    h(
+      'div',
+      { class: 'controls' },
+      ...select('minutes', 'Window', WINDOWS, '0', (v) => set({ minutes: Number(v) })),
+      h('label', { for: 'stream-event' }, 'Event'),
+      eventSelect(project, state, 'stream-event', 'Event', p.event, (v) => set({ event: v })),
+    ),
+    periodControls(state, go, { compare: false }),
+    filterChips(state, go),
+    h(
+      'section',
+      { class: 'card', id: 'stream', 'aria-labelledby': 'stream-title' },
+      h(
+        'div',
+        { class: 'card-head' },
+        h('h2', { id: 'stream-title' }, 'Events'),
+        summary,
+        csvButton('stream-csv', () => csvName(`events-p${pageNo}`, state), () => grid),
+      ),
+      box,
+      pager,
+    ),
+  );
+  const load = async () => {
+    box.replaceChildren(loading());
+    try {
+      const r = await query(project.id, {
+        kind: 'events',
+        date_range: apiRange(state),
+        timezone: state.timezone,
+        filters: [...apiFilters(state), ...(p.event === '$any' ? [] : [['is', 'event:name', [p.event]]])],
+        pagination: { limit: BROWSE_PAGE, offset: (pageNo - 1) * BROWSE_PAGE },
+      });
+      if (!alive) return;
+      const [from, to] = r.query.date_range as [string, string];
+      const events = r.results as RawEvent[];
+      const first = (pageNo - 1) * BROWSE_PAGE + 1;
+      summary.textContent = `${from.slice(0, 10)} to ${to.slice(0, 10)}, oldest first: ${events.length ? `events ${formatNumber(first)}–${formatNumber(first + events.length - 1)}` : 'no events'}`;
+      grid = { columns: COLUMNS, rows: events.map(rowOf), numeric: () => false };
+      if (events.length === 0) {
+        box.replaceChildren(pageNo > 1 ? h('p', { class: 'empty' }, 'No more events.') : noData(project, state.timezone));
+      } else {
+        box.replaceChildren(eventsTable(events, 'The events of the period, oldest first'));
+      }
+      pager.replaceChildren(
+        h('button', { type: 'button', id: 'stream-prev', disabled: pageNo <= 1, onclick: () => set({ page: pageNo - 1 }) }, '← Previous'),
+        h('span', {}, `Page ${pageNo}`),
+        h('button', { type: 'button', id: 'stream-next', disabled: events.length < BROWSE_PAGE, onclick: () => set({ page: pageNo + 1 }) }, 'Next →'),
+      );
+    } catch (e) {
+      if (alive) box.replaceChildren(failure('the events', e, load));
+    }
+  };
+  void load();
+  return {
+    el,
+    destroy() {
+      alive = false;
     },
   };
 }
