@@ -866,6 +866,7 @@ async function liveStream(page, context, shots) {
   assert.match(await page.textContent('#stream-summary'), /oldest first: events 1–2$/);
   assert.equal(await page.$$eval('#live-kpis', (k) => k.length), 0, 'no live numbers');
   await assertFresh(page, 'events of a range');
+  axeMinor.n += await axe(page, 'events of a range');
 }
 
 test('the dashboard: login, overview, insights, filters, projects, access, accessibility', { timeout: 220_000 }, async () => {
@@ -1038,6 +1039,7 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     assert.equal(await page.textContent('#period'), `${day(13)} to ${day(7)}`);
     assert.equal(await page.inputValue('#range'), 'custom');
     await quiet(page);
+    axeMinor.n += await axe(page, 'custom range');
     shots.push(await shot(page, '14-custom-range'));
     assert.deepEqual(await reopen(context, page.url(), readKpis), custom, 'the link reproduces the custom range');
     // The tabs keep it: the trends of the same days.
