@@ -6,7 +6,8 @@
 // URL: /accounts?project=shop&range=28d&health=At Risk&q=ac&sort=events&dir=desc&page=2&per=25
 import { Project, query } from './api';
 import { formatNumber, h } from './dom';
-import { Params, ViewState, urlParams } from './state';
+import { Params, ViewState, apiRange, pageUrl, urlParams } from './state';
+import { account } from './account';
 import { Cell, Grid, View, csvName, failure, loading, noData, periodControls, select, toCsv } from './ui';
 
 const HEALTH = ['New', 'Healthy', 'At Risk', 'Critical', 'Inactive'];
@@ -62,6 +63,9 @@ const toParams = (p: AccountsParams): Params => ({
 const rowOf = (a: any): Cell[] => COLUMNS.map((c) => (a[c.key] === undefined ? null : a[c.key]));
 
 export function accounts(project: Project, state: ViewState, nav: (s: ViewState, p: Params) => void): View {
+  // ?account=acme: that one account's page.
+  const one = urlParams().get('account');
+  if (one) return account(one, project, state, nav);
   const p = readParams();
   // A new range, filter or sort starts at the first page.
   const go = (s: ViewState) => nav(s, toParams({ ...p, page: 1 }));
@@ -70,7 +74,7 @@ export function accounts(project: Project, state: ViewState, nav: (s: ViewState,
 
   const body = (limit: number, offset: number) => ({
     kind: 'accounts',
-    date_range: state.range,
+    date_range: apiRange(state),
     timezone: state.timezone,
     filters: [
       ...(p.health ? [['is', 'account:health', [p.health]]] : []),
@@ -249,7 +253,7 @@ export function accounts(project: Project, state: ViewState, nav: (s: ViewState,
                 return h(
                   i === 0 ? 'th' : 'td',
                   { scope: i === 0 ? 'row' : undefined, class: c.numeric ? 'num' : undefined, 'data-value': v === null ? 'null' : String(v) },
-                  text,
+                  i === 0 ? h('a', { href: pageUrl('/accounts', state, { account: String(v) }), 'data-nav': '', class: 'account-link' }, text) : text,
                 );
               }),
             ),

@@ -89,7 +89,55 @@ export async function logout(): Promise<void> {
   csrf = '';
 }
 
-/** POST /api/v1/query for `project` with the session cookie. */
-export function query(project: string, body: Record<string, unknown>): Promise<any> {
-  return call('POST', `/api/v1/query?project=${encodeURIComponent(project)}`, body);
+/** How old one answer on screen is: `at` is when it was computed, on this browser's
+ * clock (the time it arrived less the cache block's `age_s`, so a server clock that
+ * differs does not matter); `cache` is the block as it came, if it came with one. */
+export interface Answer {
+  at: number;
+  cache: { hit?: boolean; computed_at?: string; data_as_of?: string; age_s?: number; stale?: boolean } | null;
+}
+
+/** The answers of the view on screen, by slot (the same question asked again replaces
+ * its answer); main.ts empties it when the view changes, ui.ts's freshness line reads it. */
+export const answers = new Map<string, Answer>();
+let generation = 0;
+/** A new view is drawn: the answers of the last one no longer count, even if they
+ * arrive late. */
+export function newView(): void {
+  generation++;
+  answers.clear();
+}
+let forced = -1;
+/** The next view asks every question afresh (`"refresh": "force"`): the Refresh button. */
+export function forceNextView(): void {
+  forced = generation + 1;
+}
+const listeners = new Set<() => void>();
+/** Calls `f` after each answer is recorded; returns the unsubscribe. */
+export function onAnswer(f: () => void): () => void {
+  listeners.add(f);
+  return () => listeners.delete(f);
+}
+
+/** POST /api/v1/query for `project` with the session cookie. `slot` names what the
+ * answer is drawn as (default: the question itself); `track: false` keeps a helper
+ * (event names for a picker) out of the freshness line. */
+export async function query(
+  project: string,
+  body: Record<string, unknown>,
+  opts: { slot?: string; track?: boolean } = {},
+): Promise<any> {
+  const asked = generation;
+  const sent = asked === forced ? { ...body, refresh: 'force' } : body;
+  const r = await call('POST', `/api/v1/query?project=${encodeURIComponent(project)}`, sent);
+  if (opts.track !== false && asked === generation) {
+    const cache = r && typeof r.cache === 'object' ? r.cache : null;
+    const age = Number(cache?.age_s);
+    answers.set(opts.slot ?? `${project} ${JSON.stringify(body)}`, {
+      at: Date.now() - (Number.isFinite(age) && age > 0 ? age * 1000 : 0),
+      cache,
+    });
+    for (const f of listeners) f();
+  }
+  return r;
 }

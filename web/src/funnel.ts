@@ -7,7 +7,7 @@
 //      &window=14d&order=ordered&bd=visit:country
 import { Project, query } from './api';
 import { formatDuration, formatNumber, h } from './dom';
-import { Params, ViewState, apiFilters, urlParams } from './state';
+import { Params, ViewState, apiRange, apiFilters, urlParams } from './state';
 import { eventSelect } from './trends';
 import {
   BREAKDOWN_DIMENSIONS,
@@ -189,7 +189,7 @@ export function funnel(project: Project, state: ViewState, nav: (s: ViewState, p
     try {
       const r = await query(project.id, {
         kind: 'funnel',
-        date_range: state.range,
+        date_range: apiRange(state),
         timezone: state.timezone,
         filters: apiFilters(state),
         steps: p.steps.map((event) => ({ event })),

@@ -8,7 +8,7 @@
 //      /insights/stickiness?project=shop&range=28d&target=$any&interval=day
 import { Project, query } from './api';
 import { formatNumber, h } from './dom';
-import { Params, ViewState, apiFilters, urlParams } from './state';
+import { Params, ViewState, apiRange, apiFilters, urlParams } from './state';
 import { eventSelect } from './trends';
 import {
   Grid,
@@ -98,7 +98,7 @@ function activityPage(
     try {
       const r = await query(project.id, {
         kind,
-        date_range: state.range,
+        date_range: apiRange(state),
         timezone: state.timezone,
         filters: apiFilters(state),
         interval: p.interval,

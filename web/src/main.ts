@@ -2,7 +2,7 @@
 // API. The view is picked from the path (/login, /, /insights/trends, /accounts...) and
 // its state from the query string (state.ts).
 import './style.css';
-import { ApiError, Project, Session, getSession, login, logout } from './api';
+import { ApiError, Project, Session, forceNextView, getSession, login, logout, newView } from './api';
 import { h } from './dom';
 import { accounts } from './accounts';
 import { funnel } from './funnel';
@@ -11,11 +11,15 @@ import { noAccess, overview } from './overview';
 import { retention } from './retention';
 import { Params, ViewState, pageUrl, readState, stateUrl } from './state';
 import { trends } from './trends';
-import { View } from './ui';
+import { View, freshness } from './ui';
+import { liveEvents } from './events';
+import { paths } from './paths';
 
 const app = document.getElementById('app')!;
 let session: Session | null = null;
 let current: View | null = null;
+/** The "updated N s ago" line of the view on screen. */
+let fresh: { el: HTMLElement; destroy(): void } | null = null;
 /** Where a visitor was going when the login page took over: a link opens after login. */
 let afterLogin = '/';
 
@@ -35,7 +39,9 @@ const PAGES: Page[] = [
   { path: '/insights/retention', title: 'Retention', tab: 'Retention', draw: retention },
   { path: '/insights/lifecycle', title: 'Lifecycle', tab: 'Lifecycle', draw: lifecycle },
   { path: '/insights/stickiness', title: 'Stickiness', tab: 'Stickiness', draw: stickiness },
+  { path: '/insights/paths', title: 'Paths', tab: 'Paths', draw: paths },
   { path: '/accounts', title: 'Accounts', tab: 'Accounts', draw: accounts },
+  { path: '/events', title: 'Live events', tab: 'Events', draw: liveEvents },
 ];
 
 // Links inside the app change the view without a page load.
@@ -57,6 +63,9 @@ window.addEventListener('popstate', () => void render());
 async function render(): Promise<void> {
   current?.destroy();
   current = null;
+  fresh?.destroy();
+  fresh = null;
+  newView();
   if (session === null) {
     try {
       session = await getSession();
@@ -182,8 +191,17 @@ function shell(s: Session, state: ViewState, content: HTMLElement, title = 'Over
         'Log out',
       ),
     ),
-    h('main', { id: 'main' }, h('h1', { class: 'visually-hidden' }, title), content),
+    h('main', { id: 'main' }, h('h1', { class: 'visually-hidden' }, title), freshLine(), content),
   );
+}
+
+function freshLine(): HTMLElement {
+  fresh?.destroy();
+  fresh = freshness(() => {
+    forceNextView();
+    void render();
+  });
+  return fresh.el;
 }
 
 function loginPage(): HTMLElement {

@@ -5,8 +5,8 @@
 import { Project, Session, query } from './api';
 import { drawChart } from './chart';
 import { formatDuration, formatNumber, h } from './dom';
-import { RANGES, ViewState, apiFilters, stateUrl } from './state';
-import { DIMENSION_NAMES, emptyState, failure } from './ui';
+import { ViewState, apiFilters, apiRange, stateUrl } from './state';
+import { DIMENSION_NAMES, emptyState, failure, periodControls } from './ui';
 
 interface Kpi {
   metric: string;
@@ -102,38 +102,16 @@ export function overview(
   const cleanups: (() => void)[] = [];
   let alive = true;
   const base = {
-    date_range: state.range,
+    date_range: apiRange(state),
     timezone: state.timezone,
     filters: apiFilters(state),
   };
   const run = (body: Record<string, unknown>) => query(project.id, body);
 
   // --- controls ---
-  const range = h(
-    'select',
-    {
-      id: 'range',
-      onchange: (e: Event) => go({ ...state, range: (e.target as HTMLSelectElement).value }),
-    },
-    ...RANGES.map((r) => h('option', { value: r.id, selected: r.id === state.range }, r.label)),
-  );
-  const compare = h('input', {
-    type: 'checkbox',
-    id: 'compare',
-    checked: state.compare,
-    onchange: (e: Event) => go({ ...state, compare: (e.target as HTMLInputElement).checked }),
-  });
   const period = h('span', { class: 'period', id: 'period' });
   const live = h('span', { class: 'live', id: 'live', 'aria-live': 'polite' }, 'Live: …');
-  const controls = h(
-    'div',
-    { class: 'controls' },
-    h('label', { for: 'range' }, 'Date range'),
-    range,
-    h('label', { class: 'check' }, compare, ' Compare with previous period'),
-    period,
-    live,
-  );
+  const controls = periodControls(state, go, { compare: true }, period, live);
 
   const chips = h(
     'div',
@@ -223,7 +201,7 @@ export function overview(
   // --- the empty state: a project that has never had an event ---
   const checkEmpty = async () => {
     try {
-      const r = await run({ metrics: ['events'], date_range: 'all', timezone: state.timezone });
+      const r = await query(project.id, { metrics: ['events'], date_range: 'all', timezone: state.timezone }, { track: false });
       if (!alive || Number(r.results[0].metrics[0]) !== 0) return;
       empty.replaceChildren(emptyState(project));
     } catch {
@@ -382,6 +360,6 @@ export function noAccess(projectId: string, session: Session): HTMLElement {
     { class: 'card error', role: 'alert', id: 'no-access' },
     h('h2', {}, 'No access'),
     h('p', {}, `You (${session.user.email}) cannot see the project “${projectId}”, or it does not exist.`),
-    first ? h('a', { href: stateUrl({ project: first.id, range: '28d', compare: true, filters: [], timezone: '' }) }, `Open ${first.name}`) : null,
+    first ? h('a', { href: stateUrl({ project: first.id, range: '28d', from: '', to: '', compare: true, filters: [], timezone: '' }) }, `Open ${first.name}`) : null,
   );
 }

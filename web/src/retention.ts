@@ -7,7 +7,7 @@
 //      &period=week&type=first_time&intervals=8
 import { Project, query } from './api';
 import { formatNumber, h } from './dom';
-import { Params, ViewState, apiFilters, urlParams } from './state';
+import { Params, ViewState, apiRange, apiFilters, urlParams } from './state';
 import { eventSelect } from './trends';
 import {
   Cell,
@@ -134,7 +134,7 @@ export function retention(project: Project, state: ViewState, nav: (s: ViewState
     try {
       const r = await query(project.id, {
         kind: 'retention',
-        date_range: state.range,
+        date_range: apiRange(state),
         timezone: state.timezone,
         filters: apiFilters(state),
         period: p.period,

@@ -8,7 +8,7 @@
 import { Project, query } from './api';
 import { PALETTE, Line, drawLines } from './chart';
 import { h } from './dom';
-import { Params, ViewState, apiFilters, urlParams } from './state';
+import { Params, ViewState, apiFilters, apiRange, urlParams } from './state';
 import {
   BREAKDOWN_DIMENSIONS,
   Grid,
@@ -260,7 +260,7 @@ export function trends(project: Project, state: ViewState, nav: (s: ViewState, p
     table.replaceChildren();
     grid = null;
     try {
-      const r = await query(project.id, body(state.range));
+      const r = await query(project.id, body(apiRange(state)));
       let before: any = null;
       let range: [string, string] | null = null;
       if (state.compare) {

@@ -1,8 +1,8 @@
 // Pieces every page shares: the date range and compare controls, the filter chips, the
 // loading / error / empty states, and tables that export as CSV exactly what they show.
-import { ApiError, Project, query } from './api';
+import { Answer, ApiError, Project, answers, onAnswer, query } from './api';
 import { formatNumber, h } from './dom';
-import { RANGES, ViewState } from './state';
+import { CUSTOM, RANGES, ViewState, rangeName } from './state';
 
 export interface View {
   el: HTMLElement;
@@ -42,17 +42,63 @@ export const BREAKDOWN_DIMENSIONS = [
 export const dimensionName = (d: string) =>
   DIMENSION_NAMES[d] ?? (d.startsWith('event:props:') ? `Property ${d.slice(12)}` : d);
 
-/** The date range select and, where the page can compare, the compare checkbox. */
+/** A day as YYYY-MM-DD in `timezone`, `daysAgo` days before today. */
+export function localDay(timezone: string, daysAgo = 0): string {
+  const fmt = (tz: string) => new Intl.DateTimeFormat('en-CA', { timeZone: tz, year: 'numeric', month: '2-digit', day: '2-digit' });
+  let f: Intl.DateTimeFormat;
+  try {
+    f = fmt(timezone);
+  } catch {
+    f = fmt('UTC');
+  }
+  const today = f.format(new Date());
+  return new Date(Date.parse(`${today}T00:00:00Z`) - daysAgo * 86_400_000).toISOString().slice(0, 10);
+}
+
+/** The date range select (presets, or a custom range of whole days: From and To, both
+ * included, applied with a button) and, where the page can compare, the compare
+ * checkbox. */
 export function periodControls(
   state: ViewState,
   go: (s: ViewState) => void,
   opts: { compare: boolean },
   ...extra: (Node | null)[]
 ): HTMLElement {
+  const custom = state.range === CUSTOM;
+  const from = h('input', { type: 'date', id: 'range-from', value: custom ? state.from : localDay(state.timezone, 6), required: true });
+  const to = h('input', { type: 'date', id: 'range-to', value: custom ? state.to : localDay(state.timezone), required: true });
+  const problem = h('span', { class: 'error-text', id: 'range-error', role: 'alert' });
+  const apply = () => {
+    const [f, t] = [from.value, to.value];
+    if (!f || !t) problem.textContent = 'Pick both days.';
+    else if (f > t) problem.textContent = 'The first day is after the last.';
+    else go({ ...state, range: CUSTOM, from: f, to: t });
+  };
+  const dates = h(
+    'span',
+    { class: 'custom-range', id: 'custom-range', hidden: !custom },
+    h('label', { for: 'range-from' }, 'From'),
+    from,
+    h('label', { for: 'range-to' }, 'To'),
+    to,
+    h('button', { type: 'button', id: 'range-apply', onclick: apply }, 'Apply'),
+    problem,
+  );
   const range = h(
     'select',
-    { id: 'range', onchange: (e: Event) => go({ ...state, range: (e.target as HTMLSelectElement).value }) },
+    {
+      id: 'range',
+      onchange: (e: Event) => {
+        const v = (e.target as HTMLSelectElement).value;
+        // A custom range waits for its days; a preset applies at once.
+        if (v === CUSTOM) {
+          dates.hidden = false;
+          from.focus();
+        } else go({ ...state, range: v, from: '', to: '' });
+      },
+    },
     ...RANGES.map((r) => h('option', { value: r.id, selected: r.id === state.range }, r.label)),
+    h('option', { value: CUSTOM, selected: custom }, 'Custom range…'),
   );
   const compare = opts.compare
     ? h(
@@ -67,7 +113,51 @@ export function periodControls(
         ' Compare with previous period',
       )
     : null;
-  return h('div', { class: 'controls' }, h('label', { for: 'range' }, 'Date range'), range, compare, ...extra);
+  return h('div', { class: 'controls' }, h('label', { for: 'range' }, 'Date range'), range, dates, compare, ...extra);
+}
+
+/** "Updated 12 s ago": how old the oldest answer on screen is, ticking every second,
+ * and a Refresh button that draws the page again with every answer computed afresh.
+ * Its age is the cache block's (an answer kept from an earlier computation is as old as
+ * that computation), counted on from when it arrived; an answer without a cache block
+ * is as old as its response. The title has the details of that answer. */
+export function freshness(refresh: () => void): { el: HTMLElement; destroy(): void } {
+  const line = h('span', { id: 'freshness' });
+  const button = h('button', { type: 'button', id: 'refresh', class: 'refresh', title: 'Compute every number on this page again now', onclick: () => refresh(), hidden: true }, 'Refresh');
+  const box = h('p', { class: 'freshness' }, line, ' ', button);
+  const el = line;
+  const tick = () => {
+    button.hidden = answers.size === 0;
+    let oldest: Answer | null = null;
+    for (const a of answers.values()) if (!oldest || a.at < oldest.at) oldest = a;
+    if (!oldest) {
+      el.textContent = '';
+      delete el.dataset.ageS;
+      return;
+    }
+    const s = Math.max(0, Math.floor((Date.now() - oldest.at) / 1000));
+    const c = oldest.cache;
+    el.dataset.ageS = String(s);
+    el.dataset.computedAt = c?.computed_at ?? '';
+    el.dataset.stale = String(Boolean(c?.stale));
+    const ago = s < 60 ? `${s} s` : s < 3600 ? `${Math.floor(s / 60)} min` : `${Math.floor(s / 3600)} h`;
+    el.textContent = `Updated ${ago} ago` + (c?.stale ? ' (newer events are being counted)' : '');
+    el.title = c
+      ? `The oldest numbers on this page were computed at ${c.computed_at ?? '?'} from the events stored by ${c.data_as_of ?? '?'}` +
+        (c.hit ? ', and kept since' : '') +
+        (c.stale ? '; newer events have been stored since' : '')
+      : 'The oldest numbers on this page arrived then';
+  };
+  tick();
+  const timer = window.setInterval(tick, 1000);
+  const off = onAnswer(tick);
+  return {
+    el: box,
+    destroy() {
+      window.clearInterval(timer);
+      off();
+    },
+  };
 }
 
 /** The page-wide filters as chips, each with a button that takes it off. */
@@ -112,7 +202,7 @@ export function failure(what: string, e: unknown, retry: () => void): HTMLElemen
  * send the first one. */
 export function noData(project: Project, timezone: string): HTMLElement {
   const box = h('div', { class: 'no-data' }, h('p', { class: 'empty' }, 'No data in this period.'));
-  void query(project.id, { metrics: ['events'], date_range: 'all', timezone })
+  void query(project.id, { metrics: ['events'], date_range: 'all', timezone }, { track: false })
     .then((r) => {
       if (Number(r.results[0].metrics[0]) === 0) box.append(emptyState(project));
     })
@@ -237,7 +327,7 @@ export function csvButton(id: string, filename: () => string, grid: () => Grid |
 
 /** A file name for an export: tally-<page>-<project>-<range>.csv. */
 export const csvName = (page: string, state: ViewState) =>
-  `tally-${page}-${state.project}-${state.range}.csv`.replace(/[^A-Za-z0-9._-]/g, '_');
+  `tally-${page}-${state.project}-${rangeName(state)}.csv`.replace(/[^A-Za-z0-9._-]/g, '_');
 
 /** A labelled select. */
 export function select(
@@ -267,7 +357,7 @@ export function eventNames(project: string, timezone: string): Promise<string[]>
     date_range: 'all',
     timezone,
     pagination: { limit: 200, offset: 0 },
-  }).then((r) => (r.results as any[]).map((x) => String(x.dimensions[0])));
+  }, { track: false }).then((r) => (r.results as any[]).map((x) => String(x.dimensions[0])));
   names.set(project, { at: Date.now(), names: fresh });
   fresh.catch(() => names.delete(project));
   return fresh;

@@ -76,6 +76,13 @@ const HAND_28D = { visitors: 6, visits: 6, pageviews: 8, views_per_visit: 1.33, 
 const HAND_7D_PAGES = [['/home', 3, 3], ['/pricing', 2, 2], ['/docs', 1, 1]];
 // 7d with the page filter /pricing: the visitors who saw it, A and C.
 const HAND_7D_PRICING_VISITORS = 2;
+// A custom range, 13 to 7 days ago (both included): D and E only (9 days ago), one
+// bounced visit of one page each; the 7 days before it had nothing, so no change figure.
+const HAND_CUSTOM = { visitors: 2, visits: 2, pageviews: 2, views_per_visit: 1, bounce_rate: 100, visit_duration: 0 };
+const HAND_CUSTOM_CHANGE = Object.fromEntries(Object.keys(HAND_CUSTOM).map((k) => [k, 'none']));
+// The live stream (project shop, the last 30 minutes): F's page view, sent when the test
+// starts; then G's "live_check" (not a page view), sent while the page is open.
+const LIVE_EVENT = { event_name: 'live_check', user_id: '', context: { device_id: 'dG', session_id: 'sG', country: 'US' }, properties: { page_url: 'https://shop.example/live' } };
 const KPI_METRICS = ['visitors', 'visits', 'pageviews', 'views_per_visit', 'bounce_rate', 'visit_duration'];
 
 // --- the product dataset (project "app"): four people in the last 7 days, one before ---
@@ -180,6 +187,26 @@ const HAND_STICKINESS = [[1, 2, 50], [2, 0, 0], [3, 2, 50], [4, 0, 0], [5, 0, 0]
 // days ago: New), globex (1 + 2, 2 users, New), initech (u6 20 days ago: no events in
 // the period, not new: Inactive). [id, users, events, health]
 const HAND_ACCOUNTS = [['acme', 2, 8, 'New'], ['globex', 2, 3, 'New'], ['initech', 0, 0, 'Inactive']];
+// The previous period is the 7 days before (13 to 7 days ago): nobody's events but u5's,
+// who has no account; u6's event 20 days ago is older, so no account had any and none
+// has a trend. [previous_events, trend]
+const HAND_ACCOUNTS_PREVIOUS = [[0, null], [0, null], [0, null]];
+// Paths from the first sign-up in 7d, what came next, 3 steps: u1 signed up (d6), then
+// purchase, feature_used (d5), feature_used (d3); u2 (d5) then feature_used (d4); u4 (d3)
+// nothing after. 3 people; ties (1 each) by from, then to. [step, from, to, people, %]
+const HAND_PATHS = [
+  [1, 'signed_up', 'feature_used', 1, 33.33],
+  [1, 'signed_up', 'purchase', 1, 33.33],
+  [2, 'purchase', 'feature_used', 1, 33.33],
+  [3, 'feature_used', 'feature_used', 1, 33.33],
+];
+// What led there, 1 step: each of the three visited first.
+const HAND_PATHS_PREVIOUS = [[1, 'signed_up', 'page_visit', 3, 100]];
+// acme's page over 7d: New (first seen 6 days ago, the first event of u1; within 14
+// days of today), 8 events, none before; u1 5 events on 3 days (d6 d5 d3), u2 3 on 3
+// (d6 d5 d4). initech: Inactive (u6 only, 20 days ago), nobody in the period.
+const HAND_ACME = { users: 2, events: 8, previous_events: 0, trend: null };
+const HAND_ACME_PEOPLE = [['u1', 5, 3], ['u2', 3, 3]];
 const ACCOUNT_COLUMNS = ['account_id', 'name', 'health', 'users', 'dau', 'wau', 'mau', 'stickiness', 'events', 'previous_events', 'trend', 'last_active'];
 
 async function api(path, { key, body, method = 'POST' } = {}) {
@@ -326,9 +353,9 @@ function parseCsv(text) {
   return rows;
 }
 
-async function downloadCsv(page, button) {
+async function downloadCsv(page, button, name = /^tally-[a-z]+-app-7d\.csv$/) {
   const [download] = await Promise.all([page.waitForEvent('download'), page.click(button)]);
-  assert.match(download.suggestedFilename(), /^tally-[a-z]+-app-7d\.csv$/);
+  assert.match(download.suggestedFilename(), name);
   return parseCsv(readFileSync(await download.path(), 'utf8'));
 }
 const asCsv = (rows) => rows.map((r) => r.map((v) => (v === null ? '' : String(v))));
@@ -428,6 +455,7 @@ async function insights(page, context, problems, shots) {
   assert.deepEqual(numbersOf(grid, await rowKeys(page, TRENDS_TABLE), 1), await apiTrends(withFormula, previous));
   axeMinor.n += await axe(page, 'trends');
   shots.push(await shot(page, '07-trends'));
+  await assertFresh(page, 'trends');
 
   await page.selectOption('#breakdown', 'visit:country');
   await page.waitForURL(/bd=visit%3Acountry/);
@@ -488,6 +516,7 @@ async function insights(page, context, problems, shots) {
   assert.match(await page.textContent('#funnel-summary'), /1 of 4 converted \(25%\)/);
   axeMinor.n += await axe(page, 'funnel');
   shots.push(await shot(page, '08-funnel'));
+  await assertFresh(page, 'funnel');
 
   await page.fill('#window-value', '1');
   await page.press('#window-value', 'Tab');
@@ -549,6 +578,7 @@ async function insights(page, context, problems, shots) {
   assert.deepEqual(await reopen(context, retentionUrl, async (tab) => (await settled(tab, '#retention-table'), readRetention(tab))), HAND_RETENTION_RECURRING, 'the link reproduces the retention');
   axeMinor.n += await axe(page, 'retention');
   shots.push(await shot(page, '09-retention'));
+  await assertFresh(page, 'retention');
 
   // Empty: a project without events shows how to send the first one.
   await page.selectOption('#project', 'blog');
@@ -577,6 +607,7 @@ async function activityAndAccounts(page, context, shots) {
   assert.deepEqual(await downloadCsv(page, '#lifecycle-csv'), [await headers(page, '#lifecycle-table'), ...asCsv(lc)], 'the CSV is the table');
   axeMinor.n += await axe(page, 'lifecycle');
   shots.push(await shot(page, '10-lifecycle'));
+  await assertFresh(page, 'lifecycle');
   await page.selectOption('#target', 'signed_up');
   await page.waitForURL(/target=signed_up/);
   await settled(page, '#lifecycle-table');
@@ -597,6 +628,7 @@ async function activityAndAccounts(page, context, shots) {
   assert.deepEqual(await downloadCsv(page, '#stickiness-csv'), [await headers(page, '#stickiness-table'), ...asCsv(st)], 'the CSV is the table');
   axeMinor.n += await axe(page, 'stickiness');
   shots.push(await shot(page, '11-stickiness'));
+  await assertFresh(page, 'stickiness');
 
   // --- Accounts ---
   await page.click('#tab-accounts');
@@ -608,10 +640,12 @@ async function activityAndAccounts(page, context, shots) {
   const pick = (rows) => rows.map((r) => [r[0], r[3], r[8], r[2]]);
   let acc = await readGrid(page, ACC);
   assert.deepEqual(pick(acc), HAND_ACCOUNTS, 'accounts, by hand');
+  assert.deepEqual(acc.map((r) => [r[9], r[10]]), HAND_ACCOUNTS_PREVIOUS, 'the previous period, by hand');
   assert.deepEqual(acc, await apiAccounts(), 'accounts, as the API answers');
   assert.equal(await page.textContent('#accounts-range'), '1–3 of 3');
   axeMinor.n += await axe(page, 'accounts');
   shots.push(await shot(page, '12-accounts'));
+  await assertFresh(page, 'accounts');
   // Sorting: a click on Account sorts A to Z, a second Z to A.
   await page.click('button[data-sort="account_id"]');
   await page.waitForURL(/sort=account_id&dir=asc/);
@@ -655,6 +689,185 @@ async function activityAndAccounts(page, context, shots) {
 }
 
 const axeMinor = { n: 0 };
+
+/** One account's page: from the accounts table's link. */
+async function accountPage(page, context, problems, shots) {
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC`);
+  await settled(page, '#accounts-table');
+  await page.click('#accounts-table a.account-link:text-is("acme")');
+  await page.waitForURL(/account=acme/);
+  await settled(page, '#account-people-table');
+  await page.waitForSelector('#account-health');
+  const facts = () => page.$$eval('#account .kpi', (k) => Object.fromEntries(k.map((x) => [x.dataset.metric, x.dataset.value === 'null' ? null : Number(x.dataset.value)])));
+  const row = (await appQuery({ kind: 'accounts', date_range: '7d', filters: [['is', 'account:id', ['acme']]] })).results[0];
+  const f = await facts();
+  assert.deepEqual({ users: f.users, events: f.events, previous_events: f.previous_events, trend: f.trend }, HAND_ACME, 'acme, by hand');
+  assert.deepEqual(f, Object.fromEntries(Object.keys(f).map((k) => [k, row[k]])), 'acme, as the API answers');
+  assert.equal(await page.textContent('#account-health'), 'New');
+  assert.equal(await page.textContent('#account-why'), `First seen ${day(6)}, within 14 days of the period's end (${day(0)}).`);
+  const people = await readGrid(page, '#account-people-table');
+  assert.deepEqual(people.map((r) => r.slice(0, 3)), HAND_ACME_PEOPLE, 'its people, by hand');
+  const users = (await appQuery({ kind: 'accounts', account_id: 'acme', date_range: '7d', pagination: { limit: 100, offset: 0 } })).results;
+  assert.deepEqual(people, users.map((u) => [u.user_id, u.events, u.days_active, u.last_active, '']), 'its people, as the API answers');
+  assert.deepEqual(await downloadCsv(page, '#account-csv', /^tally-account-acme-app-7d\.csv$/), [await headers(page, '#account-people-table'), ...asCsv(people)], 'the CSV is the table');
+  axeMinor.n += await axe(page, 'account');
+  shots.push(await shot(page, '16-account'));
+  await assertFresh(page, 'account');
+  assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, '#account-people-table'), readGrid(tab, '#account-people-table'))), people, 'the link reproduces the account');
+  // An inactive account, and the way back.
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC&account=initech`);
+  await settled(page, '#account-health');
+  assert.equal(await page.textContent('#account-health'), 'Inactive');
+  assert.equal(await page.textContent('#account-why'), 'No activity in the period.');
+  assert.match(await page.textContent('#account-people-box'), /^Nobody/);
+  // The error state: the API refuses an unknown timezone, and the page says so.
+  await quiet(page);
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=Nowhere/Nothing&account=acme`);
+  await page.waitForSelector('#account .error[role=alert]');
+  assert.match(await page.textContent('#account .error'), /Could not load the account: .*timezone/i);
+  await quiet(page);
+  await page.goto(`${URL_}/insights/paths?project=app&range=7d&tz=Nowhere/Nothing&start=signed_up`);
+  await page.waitForSelector('#paths .error[role=alert]');
+  assert.match(await page.textContent('#paths .error'), /Could not load the paths: .*timezone/i);
+  await quiet(page);
+  const refused = problems.splice(0).filter((p) => !(p.kind === 'http' && p.status === 400 && p.url.includes('/api/v1/query')) && !(p.kind === 'console' && /400/.test(p.text)));
+  assert.deepEqual(refused, [], 'only the refused queries went wrong');
+  await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC&account=initech`);
+  await settled(page, '#account-health');
+  await page.click('#all-accounts');
+  await page.waitForFunction(() => location.pathname === '/accounts' && !location.search.includes('account='));
+  await settled(page, '#accounts-table');
+}
+
+/** Insights → Paths on the product dataset. */
+async function pathsPage(page, context, shots) {
+  await page.click('#tab-paths');
+  await page.waitForURL(/\/insights\/paths\?project=app&range=7d/);
+  await settled(page, '#paths-box > *');
+  await page.selectOption('#path-start', 'signed_up');
+  await page.waitForURL(/start=signed_up/);
+  await settled(page, '#paths-table');
+  const apiPaths = async (extra) => {
+    const r = (await appQuery({ kind: 'paths', date_range: '7d', start: { event: 'signed_up' }, ...extra })).results;
+    return r.steps.flatMap((s) => s.edges.map((e) => [s.step, e.from, e.to, e.count, Math.round((e.count / r.people) * 10_000) / 100]));
+  };
+  let grid = await readGrid(page, '#paths-table');
+  assert.deepEqual(grid, HAND_PATHS, 'paths, by hand');
+  assert.deepEqual(grid, await apiPaths({ depth: 3 }), 'paths, as the API answers');
+  assert.match(await page.textContent('#paths-summary'), /: 3 people started$/);
+  assert.equal(await page.$$eval('#paths-box .path-column', (c) => c.length), 4, 'the start and three steps');
+  assert.deepEqual(await downloadCsv(page, '#paths-csv'), [await headers(page, '#paths-table'), ...asCsv(grid)], 'the CSV is the table');
+  axeMinor.n += await axe(page, 'paths');
+  shots.push(await shot(page, '15-paths'));
+  await assertFresh(page, 'paths');
+  await page.selectOption('#path-dir', 'previous');
+  await page.waitForURL(/dir=previous/);
+  await page.selectOption('#path-depth', '1');
+  await page.waitForURL(/depth=1/);
+  await settled(page, '#paths-table');
+  grid = await readGrid(page, '#paths-table');
+  assert.deepEqual(grid, HAND_PATHS_PREVIOUS, 'what led to a sign-up, by hand');
+  assert.deepEqual(grid, await apiPaths({ depth: 1, direction: 'previous' }), 'as the API answers');
+  assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, '#paths-table'), readGrid(tab, '#paths-table'))), grid, 'the link reproduces the paths');
+}
+
+/** The "updated N s ago" line: its text and its numbers. */
+async function readFreshness(page) {
+  await page.waitForFunction(() => document.querySelector('#freshness')?.dataset.ageS !== undefined);
+  return page.$eval('#freshness', (el) => ({ text: el.textContent, age: Number(el.dataset.ageS), computedAt: el.dataset.computedAt }));
+}
+async function assertFresh(page, name) {
+  const f = await readFreshness(page);
+  assert.match(f.text, /^Updated \d+ s ago/, `${name}: the freshness line`);
+  assert.equal(f.text.match(/\d+/)[0], String(f.age), `${name}: the text says the age`);
+}
+
+/** The query answers' cache blocks, as they arrive (for the freshness line). */
+function cacheBlocks(page) {
+  const seen = [];
+  page.on('response', async (r) => {
+    if (!r.url().includes('/api/v1/query') || r.status() !== 200) return;
+    const body = JSON.parse(r.request().postData() ?? '{}');
+    try {
+      seen.push({ kind: body.kind ?? 'stats', body, cache: (await r.json()).cache });
+    } catch {
+      /* a page that went away */
+    }
+  });
+  return seen;
+}
+
+/** Events → the live stream, on the shop project (F now; then G sent while watching). */
+async function liveStream(page, context, shots) {
+  const STREAM = '#stream-table';
+  const streamRows = () => page.$$eval(`${STREAM} tbody tr`, (rows) => rows.map((r) => [r.dataset.key, ...[...r.querySelectorAll('[data-value]')].map((c) => c.dataset.value)]));
+  const apiStream = async (filters = []) => {
+    const now = Date.now();
+    const r = await shopQuery({ kind: 'events', date_range: [new Date(now - 30 * 60_000).toISOString(), new Date(now + 60_000).toISOString()], filters, timezone: undefined });
+    return r.results.reverse();
+  };
+  const readLive = () => page.$$eval('#live-kpis .kpi', (k) => Object.fromEntries(k.map((x) => [x.dataset.metric, Number(x.dataset.value)])));
+  const apiLive = async () => {
+    const x = (await shopQuery({ kind: 'realtime', minutes: 30, timezone: undefined })).results;
+    return { visitors: x.visitors, devices: x.devices, events: x.events, pageviews: x.pageviews };
+  };
+  await page.goto(`${URL_}/events?project=shop&range=7d&tz=UTC`);
+  await page.waitForSelector(STREAM);
+  await page.waitForSelector('#live-kpis .kpi');
+  await quiet(page);
+  let rows = await streamRows();
+  assert.deepEqual(rows.map((r) => r.slice(2, 6)), [['page_visit', 'track', 'dF', '']], 'the stream: F (a track call), by hand');
+  assert.equal(rows[0][6], '/home');
+  assert.deepEqual(rows.map((r) => r[0]), (await apiStream()).map((e) => e.uuid), 'the stream, as the API answers');
+  assert.deepEqual(await readLive(), { visitors: 1, devices: 1, events: 1, pageviews: 1 }, 'the last 30 minutes, by hand');
+  assert.deepEqual(await readLive(), await apiLive(), 'the last 30 minutes, as the API answers');
+  await assertFresh(page, 'events');
+  // An event sent now shows up without a reload, on top.
+  const sent = await api('/api/track', { key: env('SHOP_WRITE_KEY'), body: [LIVE_EVENT] });
+  assert.equal(sent.accepted, 1);
+  await page.waitForFunction(() => document.querySelectorAll('#stream-table tbody tr').length === 2, null, { timeout: 20_000 });
+  await page.waitForFunction(() => document.querySelector('#live-kpis .kpi[data-metric="events"]')?.dataset.value === '2', null, { timeout: 20_000 });
+  await quiet(page);
+  rows = await streamRows();
+  assert.deepEqual(rows.map((r) => r.slice(2, 5)), [['live_check', 'track', 'dG'], ['page_visit', 'track', 'dF']], 'G on top, by hand');
+  assert.deepEqual(rows.map((r) => r[0]), (await apiStream()).map((e) => e.uuid), 'the stream, as the API answers');
+  assert.deepEqual(await readLive(), { visitors: 2, devices: 2, events: 2, pageviews: 1 }, 'G is no page view');
+  assert.deepEqual(await readLive(), await apiLive());
+  assert.match(await page.textContent('#stream-summary'), /^2 events in the last 30 minutes/);
+  // A row opens to its JSON.
+  await page.click(`${STREAM} tbody tr:first-child summary`);
+  assert.match(await page.textContent(`${STREAM} tbody tr:first-child pre`), /"page_url": "https:\/\/shop\.example\/live"/);
+  const csv = await downloadCsv(page, '#stream-csv', /^tally-events-shop-30min\.csv$/);
+  assert.deepEqual(csv.slice(1).map((r) => r[6]), rows.map((r) => r[0]), 'the CSV: every row, with its uuid');
+  assert.deepEqual(csv.slice(1).map((r) => r.slice(0, 6)), rows.map((r) => r.slice(1, 7)), 'the CSV is the table');
+  axeMinor.n += await axe(page, 'events');
+  shots.push(await shot(page, '13-events'));
+  // The event filter, from the URL.
+  const filtered = `${URL_}/events?project=shop&tz=UTC&minutes=5&event=live_check`;
+  const only = await reopen(context, filtered, async (tab) => {
+    await tab.waitForSelector('#stream-table');
+    await quiet(tab);
+    return tab.$$eval('#stream-table tbody tr', (r) => r.map((x) => x.dataset.key));
+  });
+  assert.deepEqual(only, (await apiStream([['is', 'event:name', ['live_check']]])).map((e) => e.uuid));
+  assert.equal(only.length, 1);
+  // A date range instead of the last minutes: 10 days ago, u5's visit and sign-up, oldest
+  // first (project app).
+  await quiet(page);
+  await page.goto(`${URL_}/events?project=app&tz=UTC&range=custom&from=${day(10)}&to=${day(10)}&minutes=0`);
+  await settled(page, STREAM);
+  rows = await streamRows();
+  assert.deepEqual(rows.map((r) => r.slice(2, 7)), [['page_visit', 'track', 'u5', '', '/home'], ['signed_up', 'track', 'u5', '', '']], 'the events of a day, by hand');
+  const dayEvents = (await appQuery({ kind: 'events', date_range: [day(10), day(10)] })).results;
+  assert.deepEqual(rows.map((r) => r[0]), dayEvents.map((e) => e.uuid), 'as the API answers');
+  assert.deepEqual(rows.map((r) => r[1]), dayEvents.map((e) => e.timestamp.slice(0, 19).replace('T', ' ')));
+  assert.equal(await page.inputValue('#range'), 'custom');
+  assert.equal(await page.isDisabled('#stream-next'), true, 'one page');
+  assert.match(await page.textContent('#stream-summary'), /oldest first: events 1–2$/);
+  assert.equal(await page.$$eval('#live-kpis', (k) => k.length), 0, 'no live numbers');
+  await assertFresh(page, 'events of a range');
+  axeMinor.n += await axe(page, 'events of a range');
+}
 
 test('the dashboard: login, overview, insights, filters, projects, access, accessibility', { timeout: 220_000 }, async () => {
   await seed();
@@ -743,6 +956,39 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     axeMinor.n += await axe(page, 'overview');
     shots.push(await shot(page, '03-overview-7d'));
 
+    // --- how fresh the numbers are: the oldest answer's age, from its cache block ---
+    await assertFresh(page, 'overview');
+    // Asked again 3 s later, the answers are kept ones (nothing new arrived): the line
+    // says how old they are, not when they arrived, and ticks on.
+    await new Promise((r) => setTimeout(r, 3000));
+    const blocks = cacheBlocks(page);
+    await page.reload();
+    await readKpis(page);
+    await page.waitForSelector('#live[data-value]');
+    await quiet(page);
+    const kept = blocks.filter((b) => b.kind === 'stats');
+    assert.ok(kept.length >= 8 && kept.every((b) => b.cache.hit === true && b.cache.age_s >= 3), JSON.stringify(kept.map((b) => b.cache)));
+    const oldest = Math.max(...kept.map((b) => b.cache.age_s));
+    const f1 = await readFreshness(page);
+    assert.ok(f1.age >= 3 && Math.abs(f1.age - oldest) <= 1, `updated ${f1.age} s ago; the oldest answer is ${oldest} s old`);
+    assert.ok(kept.some((b) => b.cache.computed_at === f1.computedAt), 'the line names a kept answer');
+    // It ticks: 2 s more within 4 s (the line is redrawn each second, so it may lag by one).
+    const t1 = Date.now();
+    await page.waitForFunction((n) => Number(document.querySelector('#freshness').dataset.ageS) >= n, f1.age + 2, { timeout: 4000 });
+    const f2 = await readFreshness(page);
+    assert.ok(f2.age - f1.age <= Math.ceil((Date.now() - t1) / 1000) + 1, `it ticks: ${f1.age} s, then ${f2.age} s`);
+    assert.equal(f2.text, `Updated ${f2.age} s ago`);
+    // Refresh: the page again, every answer computed now ("refresh": "force").
+    const forced = cacheBlocks(page);
+    await page.click('#refresh');
+    await readKpis(page);
+    await page.waitForSelector('#chart canvas');
+    await quiet(page);
+    const asked = forced.filter((b) => b.kind === 'stats');
+    assert.ok(asked.length >= 8 && asked.every((b) => b.body.refresh === 'force' && b.cache.hit === false && b.cache.age_s < 1), JSON.stringify(asked.map((b) => [b.body.refresh, b.cache])));
+    assert.ok((await readFreshness(page)).age <= 1, 'updated just now');
+    assert.deepEqual((await readKpis(page)).values, HAND_7D, 'the same numbers');
+
     // --- a click on a row filters the whole page; the chip takes it off again ---
     await page.click('#table-pages button.row-filter:text-is("/pricing")');
     await page.waitForURL(/f=event%3Apage%7C%2Fpricing/);
@@ -769,6 +1015,46 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     assert.equal(de.values.visitors, 2, 'Germany: A and C');
     assert.deepEqual(de, await apiKpis('7d', [['is', 'visit:country', ['DE']]]));
 
+    // --- a custom range: from and to in the URL, kept by the tabs ---
+    await quiet(page);
+    await page.goto(`${URL_}/?project=shop&range=7d&tz=UTC`);
+    await readKpis(page);
+    assert.equal(await page.isVisible('#custom-range'), false);
+    await page.selectOption('#range', 'custom');
+    assert.equal(await page.isVisible('#custom-range'), true, 'choosing Custom shows the days');
+    assert.match(page.url(), /range=7d/, 'and changes nothing until applied');
+    await page.fill('#range-from', day(7));
+    await page.fill('#range-to', day(13));
+    await page.click('#range-apply');
+    assert.equal(await page.textContent('#range-error'), 'The first day is after the last.');
+    assert.match(page.url(), /range=7d/);
+    await page.fill('#range-from', day(13));
+    await page.fill('#range-to', day(7));
+    await page.click('#range-apply');
+    await page.waitForURL(new RegExp(`range=custom&from=${day(13)}&to=${day(7)}`));
+    const custom = await readKpis(page);
+    assert.deepEqual(custom.values, HAND_CUSTOM, 'a custom range, by hand');
+    assert.deepEqual(custom.changes, HAND_CUSTOM_CHANGE);
+    assert.deepEqual(custom, await apiKpis([day(13), day(7)]), 'a custom range, as the API answers');
+    assert.equal(await page.textContent('#period'), `${day(13)} to ${day(7)}`);
+    assert.equal(await page.inputValue('#range'), 'custom');
+    await quiet(page);
+    axeMinor.n += await axe(page, 'custom range');
+    shots.push(await shot(page, '14-custom-range'));
+    assert.deepEqual(await reopen(context, page.url(), readKpis), custom, 'the link reproduces the custom range');
+    // The tabs keep it: the trends of the same days.
+    await page.click('#tab-trends');
+    await page.waitForURL(new RegExp(`/insights/trends\\?project=shop&range=custom&from=${day(13)}&to=${day(7)}`));
+    await settled(page, TRENDS_TABLE);
+    assert.match(await page.textContent('#trends-period'), new RegExp(`^${day(13)} to ${day(7)}, against ${day(20)} to ${day(14)}`));
+    assert.equal(await page.inputValue('#range-from'), day(13));
+    await assertFresh(page, 'trends');
+    await page.goBack();
+    await readKpis(page);
+    await page.selectOption('#range', '7d');
+    await page.waitForFunction(() => location.search.includes('range=7d') && !location.search.includes('from='));
+    assert.deepEqual((await readKpis(page)).values, HAND_7D, 'back to a preset');
+
     // --- the project switcher, and the empty state of a project without events ---
     await page.selectOption('#project', 'blog');
     await page.waitForSelector('#empty .empty-state');
@@ -782,6 +1068,14 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     await quiet(page);
     await insights(page, context, problems, shots);
     await activityAndAccounts(page, context, shots);
+    await quiet(page);
+    await pathsPage(page, context, shots);
+    await quiet(page);
+    await accountPage(page, context, problems, shots);
+
+    // --- Events: the live stream ---
+    await quiet(page);
+    await liveStream(page, context, shots);
 
     // --- logout ends the session ---
     await quiet(page);

@@ -181,9 +181,15 @@ impl AccountsQuery {
         })
     }
 
+    /// The previous period: as long as the period, just before it.
+    fn previous_start(&self) -> i64 {
+        self.start - (self.end - self.start)
+    }
+
     /// From how far back the scan must read: the previous period, and 30 days for MAU.
+    /// Only `[previous_start, start)` counts as the previous period's events.
     fn scan_start(&self) -> i64 {
-        (self.start - (self.end - self.start)).min(self.end - 30 * DAY)
+        self.previous_start().min(self.end - 30 * DAY)
     }
 
     fn scan(&self, project: &str, b: &mut Binder) -> String {
@@ -205,6 +211,7 @@ impl AccountsQuery {
         let scan = self.scan(project, &mut b);
         let p = b.text(project);
         let (start, end) = (b.ts(self.start), b.ts(self.end));
+        let prev_start = b.ts(self.previous_start());
         let (d1, d7, d30) = (
             b.ts(self.end - DAY),
             b.ts(self.end - 7 * DAY),
@@ -251,7 +258,7 @@ impl AccountsQuery {
             "WITH act AS (SELECT account_id, person_id, ts FROM ({scan}) e WHERE account_id IS NOT NULL), \
              pa AS (SELECT account_id, person_id, max(ts) AS last_ts, min(ts) AS first_ts, \
                       count(*) FILTER (WHERE ts >= {start}) AS ev, \
-                      count(*) FILTER (WHERE ts < {start}) AS prev \
+                      count(*) FILTER (WHERE ts < {start} AND ts >= {prev_start}) AS prev \
                     FROM act GROUP BY 1, 2), \
              m AS (SELECT account_id, \
                      count(*) FILTER (WHERE last_ts >= {d1}) AS dau, \
@@ -496,6 +503,7 @@ impl AccountsQuery {
         use crate::clickhouse as ch;
         let parts = ch::AccountsParts {
             scan_start: self.scan_start(),
+            previous_start: self.previous_start(),
             start: self.start,
             end: self.end,
             since: [self.end - DAY, self.end - 7 * DAY, self.end - 30 * DAY],

@@ -1494,12 +1494,14 @@ pub(crate) fn funnel_sql(
 
 /// The accounts view's activity: per account, from its events in `[scan_start, end)`
 /// (an event's account as everywhere: its group, else its user's), rows `(account,
-/// people active since d1, d7, d30, events since start, events before start, last
+/// people active since d1, d7, d30, events since start, events of the previous period
+/// (`[previous_start, start)`: the scan may reach further back, for MAU), last
 /// event, first event, people with an event since start)`. The view itself (traits,
 /// members, health, filters, order) is put together by the caller: 18.16 allows one
 /// JOIN per SELECT, and an account list is small.
 pub(crate) struct AccountsParts {
     pub scan_start: i64,
+    pub previous_start: i64,
     pub start: i64,
     pub end: i64,
     pub since: [i64; 3],
@@ -1526,12 +1528,13 @@ pub(crate) fn accounts_activity_sql(q: &AccountsParts, project: &str) -> tally_s
     let mut b = Binder::numbered();
     let scan = q.scan(project, &mut b);
     let start = b.ts(q.start);
+    let prev_start = b.ts(q.previous_start);
     let [d1, d7, d30] = q.since.map(|t| b.ts(t));
     let text = format!(
         "SELECT acct, countIf(last_ts >= {d1}), countIf(last_ts >= {d7}), countIf(last_ts >= {d30}), \
                 sum(ev), sum(prev), max(last_ts), min(first_ts), groupArrayIf(member, ev > 0) \
          FROM (SELECT person_id AS acct, member, max(ts) AS last_ts, min(ts) AS first_ts, \
-                      countIf(ts >= {start}) AS ev, countIf(ts < {start}) AS prev \
+                      countIf(ts >= {start}) AS ev, countIf(ts < {start} AND ts >= {prev_start}) AS prev \
                FROM ({scan}) AS s GROUP BY acct, member) AS pa \
          GROUP BY acct"
     );

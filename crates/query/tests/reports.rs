@@ -552,6 +552,29 @@ fn accounts_health_activity_and_users() {
 }
 
 #[test]
+fn accounts_previous_period_is_as_long_as_the_period() {
+    // One day, 11-16, against 11-15 only: the scan reads 30 days back (for MAU), but the
+    // events of 11-02..11-09 are not the previous period's.
+    for f in fixtures() {
+        let r = f.q(json!({
+            "kind": "accounts", "date_range": ["2026-11-16", "2026-11-16"],
+            "health": {"new_days": 0},
+        }));
+        let rows = r["results"].as_array().unwrap();
+        assert_eq!(rows[0]["account_id"], "acme", "{}", f.name);
+        assert_eq!(rows[0]["events"], 1, "{}", f.name);
+        assert_eq!(rows[0]["previous_events"], 0, "{}", f.name);
+        assert_eq!(rows[0]["trend"], Value::Null, "{}", f.name);
+        // alice active on the day, alice and bob in the 30 days: 0.5, not a drop.
+        assert_eq!(rows[0]["health"], "Healthy", "{}", f.name);
+        assert_eq!(rows[1]["account_id"], "globex", "{}", f.name);
+        assert_eq!(rows[1]["events"], 0, "{}", f.name);
+        assert_eq!(rows[1]["previous_events"], 0, "{}", f.name);
+        assert_eq!(rows[1]["health"], "Inactive", "{}", f.name);
+    }
+}
+
+#[test]
 fn realtime_counts_the_last_minutes_only() {
     for f in fixtures() {
         let events = vec![

@@ -203,6 +203,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/login", get(dashboard::index))
         .route("/insights/{*view}", get(dashboard::index))
         .route("/accounts", get(dashboard::index))
+        .route("/events", get(dashboard::index))
         .route("/assets/{*file}", get(dashboard::asset))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/js/tally.js", get(tracker_script))

@@ -463,6 +463,7 @@ async fn the_dashboard_is_served_at_the_root() {
         "/insights/trends",
         "/insights/funnel",
         "/accounts",
+        "/events",
     ] {
         let r = client()
             .get(format!("{}{view}", server.base))
