@@ -92,6 +92,18 @@ impl Drop for Redis {
     }
 }
 
+/// Three tries at starting a server: each failure is printed, the last one panics.
+fn retry_start<T>(mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    for n in 1.. {
+        match attempt() {
+            Ok(t) => return t,
+            Err(e) if n < 3 => eprintln!("attempt {n}: {e}; trying again"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    unreachable!()
+}
+
 /// A `clickhouse-server` with its HTTP and native ports.
 pub struct ClickHouse {
     pub http_port: u16,
@@ -105,11 +117,22 @@ pub struct ClickHouse {
 impl ClickHouse {
     /// A server of this test's own, stopped when dropped.
     pub fn start() -> ClickHouse {
-        Self::start_with(free_port(), free_port(), String::new())
+        retry_start(|| {
+            let mut c = Self::configured(free_port(), free_port(), String::new());
+            c.spawn().map(|()| c)
+        })
     }
 
+    /// A server on these ports (a cluster's shards name each other's), tried again on the
+    /// same ports if it does not come up.
     fn start_with(http_port: u16, tcp_port: u16, extra: String) -> ClickHouse {
-        let mut c = ClickHouse {
+        let mut c = Self::configured(http_port, tcp_port, extra);
+        retry_start(|| c.spawn());
+        c
+    }
+
+    fn configured(http_port: u16, tcp_port: u16, extra: String) -> ClickHouse {
+        let c = ClickHouse {
             http_port,
             tcp_port,
             dir: tempfile::tempdir().expect("temp dir"),
@@ -117,7 +140,6 @@ impl ClickHouse {
             extra,
         };
         c.write_config();
-        c.spawn();
         c
     }
 
@@ -126,30 +148,31 @@ impl ClickHouse {
     pub fn shared() -> &'static ClickHouse {
         static SHARED: OnceLock<ClickHouse> = OnceLock::new();
         SHARED.get_or_init(|| {
-            let c = ClickHouse {
-                http_port: free_port(),
-                tcp_port: free_port(),
-                dir: tempfile::tempdir().expect("temp dir"),
-                child: None,
-                extra: String::new(),
-            };
-            c.write_config();
-            let script = format!(
-                "{} >/dev/null 2>&1 & ch=$!; trap 'kill $ch' EXIT; \
-                 while kill -0 {pid} 2>/dev/null && kill -0 $ch 2>/dev/null; do sleep 0.5; done",
-                c.command_line(),
-                pid = std::process::id()
-            );
-            let mut watchdog = Command::new("sh")
-                .args(["-c", &script])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("sh");
-            c.wait_up();
-            // Reaped when the process ends; it exits by itself then.
-            std::thread::spawn(move || watchdog.wait());
-            c
+            retry_start(|| {
+                let c = Self::configured(free_port(), free_port(), String::new());
+                let script = format!(
+                    "{} >/dev/null 2>&1 & ch=$!; trap 'kill $ch' EXIT; \
+                     while kill -0 {pid} 2>/dev/null && kill -0 $ch 2>/dev/null; do sleep 0.5; done",
+                    c.command_line(),
+                    pid = std::process::id()
+                );
+                let mut watchdog = Command::new("sh")
+                    .args(["-c", &script])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("sh");
+                // The watchdog ends when the server does.
+                let up = c.wait_up(|| matches!(watchdog.try_wait(), Ok(None)));
+                if up.is_err() {
+                    let _ = watchdog.kill();
+                    let _ = watchdog.wait();
+                    return up.map(|()| c);
+                }
+                // Reaped when the process ends; it exits by itself then.
+                std::thread::spawn(move || watchdog.wait());
+                Ok(c)
+            })
         })
     }
 
@@ -192,7 +215,7 @@ impl ClickHouse {
         std::fs::write(self.dir.path().join("config.xml"), config).expect("write config");
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let child = Command::new("sh")
             .args(["-c", &format!("exec {}", self.command_line())])
             .stdout(Stdio::null())
@@ -200,20 +223,46 @@ impl ClickHouse {
             .spawn()
             .expect("clickhouse-server");
         self.child = Some(child);
-        self.wait_up();
+        let mut child = self.child.take();
+        let up = self.wait_up(|| {
+            child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        });
+        self.child = child;
+        if up.is_err() {
+            kill(&mut self.child);
+        }
+        up
     }
 
-    fn wait_up(&self) {
-        let port = self.http_port;
-        let dir = self.dir.path().to_owned();
-        wait_until(
-            &format!(
-                "clickhouse-server (see {})",
-                dir.join("error.log").display()
-            ),
-            Duration::from_secs(60),
-            || ping(port),
-        );
+    /// Waits for `/ping` to answer while `alive` says the server runs. On a 2-core
+    /// machine starting a cluster, chDB and other servers at once, a start can take
+    /// more than a minute; a server that exits (a port taken meanwhile) fails at once.
+    fn wait_up(&self, mut alive: impl FnMut() -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if ping(self.http_port) {
+                return Ok(());
+            }
+            let why = if !alive() {
+                "exited"
+            } else if Instant::now() > deadline {
+                "did not answer /ping in 120 s"
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let log = self.dir.path().join("error.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            return Err(format!(
+                "clickhouse-server on port {} {why} (see {}): {}",
+                self.http_port,
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ));
+        }
     }
 
     /// Kills the server (SIGKILL); its data directory stays.
@@ -224,7 +273,9 @@ impl ClickHouse {
     /// Starts it again on the same ports and data.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        if let Err(e) = self.spawn() {
+            panic!("{e}");
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -408,5 +459,20 @@ pub mod chdb {
                       print(out.data().strip() if out is not None else '')\n";
         let list = serde_json::to_string(statements).expect("strings serialize");
         python(script, &list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server whose port is taken exits; that is reported at once with its error log,
+    /// not after the two-minute wait.
+    #[test]
+    #[should_panic(expected = "exited")]
+    fn a_server_that_cannot_listen_fails_fast() {
+        let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("address").port();
+        ClickHouse::start_with(port, free_port(), String::new());
     }
 }
