@@ -89,7 +89,7 @@ impl Default for CacheConfig {
         Self {
             enabled: true,
             l1_bytes: 256 * 1024 * 1024,
-            max_staleness_ms: 10_000,
+            max_staleness_ms: 60_000,
             redis_url: String::new(),
             redis_timeout_ms: 50,
             l2_ttl_s: 3_600,

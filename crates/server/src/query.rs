@@ -438,12 +438,16 @@ async fn cached(
     Ok(response)
 }
 
-/// The warmer (docs/caching.md): after each flush, computes again the most asked
-/// answers the flush touched (stale, or within their allowance) before anyone asks, so
-/// the next request finds them fresh. At most `cache.warm_keys` a pass, one at a time,
-/// each through the usual single-flight (so a request asking meanwhile waits for it
-/// rather than computing too) and admission; after each it pauses so that it uses at
-/// most `cache.warm_share` of one core's time.
+/// The warmer (docs/caching.md): computes again the most asked answers that newer data
+/// made stale, before anyone asks, so the next request finds them fresh. An answer past
+/// its allowance (a closed range a late event touched) is due at once, after the flush
+/// that touched it; one still within its allowance (a range that reaches now, under
+/// steady ingest) only when the allowance is nearly over, since until then it may be
+/// served as it is: computing it on every flush would spend the store on answers no one
+/// is owed. A pass runs after each flush and each second. At most `cache.warm_keys` a
+/// pass, one at a time, each through the usual single-flight (so a request asking
+/// meanwhile waits for it rather than computing too) and admission; after each it pauses
+/// so that it uses at most `cache.warm_share` of one core's time.
 pub(crate) async fn warm(state: Arc<AppState>) {
     let Some(store) = state.store.clone() else {
         return;
@@ -452,20 +456,33 @@ pub(crate) async fn warm(state: Arc<AppState>) {
     let (keys, share) = (state.config.cache.warm_keys, state.config.cache.warm_share);
     let budget = Duration::from_millis(state.config.query.timeout_ms);
     loop {
-        cache.flushes.changed.notified().await;
-        // Flushes come in bursts: one pass for the burst.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            // Flushes come in bursts: one pass for the burst.
+            _ = cache.flushes.changed.notified() => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
         let now = chrono::Utc::now();
-        let mut touched = Vec::new();
+        let mut due = Vec::new();
         for (key, wanted) in cache.wanted.iter() {
-            if let Some(e) = cache.l1.get(&*key).await {
-                if cache.standing(&wanted.project, &e, now) != Standing::Fresh {
-                    touched.push((wanted.asked.load(Ordering::Relaxed), *key, wanted));
+            let Some(e) = cache.l1.get(&*key).await else {
+                continue;
+            };
+            let owed = match cache.standing(&wanted.project, &e, now) {
+                Standing::Fresh => false,
+                Standing::Stale => true,
+                Standing::Recent => {
+                    let allowance = cache.allowance(e.reads, now);
+                    cache::age(&e, now) + WARM_LEAD.max(allowance / 4) >= allowance
                 }
+            };
+            if owed {
+                due.push((wanted.asked.load(Ordering::Relaxed), *key, wanted));
             }
         }
-        touched.sort_by(|a, b| b.0.cmp(&a.0));
-        for (_, key, wanted) in touched.into_iter().take(keys) {
+        due.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, key, wanted) in due.into_iter().take(keys) {
             let job = Job {
                 state: state.clone(),
                 store: store.clone(),
@@ -490,6 +507,10 @@ pub(crate) async fn warm(state: Arc<AppState>) {
         }
     }
 }
+
+/// How long before an answer's allowance runs out the warmer computes it again (or a
+/// quarter of the allowance, if longer): a pass each second, and the computation's time.
+const WARM_LEAD: Duration = Duration::from_secs(2);
 
 fn count(layer: &'static str, result: &'static str) {
     metrics::counter!("tally_cache_requests_total", "layer" => layer, "result" => result)

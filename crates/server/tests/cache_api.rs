@@ -238,6 +238,79 @@ async fn the_warmer_computes_a_touched_answer_before_it_is_asked_again() {
     );
 }
 
+/// Under steady ingest an answer whose range reaches now may be served within its
+/// allowance: the warmer leaves it until the allowance is nearly over (2 s before),
+/// then computes it, so the request after that is fresh and the store did the work
+/// once, not once a flush.
+#[tokio::test]
+async fn the_warmer_leaves_an_answer_within_its_allowance_until_it_nearly_runs_out() {
+    let _serial = SERIAL.lock().await;
+    let server = TestServer::start_with(|c| {
+        c.cache.warm_keys = 20;
+        c.cache.max_staleness_ms = 6_000;
+    })
+    .await;
+    assert_eq!(
+        server.track(json!([event("buy", "u1", 0)])).await.status,
+        StatusCode::OK
+    );
+    server.wait_for_events(1).await;
+    let q = json!({"metrics": ["events"], "date_range": "7d"});
+    let computed = Instant::now();
+    let first = server.query(q.clone()).await;
+    assert_eq!(count(&first), 1);
+    assert_eq!(first.body["cache"]["hit"], false);
+
+    assert_eq!(
+        server.track(json!([event("buy", "u2", 0)])).await.status,
+        StatusCode::OK
+    );
+    // Waits for the second event with forced answers (a key of its own, computed every
+    // time, never warmed): `wait_for_events` would be served within the allowance too.
+    let all = json!({"metrics": ["events"], "date_range": "all", "refresh": "force"});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&server.query(all.clone()).await) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second event never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let runs = counter(&server, "tally_cache_warmer_runs_total").await;
+    assert!(
+        computed.elapsed() < Duration::from_millis(2_000),
+        "the flush took {:?}",
+        computed.elapsed()
+    );
+    // Due at 6 - 2 = 4 s of age; looked at 2.5 s in, after several passes.
+    tokio::time::sleep(Duration::from_millis(2_500).saturating_sub(computed.elapsed())).await;
+    assert_eq!(
+        counter(&server, "tally_cache_warmer_runs_total").await,
+        runs,
+        "computed again while it could still be served"
+    );
+    let within = server.query(q.clone()).await;
+    assert_eq!(count(&within), 1, "{}", within.body);
+    assert_eq!(within.body["cache"]["stale"], true);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&server, "tally_cache_warmer_runs_total").await == runs {
+        assert!(Instant::now() < deadline, "the warmer never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        computed.elapsed() >= Duration::from_millis(3_500),
+        "warmed after {:?}",
+        computed.elapsed()
+    );
+    let stores = store_queries(&server, "stats").await;
+    let warmed = server.query(q).await;
+    assert_eq!(count(&warmed), 2);
+    assert_eq!(warmed.body["cache"]["hit"], true, "{}", warmed.body);
+    assert_eq!(warmed.body["cache"]["stale"], false);
+    assert_eq!(store_queries(&server, "stats").await, stores);
+}
+
 #[tokio::test]
 async fn an_etag_answers_304_until_the_data_changes() {
     let _serial = SERIAL.lock().await;
