@@ -164,11 +164,30 @@ impl TestServer {
             last = self.count_events().await;
             if last >= n {
                 assert_eq!(last, n, "more events than sent");
+                self.wait_for_wal_committed(deadline).await;
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("store has {last} events, expected {n}");
+    }
+
+    /// Waits until the WAL has no pending record: the writer marks a batch done in the
+    /// WAL after it has told the cache what the batch touched, so from then on no
+    /// answer computed can be stamped with a data version older than the events it saw.
+    async fn wait_for_wal_committed(&self, deadline: Instant) {
+        while Instant::now() < deadline {
+            let text = self.metrics().await;
+            let pending = text
+                .lines()
+                .find_map(|l| l.strip_prefix("tally_wal_pending_records "))
+                .map(|v| v.trim().parse::<f64>().unwrap());
+            if pending.is_none_or(|p| p == 0.0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the WAL still has pending records");
     }
 
     /// Polls the `events` query until it holds `n` rows, then asserts exactly `n`.
