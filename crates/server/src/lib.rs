@@ -208,10 +208,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/js/tally.js", get(tracker_script))
         .route("/metrics", get(render_metrics))
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(posthog_routes())
         .fallback(not_found)
@@ -294,6 +291,23 @@ async fn render_metrics(
         .into_response()
 }
 
+/// Liveness: 200 unless the process can no longer work without a restart (its store
+/// said it failed), so that a supervisor's liveness probe restarts it.
+async fn healthz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+    match state.store.as_ref().and_then(|s| s.failure()) {
+        None => Json(json!({ "status": "ok" })).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "failed",
+                "error": "store_failed",
+                "message": format!("the store failed and cannot be used until the process restarts (it is exiting): {why}"),
+            })),
+        )
+            .into_response(),
+    }
+}
+
 async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
     let (queue_ok, pending) = match &state.queue {
         Some(q) => {
@@ -318,11 +332,13 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
         .unwrap_or(false),
         None => true,
     };
+    let failure = state.store.as_ref().and_then(|s| s.failure());
     let writer_ok = !state.writer_starting.load(Ordering::Acquire);
     let stopping = state.stopping.load(Ordering::Acquire);
     let disk_ok = state.disk.as_ref().is_none_or(|d| !d.low());
     let inserting = !state.writer_failing.load(Ordering::Acquire);
-    let ready = queue_ok && store_ok && writer_ok && !stopping && disk_ok && inserting;
+    let ready =
+        queue_ok && store_ok && failure.is_none() && writer_ok && !stopping && disk_ok && inserting;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -332,7 +348,9 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
     if !queue_ok {
         why.push("the queue is full or unreachable: ingest answers 503");
     }
-    if !store_ok {
+    if failure.is_some() {
+        why.push("the store failed and cannot be used until the process restarts: it is exiting, and the queue keeps what was not stored");
+    } else if !store_ok {
         why.push("the store does not answer: queries fail");
     }
     if !writer_ok {
@@ -356,7 +374,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<Arc<AppState>>
         "disk": state.disk.as_ref().map(|d| json!({ "ok": disk_ok, "free_bytes": d.free(), "reserve_bytes": d.reserve() })),
         "role": state.config.role,
         "queue": { "ok": queue_ok, "pending_bytes": pending.get("bytes"), "pending": pending, "limit_bytes": state.config.queue.max_pending_bytes },
-        "store": { "ok": store_ok },
+        "store": { "ok": store_ok, "failure": failure },
     });
     (status, Json(body)).into_response()
 }
@@ -546,10 +564,22 @@ pub async fn serve(
             anyhow::Ok(())
         }
     });
+    // A store that failed for good (DuckDB invalidated) is not reopened under running
+    // requests: the process stops as on SIGTERM and exits non-zero, so its supervisor
+    // starts it again; what was not stored stays in the WAL for that start.
+    let store_failed = {
+        let store = store.clone();
+        async move {
+            while store.failure().is_none() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
     let shutdown = async move {
         tokio::select! {
             _ = shutdown => {}
             _ = fatal_rx => {}
+            _ = store_failed => {}
         }
     };
     let reload = tokio::spawn(reload_keys(state.clone(), data_dir.clone()));
@@ -569,6 +599,11 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || closing.close()).await?;
     draining.store(true, Ordering::Release);
     writer.await??;
+    if let Some(why) = store.failure() {
+        anyhow::bail!(
+            "the store failed and cannot be used until a restart: {why}; what was not stored is in the WAL for the next start"
+        );
+    }
     let checkpointing = store.clone();
     tokio::task::spawn_blocking(move || checkpointing.checkpoint()).await??;
     tracing::info!("shutdown complete");

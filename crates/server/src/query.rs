@@ -481,7 +481,7 @@ pub(crate) async fn warm(state: Arc<AppState>) {
                 due.push((wanted.asked.load(Ordering::Relaxed), *key, wanted));
             }
         }
-        due.sort_by(|a, b| b.0.cmp(&a.0));
+        due.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (_, key, wanted) in due.into_iter().take(keys) {
             let job = Job {
                 state: state.clone(),
@@ -577,6 +577,13 @@ fn query_error(e: QueryError, budget: Duration) -> ApiError {
         QueryError::Unsupported(message) => {
             ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", message)
         }
+        QueryError::Store(StoreError::Failed(why)) => ApiError::unavailable(
+            "store_failed",
+            format!(
+                "the store failed and cannot answer until Tally restarts (it is exiting): {why}"
+            ),
+            5,
+        ),
         QueryError::Store(e) => ApiError::internal(e),
     }
 }

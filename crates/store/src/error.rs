@@ -24,6 +24,9 @@ pub enum StoreError {
     /// Transient failures that outlasted every retry.
     #[error("clickhouse unavailable after {attempts} attempts: {message}")]
     Unavailable { attempts: u32, message: String },
+    /// The store cannot work again until the process restarts ([`crate::Store::failure`]).
+    #[error("the store failed and cannot be used until the process restarts: {0}")]
+    Failed(String),
 }
 
 impl StoreError {

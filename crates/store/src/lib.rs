@@ -76,6 +76,13 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Why the store cannot work again until the process restarts, once it has said so
+    /// (DuckDB invalidates a database after a fatal error, such as a write that failed
+    /// halfway on a full disk: every later statement fails); `None` while it can.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
     /// The highest queue position whose events are committed (0 when empty).
     fn committed_lsn(&self) -> Result<Lsn, StoreError>;
 

@@ -52,6 +52,8 @@ pub struct DuckStore {
     /// Identity links known to be stored, so a signed-in user's every event does not
     /// cost an insert attempt. Filled only after a commit; bounded by clearing.
     linked: Mutex<writer::LinkCache>,
+    /// The first fatal error DuckDB reported ([`Store::failure`]).
+    failure: Mutex<Option<String>>,
 }
 
 impl DuckStore {
@@ -80,13 +82,32 @@ impl DuckStore {
             readers: Mutex::new(Vec::new()),
             config,
             linked: Mutex::new(writer::LinkCache::default()),
+            failure: Mutex::new(None),
         })
     }
 
     /// Writes the WAL of DuckDB into the main file (on clean shutdown).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.writer.lock().execute_batch("CHECKPOINT")?;
-        Ok(())
+        let done = self.writer.lock().execute_batch("CHECKPOINT");
+        self.watch(done.map_err(StoreError::from))
+    }
+
+    /// Passes `result` on, remembering a fatal error: after one DuckDB has invalidated
+    /// the database ("FATAL Error", then "database has been invalidated because of a
+    /// previous fatal error" for every statement) and only a new process can open it.
+    fn watch<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Err(StoreError::DuckDb(e)) if is_fatal(&e.to_string()) => {
+                let message = e.to_string();
+                let mut failure = self.failure.lock();
+                if failure.is_none() {
+                    tracing::error!(error = %message, "DuckDB reported a fatal error: the database cannot be used until the process restarts");
+                    *failure = Some(message.clone());
+                }
+                Err(StoreError::Failed(message))
+            }
+            other => other,
+        }
     }
 
     fn reader(&self) -> Result<Connection, StoreError> {
@@ -104,15 +125,24 @@ impl DuckStore {
     }
 }
 
+/// Whether a DuckDB error message says the database is invalidated.
+fn is_fatal(message: &str) -> bool {
+    message.contains("FATAL Error") || message.contains("database has been invalidated")
+}
+
 impl Store for DuckStore {
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
     fn committed_lsn(&self) -> Result<Lsn, StoreError> {
         let conn = self.writer.lock();
-        let lsn: Option<u64> = conn.query_row(
+        let lsn = conn.query_row(
             "SELECT max(lsn) FROM queue_offsets WHERE queue = 'wal'",
             [],
-            |row| row.get(0),
-        )?;
-        Ok(lsn.unwrap_or(0))
+            |row| row.get::<_, Option<u64>>(0),
+        );
+        Ok(self.watch(lsn.map_err(StoreError::from))?.unwrap_or(0))
     }
 
     fn insert(
@@ -122,7 +152,7 @@ impl Store for DuckStore {
     ) -> Result<InsertStats, StoreError> {
         let mut conn = self.writer.lock();
         let mut linked = self.linked.lock();
-        writer::insert(&mut conn, batches, upto, &mut linked)
+        self.watch(writer::insert(&mut conn, batches, upto, &mut linked))
     }
 
     fn query(&self, sql: &Sql) -> Result<Rows, StoreError> {
@@ -166,7 +196,7 @@ impl Store for DuckStore {
             Err(_) if interrupted => Err(StoreError::Timeout(timeout)),
             Err(e) => {
                 self.give_back(conn);
-                Err(e)
+                self.watch(Err(e))
             }
         }
     }
@@ -255,4 +285,44 @@ pub fn format_micros(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
         .map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn duck_error(message: &str) -> StoreError {
+        StoreError::DuckDb(::duckdb::Error::DuckDBFailure(
+            ::duckdb::ffi::Error::new(1),
+            Some(message.to_owned()),
+        ))
+    }
+
+    /// DuckDB's own words: the first statement that fails says "FATAL Error", every
+    /// later one that the database "has been invalidated".
+    #[test]
+    fn a_fatal_error_marks_the_store_failed_and_an_ordinary_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
+        let ordinary = store.watch::<()>(Err(duck_error(
+            "Binder Error: Referenced column \"nope\" not found",
+        )));
+        assert!(matches!(ordinary, Err(StoreError::DuckDb(_))));
+        assert_eq!(store.failure(), None);
+
+        let fatal = store.watch::<()>(Err(duck_error(
+            "FATAL Error: Failed to create checkpoint because of error: Could not write file \"t.duckdb\": No space left on device",
+        )));
+        assert!(matches!(fatal, Err(StoreError::Failed(_))), "{fatal:?}");
+        let later = store.watch::<()>(Err(duck_error(
+            "Invalid Input Error: database has been invalidated because of a previous fatal error. The database must be restarted prior to being used again.",
+        )));
+        assert!(matches!(later, Err(StoreError::Failed(_))));
+        let failure = store.failure().expect("failed");
+        assert!(
+            failure.contains("No space left"),
+            "the first error is kept: {failure}"
+        );
+        assert!(store.watch(Ok(7)).is_ok_and(|v| v == 7));
+    }
 }
