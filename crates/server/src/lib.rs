@@ -19,6 +19,7 @@ pub mod meta;
 mod metrics;
 mod query;
 mod queue;
+mod settings;
 mod writer;
 
 use std::future::Future;
@@ -199,11 +200,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/login", post(auth::login))
         .route("/api/v1/logout", post(auth::logout))
         .route("/api/v1/session", get(auth::current))
+        .route("/api/v1/settings", get(settings::get))
+        .route("/api/v1/projects", post(settings::create_project))
+        .route("/api/v1/projects/{id}/keys", post(settings::create_key))
+        .route(
+            "/api/v1/projects/{id}/keys/revoke",
+            post(settings::revoke_key),
+        )
+        .route("/api/v1/users", post(settings::create_user))
+        .route("/api/v1/users/remove", post(settings::remove_user))
         .route("/", get(dashboard::index))
         .route("/login", get(dashboard::index))
         .route("/insights/{*view}", get(dashboard::index))
         .route("/accounts", get(dashboard::index))
         .route("/events", get(dashboard::index))
+        .route("/settings", get(dashboard::index))
         .route("/assets/{*file}", get(dashboard::asset))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/js/tally.js", get(tracker_script))

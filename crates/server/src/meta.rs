@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const FILE_NAME: &str = "projects.json";
+/// Locked by [`Projects::update`] while the file is read, changed and written.
+const LOCK_FILE_NAME: &str = ".projects.lock";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -100,10 +102,20 @@ pub struct NewProject {
     pub read_key: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KeyKind {
     Write,
     Read,
+}
+
+impl KeyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyKind::Write => "write",
+            KeyKind::Read => "read",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +146,14 @@ pub enum MetaError {
     ShortPassword,
     #[error("a viewer needs at least one project (--project)")]
     ViewerWithoutProjects,
+    #[error("project {project:?} has no {kind} key {key:?}")]
+    NoKey {
+        project: String,
+        kind: &'static str,
+        key: String,
+    },
+    #[error("{0:?} is the last admin; make another admin first")]
+    LastAdmin(String),
 }
 
 /// The shortest password accepted.
@@ -210,6 +230,87 @@ impl Projects {
             KeyKind::Read => p.read_keys.push(read_key_record(&key)),
         }
         Ok(key)
+    }
+
+    /// Removes a key from a project: a write key by the key itself (write keys are
+    /// public), a read key by the prefix listings show. Requests with it are refused from
+    /// the server's next key reload on (at once when the server itself revoked it).
+    pub fn revoke_key(&mut self, project: &str, kind: KeyKind, key: &str) -> Result<(), MetaError> {
+        let p = self
+            .projects
+            .iter_mut()
+            .find(|p| p.id == project)
+            .ok_or_else(|| MetaError::NoProject(project.to_owned()))?;
+        let removed = match kind {
+            KeyKind::Write => {
+                let before = p.write_keys.len();
+                p.write_keys.retain(|k| k != key);
+                before - p.write_keys.len()
+            }
+            KeyKind::Read => {
+                let before = p.read_keys.len();
+                // A prefix that names more than one key removes none.
+                if p.read_keys.iter().filter(|k| k.prefix == key).count() == 1 {
+                    p.read_keys.retain(|k| k.prefix != key);
+                }
+                before - p.read_keys.len()
+            }
+        };
+        if removed == 0 {
+            return Err(MetaError::NoKey {
+                project: project.to_owned(),
+                kind: kind.name(),
+                key: key.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a user; their sessions end with the record. The last admin stays.
+    pub fn remove_user(&mut self, email: &str) -> Result<(), MetaError> {
+        let email = normalize_email(email)?;
+        let i = self
+            .users
+            .iter()
+            .position(|u| u.email == email)
+            .ok_or_else(|| MetaError::NoUser(email.clone()))?;
+        let admins = self
+            .users
+            .iter()
+            .filter(|u| u.role == UserRole::Admin)
+            .count();
+        if self.users[i].role == UserRole::Admin && admins == 1 {
+            return Err(MetaError::LastAdmin(email));
+        }
+        self.users.remove(i);
+        Ok(())
+    }
+
+    /// Loads the file, applies `change` and saves the result, holding an exclusive lock
+    /// on `<data_dir>/.projects.lock` throughout, so that the CLI and the server's
+    /// Settings never lose each other's changes. Nothing is saved when `change` fails.
+    pub fn update<T>(
+        data_dir: &Path,
+        change: impl FnOnce(&mut Projects) -> Result<T, MetaError>,
+    ) -> Result<(Projects, T), MetaError> {
+        let lock_path = data_dir.join(LOCK_FILE_NAME);
+        let io = |source| MetaError::Io {
+            path: lock_path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        lock.lock().map_err(io)?;
+        let mut projects = Self::load(data_dir)?;
+        let out = change(&mut projects)?;
+        projects.save(data_dir)?;
+        // The lock is released when `lock` is dropped.
+        Ok((projects, out))
     }
 
     /// Adds a user. `projects` must exist; a viewer needs at least one.
@@ -524,6 +625,60 @@ mod tests {
             Err(MetaError::NoUser(_))
         ));
         assert_eq!(generate_password().len(), 16);
+    }
+
+    #[test]
+    fn keys_and_users_are_revoked_and_removed_and_the_last_admin_stays() {
+        let mut projects = Projects::default();
+        let made = projects.create_project("shop").unwrap();
+        let second = projects.create_key("shop", KeyKind::Read).unwrap();
+        let prefix: String = made.read_key.chars().take(8).collect();
+        projects.revoke_key("shop", KeyKind::Read, &prefix).unwrap();
+        let index = projects.index();
+        assert_eq!(index.lookup(&made.read_key), None);
+        assert_eq!(index.lookup(&second), Some(("shop", KeyKind::Read)));
+        assert!(matches!(
+            projects.revoke_key("shop", KeyKind::Read, &prefix),
+            Err(MetaError::NoKey { .. })
+        ));
+        projects
+            .revoke_key("shop", KeyKind::Write, &made.write_key)
+            .unwrap();
+        assert_eq!(projects.index().lookup(&made.write_key), None);
+
+        projects
+            .create_user("a@b", UserRole::Admin, &[], "12345678")
+            .unwrap();
+        projects
+            .create_user("v@b", UserRole::Viewer, &["shop".into()], "12345678")
+            .unwrap();
+        assert!(matches!(
+            projects.remove_user("a@b"),
+            Err(MetaError::LastAdmin(_))
+        ));
+        projects.remove_user("V@b").unwrap();
+        assert_eq!(projects.users.len(), 1);
+    }
+
+    #[test]
+    fn updates_from_two_threads_both_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    Projects::update(&dir, |p| p.create_project(&format!("p{i}"))).unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(Projects::load(dir.path()).unwrap().projects.len(), 8);
+        // A failed change saves nothing.
+        let before = std::fs::read(Projects::path(dir.path())).unwrap();
+        assert!(Projects::update(dir.path(), |p| p.create_project("p1")).is_err());
+        assert_eq!(std::fs::read(Projects::path(dir.path())).unwrap(), before);
     }
 
     #[test]

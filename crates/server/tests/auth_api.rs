@@ -482,3 +482,240 @@ async fn the_dashboard_is_served_at_the_root() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
 }
+
+/// A cookie-signed request to a Settings route: GET without a body, POST with one.
+async fn settings_call(
+    server: &TestServer,
+    (cookie, csrf): (&str, Option<&str>),
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let url = format!("{}{path}", server.base);
+    let mut req = match &body {
+        Some(b) => client().post(url).json(b),
+        None => client().get(url),
+    }
+    .header("cookie", cookie);
+    if let Some(token) = csrf {
+        req = req.header("x-tally-csrf", token);
+    }
+    let r = req.send().await.unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+/// Sends one event to /api/track with `key`; the status.
+async fn track_with(server: &TestServer, key: &str) -> StatusCode {
+    client()
+        .post(format!("{}/api/track", server.base))
+        .header("x-api-key", key)
+        .json(&json!([{"event_name": "e", "user_id": "u1"}]))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn settings_are_for_admins_and_their_keys_and_users_work_at_once() {
+    let (_dir, server) = server_with_users(|_| {}).await;
+    let (_, set_cookie, body) = login(&server, ADMIN, PASSWORD).await;
+    let admin = cookie_pair(&set_cookie);
+    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    let me = (admin.as_str(), Some(csrf.as_str()));
+
+    // Nobody, a viewer, a read key, and an admin without the CSRF token are refused.
+    let (status, body) = settings_call(&server, ("", None), "/api/v1/settings", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (_, set_cookie, body) = login(&server, VIEWER, PASSWORD).await;
+    let viewer = cookie_pair(&set_cookie);
+    let viewer_csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    let (status, body) = settings_call(&server, (&viewer, None), "/api/v1/settings", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "admin_only");
+    let (status, body) = settings_call(
+        &server,
+        (&viewer, Some(&viewer_csrf)),
+        "/api/v1/projects/test/keys",
+        Some(json!({"kind": "read"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let r = client()
+        .get(format!("{}/api/v1/settings", server.base))
+        .header("x-api-key", &server.read_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (status, body) = settings_call(
+        &server,
+        (&admin, None),
+        "/api/v1/projects",
+        Some(json!({"name": "Shop"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "csrf");
+
+    // The listing: projects with write keys and read-key prefixes, users, no secrets.
+    let (status, listing) = settings_call(&server, me, "/api/v1/settings", None).await;
+    assert_eq!(status, StatusCode::OK, "{listing}");
+    assert_eq!(listing["projects"][0]["id"], "test");
+    assert_eq!(
+        listing["projects"][0]["write_keys"][0],
+        server.write_key.as_str()
+    );
+    let prefix = listing["projects"][0]["read_keys"][0]["prefix"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(server.read_key.starts_with(&prefix));
+    let text = listing.to_string();
+    assert!(
+        !text.contains(&server.read_key) && !text.contains("sha256") && !text.contains("argon2")
+    );
+    assert_eq!(listing["users"].as_array().unwrap().len(), 2);
+
+    // A new project's keys work at once: ingest with its write key, read with its read key.
+    let (status, made) = settings_call(
+        &server,
+        me,
+        "/api/v1/projects",
+        Some(json!({"name": "Shop"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["project"], "shop");
+    assert_eq!(
+        track_with(&server, made["write_key"].as_str().unwrap()).await,
+        StatusCode::OK
+    );
+    let (status, body) = settings_call(
+        &server,
+        me,
+        "/api/v1/projects",
+        Some(json!({"name": "shop"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // A second write key; revoking the first refuses it from then on, the second works.
+    let (status, key) = settings_call(
+        &server,
+        me,
+        "/api/v1/projects/test/keys",
+        Some(json!({"kind": "write"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let second = key["key"].as_str().unwrap().to_owned();
+    let (status, body) = settings_call(
+        &server,
+        me,
+        "/api/v1/projects/test/keys/revoke",
+        Some(json!({"kind": "write", "key": server.write_key})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        track_with(&server, &server.write_key).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(track_with(&server, &second).await, StatusCode::OK);
+    // The read key by its prefix: queries with it are refused.
+    let (status, body) = settings_call(
+        &server,
+        me,
+        "/api/v1/projects/test/keys/revoke",
+        Some(json!({"kind": "read", "key": prefix})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        server.query(events_query()).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Revoking it again, or in a project that does not exist: 404 saying what.
+    let (status, body) = settings_call(
+        &server,
+        me,
+        "/api/v1/projects/test/keys/revoke",
+        Some(json!({"kind": "read", "key": prefix})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains(&prefix),
+        "{body}"
+    );
+    let (status, _) = settings_call(
+        &server,
+        me,
+        "/api/v1/projects/nope/keys",
+        Some(json!({"kind": "read"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A bad body names the field.
+    let (status, body) = settings_call(
+        &server,
+        me,
+        "/api/v1/projects/test/keys",
+        Some(json!({"kind": "admin"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_settings");
+
+    // A user made in Settings logs in with the generated password; removed, their
+    // session ends. The last admin cannot be removed.
+    let (status, made) = settings_call(
+        &server,
+        me,
+        "/api/v1/users",
+        Some(json!({"email": "new@example.com", "role": "viewer", "projects": ["shop"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let password = made["password"].as_str().unwrap().to_owned();
+    let (status, set_cookie, body) = login(&server, "new@example.com", &password).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = cookie_pair(&set_cookie);
+    let new_csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    let (status, _) = query_as(&server, &new, Some(&new_csrf), "shop", events_query()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = settings_call(
+        &server,
+        me,
+        "/api/v1/users",
+        Some(json!({"email": "v2@example.com", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = settings_call(
+        &server,
+        me,
+        "/api/v1/users/remove",
+        Some(json!({"email": "new@example.com"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = query_as(&server, &new, Some(&new_csrf), "shop", events_query()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = settings_call(
+        &server,
+        me,
+        "/api/v1/users/remove",
+        Some(json!({"email": ADMIN})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // Everything is in projects.json, where the CLI and the next start read it.
+    let saved = Projects::load(&server.data_dir).unwrap();
+    assert_eq!(saved.projects.len(), 3);
+    assert_eq!(saved.users.len(), 2);
+    let test = saved.projects.iter().find(|p| p.id == "test").unwrap();
+    assert_eq!(test.write_keys, [second]);
+    assert!(test.read_keys.is_empty());
+}

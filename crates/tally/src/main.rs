@@ -92,6 +92,8 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Remove a user; their sessions end. The last admin cannot be removed.
+    Remove { email: String },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -135,6 +137,14 @@ enum KeysCommand {
         #[arg(long, value_enum)]
         kind: Kind,
     },
+    /// Remove a key from a project: a write key by the key, a read key by the prefix
+    /// `tally keys list` shows. A running server refuses it within a second.
+    Revoke {
+        project: String,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        key: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -147,6 +157,15 @@ enum Format {
 enum Kind {
     Write,
     Read,
+}
+
+impl From<Kind> for KeyKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Write => KeyKind::Write,
+            Kind::Read => KeyKind::Read,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -174,9 +193,7 @@ fn main() -> anyhow::Result<()> {
         Command::Project {
             command: ProjectCommand::Create { name, format },
         } => {
-            let mut projects = Projects::load(&config.data_dir)?;
-            let made = projects.create_project(&name)?;
-            projects.save(&config.data_dir)?;
+            let (_, made) = Projects::update(&config.data_dir, |p| p.create_project(&name))?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&made)?),
                 Format::Text => {
@@ -219,14 +236,21 @@ fn main() -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Create { project, kind },
         } => {
-            let mut projects = Projects::load(&config.data_dir)?;
-            let kind = match kind {
-                Kind::Write => KeyKind::Write,
-                Kind::Read => KeyKind::Read,
-            };
-            let key = projects.create_key(&project, kind)?;
-            projects.save(&config.data_dir)?;
+            let (_, key) =
+                Projects::update(&config.data_dir, |p| p.create_key(&project, kind.into()))?;
             println!("{key}");
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Revoke { project, kind, key },
+        } => {
+            Projects::update(&config.data_dir, |p| {
+                p.revoke_key(&project, kind.into(), &key)
+            })?;
+            println!(
+                "revoked the {} key {key} of {project}",
+                KeyKind::from(kind).name()
+            );
             Ok(())
         }
         Command::User { command } => user(&config, command),
@@ -242,7 +266,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
-    let mut projects = Projects::load(&config.data_dir)?;
+    let dir = &config.data_dir;
     match command {
         UserCommand::Create {
             email,
@@ -255,14 +279,15 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
                 RoleName::Admin => UserRole::Admin,
                 RoleName::Viewer => UserRole::Viewer,
             };
-            let made = projects.create_user(&email, role, &visible, &password)?;
-            projects.save(&config.data_dir)?;
+            let (_, made) =
+                Projects::update(dir, |p| p.create_user(&email, role, &visible, &password))?;
             println!("created user {} ({:?})", made.email, made.role);
             if generated {
                 println!("password: {password}  (shown only now: keep it)");
             }
         }
         UserCommand::List { format } => {
+            let projects = Projects::load(dir)?;
             let users: Vec<_> = projects.users.iter().map(|u| u.summary()).collect();
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&users)?),
@@ -285,12 +310,15 @@ fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let (password, generated) = password(password_stdin)?;
-            projects.set_password(&email, &password)?;
-            projects.save(&config.data_dir)?;
+            Projects::update(dir, |p| p.set_password(&email, &password))?;
             println!("password changed; the user's sessions have ended");
             if generated {
                 println!("password: {password}  (shown only now: keep it)");
             }
+        }
+        UserCommand::Remove { email } => {
+            Projects::update(dir, |p| p.remove_user(&email))?;
+            println!("removed user {email}; their sessions have ended");
         }
     }
     Ok(())
