@@ -141,3 +141,46 @@ export async function query(
   }
   return r;
 }
+
+// --- Settings (admins only; docs/dashboard.md) ------------------------------------------
+
+export interface SettingsProject {
+  id: string;
+  name: string;
+  created_at: string;
+  write_keys: string[];
+  read_keys: { prefix: string; created_at: string }[];
+}
+
+export interface SettingsUser {
+  email: string;
+  role: 'admin' | 'viewer';
+  projects: string[];
+  created_at: string;
+}
+
+export interface Settings {
+  projects: SettingsProject[];
+  users: SettingsUser[];
+}
+
+export const getSettings = (): Promise<Settings> => call('GET', '/api/v1/settings');
+
+export const createProject = (name: string): Promise<{ project: string; write_key: string; read_key: string }> =>
+  call('POST', '/api/v1/projects', { name });
+
+export const createKey = (project: string, kind: 'write' | 'read'): Promise<{ key: string; prefix: string }> =>
+  call('POST', `/api/v1/projects/${encodeURIComponent(project)}/keys`, { kind });
+
+/** A write key by the key, a read key by its prefix. */
+export const revokeKey = (project: string, kind: 'write' | 'read', key: string): Promise<void> =>
+  call('POST', `/api/v1/projects/${encodeURIComponent(project)}/keys/revoke`, { kind, key });
+
+export const createUser = (user: {
+  email: string;
+  role: 'admin' | 'viewer';
+  projects: string[];
+  password?: string;
+}): Promise<{ user: SettingsUser; password: string | null }> => call('POST', '/api/v1/users', user);
+
+export const removeUser = (email: string): Promise<void> => call('POST', '/api/v1/users/remove', { email });

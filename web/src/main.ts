@@ -14,6 +14,7 @@ import { trends } from './trends';
 import { View, freshness } from './ui';
 import { liveEvents } from './events';
 import { paths } from './paths';
+import { settings } from './settings';
 
 const app = document.getElementById('app')!;
 let session: Session | null = null;
@@ -30,6 +31,8 @@ interface Page {
   /** The tab it sits under in the header. */
   tab: string;
   draw: (project: Project, state: ViewState, nav: Nav, session: Session) => View;
+  /** Shown in the header to admins only (the server refuses viewers anyway). */
+  admin?: boolean;
 }
 
 const PAGES: Page[] = [
@@ -42,7 +45,22 @@ const PAGES: Page[] = [
   { path: '/insights/paths', title: 'Paths', tab: 'Paths', draw: paths },
   { path: '/accounts', title: 'Accounts', tab: 'Accounts', draw: accounts },
   { path: '/events', title: 'Live events', tab: 'Events', draw: liveEvents },
+  { path: '/settings', title: 'Settings', tab: 'Settings', admin: true, draw: (_p, _s, _nav, session) => settings(session, sessionChanged) },
 ];
+
+/** Settings changed projects or users: read the session again and refill the project
+ * switcher in place (drawing the page again would lose the key it just showed). */
+async function sessionChanged(): Promise<void> {
+  try {
+    session = await getSession();
+  } catch {
+    return;
+  }
+  const switcher = document.getElementById('project') as HTMLSelectElement | null;
+  if (!session || !switcher) return;
+  const chosen = switcher.value;
+  switcher.replaceChildren(...session.projects.map((p) => h('option', { value: p.id, selected: p.id === chosen }, p.name)));
+}
 
 // Links inside the app change the view without a page load.
 document.addEventListener('click', (e) => {
@@ -159,7 +177,7 @@ function shell(s: Session, state: ViewState, content: HTMLElement, title = 'Over
       h(
         'nav',
         { class: 'tabs', 'aria-label': 'Pages' },
-        ...PAGES.map((p) =>
+        ...PAGES.filter((p) => !p.admin || s.user.role === 'admin').map((p) =>
           h(
             'a',
             {

@@ -798,6 +798,102 @@ function cacheBlocks(page) {
 }
 
 /** Events → the live stream, on the shop project (F now; then G sent while watching). */
+/** Node-side POST with a key or none; the status and the JSON answer. */
+async function post(path, body, key) {
+  const r = await fetch(`${URL_}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(key ? { 'x-api-key': key } : {}) },
+    body: JSON.stringify(body),
+  });
+  return { status: r.status, body: await r.json() };
+}
+const oneEvent = [{ event_name: 'settings_check', user_id: 'u-settings' }];
+/** The key or password a Settings notice shows once, by its label. */
+async function noticeValue(page, label) {
+  return page.$$eval('#settings-notice p', (ps, label) => {
+    const p = ps.find((x) => x.textContent.startsWith(`${label}: `));
+    return p ? p.querySelector('code').textContent : null;
+  }, label);
+}
+async function settingsReloaded(page) {
+  await quiet(page);
+  await page.waitForSelector('#settings-users');
+}
+
+/** Settings as the admin: a project made on the page whose keys work at once, a write
+ * key made and another revoked (ingest with it refused from then on), a user made with a
+ * generated password who can log in and, removed, no longer can; a refusal shown. */
+async function settingsPage(page, problems, shots) {
+  await page.click('#tab-settings');
+  await page.waitForURL(/\/settings\?project=/);
+  await settingsReloaded(page);
+  const listed = await page.$$eval('#settings-projects li a', (as) => as.map((a) => a.textContent));
+  assert.deepEqual(listed, ['shop', 'blog', 'app']);
+  assert.ok((await page.textContent('#keys-shop')).includes(env('SHOP_WRITE_KEY')), 'the write key is listed');
+  assert.ok(!(await page.textContent('#settings-body')).includes(env('SHOP_READ_KEY')), 'a read key never is');
+  assert.ok((await page.textContent('#snippet-blog')).includes(env('BLOG_WRITE_KEY')));
+
+  // A new project: its keys, shown once, work for ingest and queries at once.
+  await page.fill('#new-project-name', 'Web shop');
+  await page.click('#new-project-submit');
+  await page.waitForSelector('#notice-title');
+  assert.equal(await page.textContent('#notice-title'), 'Project web-shop created');
+  const write = await noticeValue(page, 'Write key');
+  const read = await noticeValue(page, 'Read key');
+  assert.equal((await post('/api/track', oneEvent, write)).status, 200);
+  assert.equal((await post('/api/v1/query', { metrics: ['events'], date_range: 'all' }, read)).status, 200);
+  await settingsReloaded(page);
+  assert.ok(await page.$('#project option[value="web-shop"]'), 'the switcher lists the new project');
+  assert.ok(await page.$('#project-web-shop'));
+  await page.click('#notice-close');
+
+  // A second write key, then the first revoked: two clicks (the first arms the button).
+  await page.click('#new-write-key-web-shop');
+  await page.waitForSelector('#notice-title');
+  const second = await noticeValue(page, 'Write key');
+  await settingsReloaded(page);
+  assert.equal(await page.$$eval('#keys-web-shop tr[data-kind=write]', (r) => r.length), 2);
+  const revoke = `#keys-web-shop tr[data-key="${write}"] button`;
+  await page.click(revoke);
+  assert.match(await page.textContent(revoke), /Confirm revoke/);
+  await page.click(revoke);
+  await page.waitForFunction((k) => !document.querySelector(`#keys-web-shop tr[data-key="${k}"]`), write);
+  await settingsReloaded(page);
+  assert.equal((await post('/api/track', oneEvent, write)).status, 401, 'the revoked key is refused');
+  assert.equal((await post('/api/track', oneEvent, second)).status, 200, 'the other one works');
+  shots.push(await shot(page, '17-settings'));
+
+  // A viewer of web-shop with a generated password: logs in (elsewhere), then is removed.
+  await page.fill('#new-user-email', 'new@web-test.example');
+  await page.selectOption('#new-user-role', 'viewer');
+  await page.check('#new-user-project-web-shop');
+  await page.click('#new-user-submit');
+  await page.waitForFunction(() => document.querySelector('#notice-title')?.textContent === 'User new@web-test.example created');
+  const password = await noticeValue(page, 'Password');
+  assert.ok(password && password.length >= 16, password);
+  const asNew = await post('/api/v1/login', { email: 'new@web-test.example', password });
+  assert.equal(asNew.status, 200, JSON.stringify(asNew.body));
+  assert.deepEqual(asNew.body.projects.map((p) => p.id), ['web-shop']);
+  await settingsReloaded(page);
+  const row = '#users-table tr[data-email="new@web-test.example"]';
+  assert.match(await page.textContent(row), /viewer.*web-shop/);
+  await page.click(`${row} button`);
+  await page.click(`${row} button`);
+  await page.waitForFunction((r) => !document.querySelector(r), row);
+  assert.equal((await post('/api/v1/login', { email: 'new@web-test.example', password })).status, 401);
+  await settingsReloaded(page);
+  axeMinor.n += await axe(page, 'settings');
+
+  // A refusal shows the server's words: the project exists already.
+  await page.fill('#new-project-name', 'web shop');
+  await page.click('#new-project-submit');
+  await page.waitForSelector('#settings-error');
+  assert.match(await page.textContent('#settings-error'), /already exists/);
+  await quiet(page);
+  const refused = problems.splice(0).filter((p) => !(p.kind === 'http' && p.status === 409 && p.url.includes('/api/v1/projects')) && !(p.kind === 'console' && /409/.test(p.text)));
+  assert.deepEqual(refused, [], 'only the refused project went wrong');
+}
+
 async function liveStream(page, context, shots) {
   const STREAM = '#stream-table';
   const streamRows = () => page.$$eval(`${STREAM} tbody tr`, (rows) => rows.map((r) => [r.dataset.key, ...[...r.querySelectorAll('[data-value]')].map((c) => c.dataset.value)]));
@@ -1077,6 +1173,10 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     await quiet(page);
     await liveStream(page, context, shots);
 
+    // --- Settings ---
+    await quiet(page);
+    await settingsPage(page, problems, shots);
+
     // --- logout ends the session ---
     await quiet(page);
     await page.click('#logout');
@@ -1103,6 +1203,17 @@ test('the dashboard: login, overview, insights, filters, projects, access, acces
     assert.equal((await denied.json()).error, 'no_access');
     axeMinor.n += await axe(page, 'no access');
     shots.push(await shot(page, '06-viewer-no-access'));
+    // No Settings tab for a viewer; the page, opened by its path, says why; the API
+    // refuses too.
+    assert.equal(await page.$('#tab-settings'), null);
+    await page.goto(`${URL_}/settings?project=shop&tz=UTC`);
+    await page.waitForSelector('#settings-refused');
+    assert.match(await page.textContent('#settings-refused'), /viewer/);
+    const settingsDenied = await context.request.get(`${URL_}/api/v1/settings`);
+    assert.equal(settingsDenied.status(), 403);
+    assert.equal((await settingsDenied.json()).error, 'admin_only');
+    axeMinor.n += await axe(page, 'settings refused');
+    shots.push(await shot(page, '18-settings-viewer'));
 
     await quiet(page);
     assert.deepEqual(problems, [], 'no console error, failed request or error answer');
