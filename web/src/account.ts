@@ -5,6 +5,7 @@
 //
 // URL: /accounts?project=shop&range=28d&account=acme
 import { Project, query } from './api';
+import { personUrl } from './person';
 import { formatNumber, h } from './dom';
 import { Params, ViewState, apiRange, pageUrl } from './state';
 import { Cell, Grid, View, failure, gridTable, loading, csvName, periodControls, toCsv } from './ui';
@@ -134,7 +135,13 @@ export function account(id: string, project: Project, state: ViewState, nav: (s:
         people.replaceChildren(h('p', { class: 'empty' }, 'Nobody: no members and no events of this account in the period.'));
         return;
       }
-      const grid: Grid = { columns: PEOPLE_COLUMNS, rows, numeric: (c) => c === 1 || c === 2, key: (i) => String(rows[i][0]) };
+      const grid: Grid = {
+        columns: PEOPLE_COLUMNS,
+        rows,
+        numeric: (c) => c === 1 || c === 2,
+        key: (i) => String(rows[i][0]),
+        link: (v, c) => (c === 0 && v ? personUrl(state, String(v)) : null),
+      };
       people.replaceChildren(gridTable(grid, 'account-people-table', `The people of ${id}`));
     } catch (e) {
       if (alive) people.replaceChildren(failure('the people', e, loadPeople));

@@ -9,6 +9,7 @@
 // URL: /events?project=shop&minutes=30&event=signed_up&paused=1
 //      /events?project=shop&range=custom&from=2026-11-01&to=2026-11-01&minutes=0&page=2
 import { Project, query } from './api';
+import { personUrl } from './person';
 import { formatNumber, h } from './dom';
 import { Params, ViewState, apiFilters, apiRange, urlParams } from './state';
 import { eventSelect } from './trends';
@@ -214,7 +215,7 @@ export function liveEvents(project: Project, state: ViewState, nav: (s: ViewStat
       box.querySelector('.empty')!.textContent = `No events in the last ${p.minutes} minutes.`;
       return;
     }
-    box.replaceChildren(eventsTable(events, 'The events of the last minutes, newest first'));
+    box.replaceChildren(eventsTable(events, 'The events of the last minutes, newest first', state));
   };
 
   void loadNumbers();
@@ -237,7 +238,7 @@ export function liveEvents(project: Project, state: ViewState, nav: (s: ViewStat
 }
 
 /** The events as a table: a row each, opening to its JSON. */
-function eventsTable(events: RawEvent[], caption: string): HTMLElement {
+function eventsTable(events: RawEvent[], caption: string, state: ViewState): HTMLElement {
   return h(
     'div',
     { class: 'table-scroll', tabindex: 0, role: 'region', 'aria-label': 'Events' },
@@ -254,7 +255,14 @@ function eventsTable(events: RawEvent[], caption: string): HTMLElement {
           return h(
             'tr',
             { 'data-key': e.uuid },
-            ...cells.slice(0, -1).map((v, i) => h(i === 0 ? 'th' : 'td', { scope: i === 0 ? 'row' : undefined, 'data-value': String(v) }, String(v))),
+            ...cells.slice(0, -1).map((v, i) =>
+              h(
+                i === 0 ? 'th' : 'td',
+                { scope: i === 0 ? 'row' : undefined, 'data-value': String(v) },
+                // The person opens their page (a linked device's id opens its user).
+                i === 3 && (e.user_id || e.device_id) ? h('a', { href: personUrl(state, String(v)), 'data-nav': '' }, String(v)) : String(v),
+              ),
+            ),
             h(
               'td',
               {},
@@ -332,7 +340,7 @@ function browse(project: Project, state: ViewState, nav: (s: ViewState, p: Param
       if (events.length === 0) {
         box.replaceChildren(pageNo > 1 ? h('p', { class: 'empty' }, 'No more events.') : noData(project, state.timezone));
       } else {
-        box.replaceChildren(eventsTable(events, 'The events of the period, oldest first'));
+        box.replaceChildren(eventsTable(events, 'The events of the period, oldest first', state));
       }
       pager.replaceChildren(
         h('button', { type: 'button', id: 'stream-prev', disabled: pageNo <= 1, onclick: () => set({ page: pageNo - 1 }) }, '← Previous'),

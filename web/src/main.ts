@@ -15,6 +15,7 @@ import { View, freshness } from './ui';
 import { liveEvents } from './events';
 import { paths } from './paths';
 import { settings } from './settings';
+import { people } from './person';
 
 const app = document.getElementById('app')!;
 let session: Session | null = null;
@@ -45,6 +46,7 @@ const PAGES: Page[] = [
   { path: '/insights/paths', title: 'Paths', tab: 'Paths', draw: paths },
   { path: '/accounts', title: 'Accounts', tab: 'Accounts', draw: accounts },
   { path: '/events', title: 'Live events', tab: 'Events', draw: liveEvents },
+  { path: '/people', title: 'People', tab: 'People', draw: people },
   { path: '/settings', title: 'Settings', tab: 'Settings', admin: true, draw: (_p, _s, _nav, session) => settings(session, sessionChanged) },
 ];
 

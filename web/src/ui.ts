@@ -248,6 +248,8 @@ export interface Grid {
   show?: (v: Cell, col: number, row: number) => string;
   /** A key per row, on <tr data-key>. */
   key?: (row: number) => string;
+  /** Where a cell links to inside the app (a person's page...), or null: not a link. */
+  link?: (v: Cell, col: number, row: number) => string | null;
 }
 
 export function gridTable(grid: Grid, id: string, caption: string): HTMLElement {
@@ -280,7 +282,7 @@ export function gridTable(grid: Grid, id: string, caption: string): HTMLElement 
                   class: numeric(c) ? 'num' : undefined,
                   'data-value': v === null ? 'null' : String(v),
                 },
-                show(v, c, r),
+                linked(grid.link?.(v, c, r) ?? null, show(v, c, r)),
               ),
             ),
           ),
@@ -289,6 +291,9 @@ export function gridTable(grid: Grid, id: string, caption: string): HTMLElement 
     ),
   );
 }
+
+const linked = (href: string | null, text: string): Node | string =>
+  href ? h('a', { href, 'data-nav': '' }, text) : text;
 
 /** RFC 4180: fields with a comma, quote or line break are quoted, lines end in CRLF. A
  * text cell that a spreadsheet would run as a formula (=, +, -, @) gets a leading

@@ -207,6 +207,12 @@ const HAND_PATHS_PREVIOUS = [[1, 'signed_up', 'page_visit', 3, 100]];
 // (d6 d5 d4). initech: Inactive (u6 only, 20 days ago), nobody in the period.
 const HAND_ACME = { users: 2, events: 8, previous_events: 0, trend: null };
 const HAND_ACME_PEOPLE = [['u1', 5, 3], ['u2', 3, 3]];
+// u1's page over 7d: 5 events, newest first; device d-u1 linked by the first (each
+// event has both ids); account acme, named on every event; no identify call, no traits.
+const HAND_U1_TIMELINE = [
+  [at(3, 11), 'feature_used'], [at(5, 11), 'feature_used'], [at(6, 10, 20), 'purchase'],
+  [at(6, 10, 5), 'signed_up'], [at(6, 10), 'page_visit'],
+].map(([t, e]) => [t.slice(0, 19).replace('T', ' '), e]);
 const ACCOUNT_COLUMNS = ['account_id', 'name', 'health', 'users', 'dau', 'wau', 'mau', 'stickiness', 'events', 'previous_events', 'trend', 'last_active'];
 
 async function api(path, { key, body, method = 'POST' } = {}) {
@@ -714,6 +720,35 @@ async function accountPage(page, context, problems, shots) {
   shots.push(await shot(page, '16-account'));
   await assertFresh(page, 'account');
   assert.deepEqual(await reopen(context, page.url(), async (tab) => (await settled(tab, '#account-people-table'), readGrid(tab, '#account-people-table'))), people, 'the link reproduces the account');
+  // A person opens from the account's people: u1's profile, by hand and as the API answers.
+  await page.click('#account-people-table a:text-is("u1")');
+  await page.waitForURL(/\/people\?.*person=u1/);
+  await page.waitForSelector('#timeline-table');
+  await quiet(page);
+  assert.equal(await page.textContent('#person-title'), 'u1');
+  const timeline = await page.$$eval('#timeline-table tbody tr', (rows) => rows.map((r) => [...r.children].map((c) => c.textContent)));
+  assert.deepEqual(timeline.map((r) => r.slice(0, 2)), HAND_U1_TIMELINE, "u1's timeline, by hand");
+  const profile = (await appQuery({ kind: 'person', person_id: 'u1', date_range: '7d' })).results;
+  assert.deepEqual(timeline.map((r) => r[5]), profile.timeline.map((e) => e.uuid), 'the same events as the API');
+  assert.equal(profile.events, 5);
+  assert.deepEqual(await page.$$eval('#person-devices li', (l) => l.map((x) => x.dataset.device)), ['d-u1']);
+  assert.deepEqual(await page.$$eval('#person-accounts a', (l) => l.map((x) => x.textContent)), ['acme']);
+  assert.ok(await page.$('#person-no-traits'), 'no identify call: no traits');
+  assert.match(await page.textContent('#timeline-summary'), /^1–5 of 5/);
+  axeMinor.n += await axe(page, 'person');
+  shots.push(await shot(page, '19-person'));
+  assert.deepEqual(await downloadCsv(page, '#timeline-csv', /^tally-person-u1-app-7d\.csv$/), [await headers(page, '#timeline-table'), ...timeline], 'the CSV is the table');
+  // Its device id opens the same person; an unknown id says so.
+  await page.fill('#person-id', 'd-u1');
+  await page.click('#person-open');
+  await page.waitForURL(/person=d-u1/);
+  await page.waitForSelector('#timeline-table');
+  assert.equal(await page.textContent('#person-title'), 'u1');
+  await page.fill('#person-id', 'nobody-at-all');
+  await page.click('#person-open');
+  await page.waitForURL(/person=nobody-at-all/);
+  await page.waitForFunction(() => /check the id/.test(document.querySelector('#timeline-box')?.textContent ?? ''));
+  await quiet(page);
   // An inactive account, and the way back.
   await page.goto(`${URL_}/accounts?project=app&range=7d&tz=UTC&account=initech`);
   await settled(page, '#account-health');

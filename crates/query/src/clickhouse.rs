@@ -769,6 +769,15 @@ pub(crate) fn realtime_sql(project: &str, start: i64, end: i64) -> Vec<tally_sto
 
 /// The `events` kind: raw events of `[start, end)`, oldest first, one page; the columns
 /// of the DuckDB compiler's, times as RFC 3339 UTC with microseconds.
+/// A µs column as RFC 3339 UTC with microseconds (`2026-11-02T10:00:00.000000Z`), as
+/// DuckDB's `strftime(ts, '%Y-%m-%dT%H:%M:%S.%fZ')` writes it.
+pub(crate) fn iso_sql(col: &str) -> String {
+    format!(
+        "concat(replaceOne(toString(toDateTime(intDiv({col}, 1000000), 'UTC')), ' ', 'T'), '.', \
+                substring(toString(1000000 + {col} % 1000000), 2), 'Z')"
+    )
+}
+
 pub(crate) fn events_sql(
     project: &str,
     start: i64,
@@ -781,24 +790,16 @@ pub(crate) fn events_sql(
     let wheres = filters_sql(filters, &mut b)?;
     let project = b.text(project);
     let (start, end) = (b.ts(start), b.ts(end));
-    let iso = |col: &str| {
-        format!(
-            "concat(replaceOne(toString(toDateTime(intDiv({col}, 1000000), 'UTC')), ' ', 'T'), '.', \
-                    substring(toString(1000000 + {col} % 1000000), 2), 'Z')"
-        )
-    };
     let filters = wheres
         .iter()
         .map(|w| format!(" AND {w}"))
         .collect::<String>();
     let text = format!(
-        "SELECT uuid, type, event, user_id, device_id, session_id, group_id, {ts}, {received}, \
-                properties, traits, context \
+        "SELECT {columns} \
          FROM events FINAL \
          WHERE project_id = {project} AND ts >= {start} AND ts < {end}{filters} \
          ORDER BY ts, lsn, uuid LIMIT {limit} OFFSET {offset}",
-        ts = iso("ts"),
-        received = iso("received_at"),
+        columns = crate::events::event_columns_sql(tally_store::Dialect::ClickHouse),
         limit = b.int(limit as i64),
         offset = b.int(offset as i64),
     );

@@ -103,24 +103,7 @@ impl EventsQuery {
                 self.offset,
             )?,
         };
-        let rows = store.query(&sql)?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let mut obj = Map::new();
-                for (name, value) in COLUMNS.iter().zip(row) {
-                    let value = match (*name, value) {
-                        ("properties" | "traits" | "context", Value::String(s)) => {
-                            serde_json::from_str(&s).unwrap_or(Value::String(s))
-                        }
-                        ("properties" | "traits" | "context", Value::Null) => json!({}),
-                        (_, v) => v,
-                    };
-                    obj.insert((*name).to_owned(), value);
-                }
-                Value::Object(obj)
-            })
-            .collect())
+        Ok(event_objects(store.query(&sql)?))
     }
 
     fn duckdb_sql(&self, project: &str) -> Sql {
@@ -141,13 +124,47 @@ impl EventsQuery {
         params.push(Param::Int(self.limit as i64));
         params.push(Param::Int(self.offset as i64));
         let text = format!(
-            "SELECT uuid, type, event, user_id, device_id, session_id, group_id, \
-             strftime(ts, '%Y-%m-%dT%H:%M:%S.%fZ'), strftime(received_at, '%Y-%m-%dT%H:%M:%S.%fZ'), \
-             CAST(properties AS VARCHAR), CAST(traits AS VARCHAR), CAST(context AS VARCHAR) \
-             FROM events WHERE {} ORDER BY ts, lsn, uuid LIMIT ? OFFSET ?",
+            "SELECT {} FROM events WHERE {} ORDER BY ts, lsn, uuid LIMIT ? OFFSET ?",
+            event_columns_sql(Dialect::DuckDb),
             wheres.join(" AND ")
         );
         Sql { text, params }
+    }
+}
+
+/// Rows of [`COLUMNS`] as the JSON objects the `events` kind answers (and a person's
+/// timeline): the JSON columns parsed, a missing one as `{}`.
+pub(crate) fn event_objects(rows: Vec<Vec<Value>>) -> Vec<Value> {
+    rows.into_iter()
+        .map(|row| {
+            let mut obj = Map::new();
+            for (name, value) in COLUMNS.iter().zip(row) {
+                let value = match (*name, value) {
+                    ("properties" | "traits" | "context", Value::String(s)) => {
+                        serde_json::from_str(&s).unwrap_or(Value::String(s))
+                    }
+                    ("properties" | "traits" | "context", Value::Null) => json!({}),
+                    (_, v) => v,
+                };
+                obj.insert((*name).to_owned(), value);
+            }
+            Value::Object(obj)
+        })
+        .collect()
+}
+
+/// The select list of [`COLUMNS`] over the `events` table in `dialect`, times as
+/// RFC 3339 UTC with microseconds.
+pub(crate) fn event_columns_sql(dialect: Dialect) -> String {
+    match dialect {
+        Dialect::DuckDb => "uuid, type, event, user_id, device_id, session_id, group_id,              strftime(ts, '%Y-%m-%dT%H:%M:%S.%fZ'), strftime(received_at, '%Y-%m-%dT%H:%M:%S.%fZ'),              CAST(properties AS VARCHAR), CAST(traits AS VARCHAR), CAST(context AS VARCHAR)"
+            .to_owned(),
+        Dialect::ClickHouse => format!(
+            "uuid, type, event, user_id, device_id, session_id, group_id, {}, {}, \
+             properties, traits, context",
+            crate::clickhouse::iso_sql("ts"),
+            crate::clickhouse::iso_sql("received_at")
+        ),
     }
 }
 

@@ -15,6 +15,7 @@ mod events;
 mod formula;
 mod funnel;
 mod paths;
+mod person;
 mod realtime;
 mod request;
 mod stats;
@@ -39,6 +40,7 @@ pub const KINDS: &[&str] = &[
     "stickiness",
     "paths",
     "accounts",
+    "person",
     "realtime",
 ];
 
@@ -156,6 +158,7 @@ pub fn plan(
         "stickiness" => Box::new(cohorts::StickinessQuery::parse(obj, now, first_event)?),
         "paths" => Box::new(paths::PathsQuery::parse(obj, now, first_event)?),
         "accounts" => Box::new(accounts::AccountsQuery::parse(obj, now, first_event)?),
+        "person" => Box::new(person::PersonQuery::parse(obj, now, first_event)?),
         "realtime" => Box::new(realtime::RealtimeQuery::parse(obj, now)?),
         other => {
             return Err(QueryError::invalid(

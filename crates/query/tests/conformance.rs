@@ -618,6 +618,11 @@ fn queries() -> Vec<Value> {
         json!({"kind": "events", "date_range": "all", "pagination": {"limit": 3, "offset": 2},
                "filters": [["contains", "event:page", ["home"]]]}),
         json!({"kind": "realtime", "minutes": 2}),
+        // bob's anonymous visits count through his device's link; his traits and accounts.
+        json!({"kind": "person", "person_id": "bob", "date_range": serde_json::from_str::<Value>(RANGE).unwrap()}),
+        json!({"kind": "person", "person_id": "alice", "date_range": "all",
+               "pagination": {"limit": 2, "offset": 1}, "timezone": "Europe/Berlin"}),
+        json!({"kind": "person", "person_id": "d-anon", "date_range": "all"}),
     ]
 }
 
@@ -970,4 +975,85 @@ fn the_generated_sql_runs_on_a_current_release_in_chdb() {
     if let Err(e) = chdb::run(&all) {
         panic!("chdb {version} refused a statement: {e}");
     }
+}
+
+/// bob's profile, worked by hand from `events()`: his two anonymous page views on d-bob
+/// (linked when he signed up), the sign-up and a feature use are his 4 events in the
+/// range, newest first; the identify and group calls are not in the timeline but give his
+/// traits and accounts. Both stores answer it (the test above compares them).
+#[test]
+fn a_persons_profile_worked_by_hand() {
+    let (_dir, duck, ch) = stores("person");
+    let q =
+        json!({"kind": "person", "person_id": "bob", "date_range": ["2026-10-20", "2026-11-19"]});
+    for store in [&duck as &dyn tally_store::Store, &ch] {
+        let r = run(store, "p", &q, now()).unwrap();
+        let p = &r["results"];
+        assert_eq!(p["events"], 4, "{r}");
+        assert_eq!(r["total_rows"], 4);
+        assert_eq!(p["traits"], json!({"plan": "free"}));
+        assert_eq!(
+            p["devices"],
+            json!([{"device_id": "d-bob", "linked_at": "2026-11-04T08:00:00.000000Z"}])
+        );
+        let accounts: Vec<&str> = p["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["account_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(accounts, ["acme", "globex"], "in the order he joined them");
+        assert_eq!(p["first_seen"], "2026-11-02T10:00:00.000000Z");
+        assert_eq!(p["last_seen"], "2026-11-09T12:00:00.000000Z");
+        let timeline: Vec<(&str, Option<&str>)> = p["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["event"].as_str().unwrap(), e["user_id"].as_str()))
+            .collect();
+        assert_eq!(
+            timeline,
+            [
+                ("feature_used", Some("bob")),
+                ("signup", Some("bob")),
+                ("page_visit", None),
+                ("page_visit", None),
+            ]
+        );
+        // carol's account is named by her feature use, not by a group call.
+        let carol = json!({"kind": "person", "person_id": "carol", "date_range": "all"});
+        let c = run(store, "p", &carol, now()).unwrap();
+        assert_eq!(c["results"]["accounts"][0]["account_id"], "initech", "{c}");
+        assert_eq!(
+            c["results"]["accounts"][0]["first_seen"],
+            "2026-11-16T11:00:00.000000Z"
+        );
+        // His device's id opens him.
+        let by_device = json!({"kind": "person", "person_id": "d-bob",
+                               "date_range": ["2026-10-20", "2026-11-19"]});
+        let d = run(store, "p", &by_device, now()).unwrap();
+        assert_eq!(d["results"]["person_id"], "bob");
+        assert_eq!(d["results"]["asked_for"], "d-bob");
+        assert_eq!(d["results"]["timeline"], p["timeline"]);
+        // Someone who never came: nothing, and no error.
+        let r = run(
+            store,
+            "p",
+            &json!({"kind": "person", "person_id": "nobody", "date_range": "all"}),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(r["results"]["events"], 0);
+        assert!(r["results"]["first_seen"].is_null(), "{r}");
+        assert_eq!(r["results"]["timeline"], json!([]));
+    }
+    // No person named: a 400 naming the field.
+    let e = run(
+        &duck,
+        "p",
+        &json!({"kind": "person", "date_range": "all"}),
+        now(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("person_id"), "{e}");
 }

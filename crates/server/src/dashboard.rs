@@ -2,7 +2,7 @@
 //! `/`. It is a static page that signs in through `POST /api/v1/login` and reads the
 //! query API with the session cookie, so it needs nothing the API does not offer.
 //!
-//! `/`, `/login`, `/insights/*`, `/accounts`, `/events` and `/settings` answer `index.html` (the page picks its
+//! `/`, `/login`, `/insights/*`, `/accounts`, `/events`, `/people` and `/settings` answer `index.html` (the page picks its
 //! view from the path and the query string, so a link to any view opens cold);
 //! `/assets/*` are the bundles, whose names carry a content hash, so they may be cached
 //! for a year. A binary built without web/dist answers `/` with a page

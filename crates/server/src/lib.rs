@@ -215,6 +215,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/accounts", get(dashboard::index))
         .route("/events", get(dashboard::index))
         .route("/settings", get(dashboard::index))
+        .route("/people", get(dashboard::index))
         .route("/assets/{*file}", get(dashboard::asset))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/js/tally.js", get(tracker_script))

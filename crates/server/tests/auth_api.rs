@@ -464,6 +464,7 @@ async fn the_dashboard_is_served_at_the_root() {
         "/insights/funnel",
         "/accounts",
         "/events",
+        "/people",
         "/settings",
     ] {
         let r = client()
