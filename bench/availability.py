@@ -14,7 +14,8 @@ restart window runs from the SIGTERM until HAProxy routes to the process again (
 load, and started again.
 
 Requests that failed are sent again afterwards with the same message id, as an SDK's
-retry would. Writes a JSON report to the path given.
+retry would, and 2,000 that were acknowledged are sent a second time (an SDK that lost
+the answer). Writes a JSON report to the path given.
 
     python3 bench/availability.py CONFIG.json REPORT.json
 """
@@ -236,9 +237,22 @@ async def main():
                 retried_ok += 1
                 break
             await asyncio.sleep(0.2 * (attempt + 1))
+    # An SDK whose answer was lost sends the same event again: 2,000 acknowledged ones,
+    # sent a second time, must not be stored twice.
+    acked = [r[4] for r in results.rows if r[0] == "ingest" and r[3] == 200]
+    again = acked[:: max(1, len(acked) // 2000)][:2000]
+    again_ok = 0
+    reader, writer = await asyncio.open_connection(HOST, PORT)
+    for mid in again:
+        writer.write(ingest_request(mid))
+        await writer.drain()
+        status, _, _ = await read_response(reader)
+        again_ok += status == 200
+    writer.close()
     rows = [[k, due - t0, lat, st, mid] for (k, due, lat, st, mid) in results.rows]
     json.dump({"run": RUN, "rows": rows, "windows": windows, "kills": kills, "cpu": cpu,
                "retried": len(failed), "retried_ok": retried_ok,
+               "sent_twice": len(again), "sent_twice_ok": again_ok,
                "seconds": time.monotonic() - t0}, open(out_path, "w"))
     for p in procs.values():
         p.send_signal(signal.SIGTERM)

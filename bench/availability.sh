@@ -129,6 +129,8 @@ for _ in $(seq 600); do
 done
 ch 'SELECT user_id FROM avail.events FINAL FORMAT TSV' > "$work/stored.tsv"
 ch 'SELECT count(), uniqExact(user_id) FROM avail.events FINAL FORMAT TSV' > "$work/counts.tsv"
+# Without FINAL: the rows as inserted (before merges), so a copy the writer let through shows.
+ch 'SELECT count() FROM avail.events FORMAT TSV' > "$work/physical.tsv"
 version=$(ch 'SELECT version()')
 
 python3 - "$work" "$version" "$UNREADY_MS" <<'PY'
@@ -154,6 +156,7 @@ in_k = [x for x in ing if inside(x[1], kills)]
 out = [x for x in ing if not inside(x[1], windows) and not inside(x[1], kills)]
 stored = [l.strip() for l in open(f"{work}/stored.tsv") if l.strip()]
 count, uniq = map(int, open(f"{work}/counts.tsv").read().split())
+physical = int(open(f"{work}/physical.tsv").read())
 acked = {x[4] for x in ing if x[3] == 200}
 sent = {x[4] for x in ing}
 stored_set = set(stored)
@@ -172,7 +175,8 @@ n, bad, p50, p99 = part(qry)
 print(f"| queries (never restarted) | {n:,} | {bad:,} | {bad / max(1, n):.4%} | {p50:.1f} | {p99:.1f} |")
 print()
 w_len = [w["end"] - w["start"] for w in windows]
-print(f"- {len(windows)} SIGTERM restarts; each window {statistics.median(w_len):.2f} s (median: SIGTERM to ready again, plus HAProxy's rise); exit codes {sorted(set(w['exit_code'] for w in windows))}")
+if w_len:
+    print(f"- {len(windows)} SIGTERM restarts; each window {statistics.median(w_len):.2f} s (median: SIGTERM to ready again, plus HAProxy's rise); exit codes {sorted(set(w['exit_code'] for w in windows))}")
 n = len(in_w); bad = sum(1 for x in in_w if x[3] != 200)
 if bad == 0 and n:
     print(f"- 0 failures in {n:,} requests inside the windows: the failure rate there is below 3/n = {3 / n:.4%} (95% confidence)")
@@ -182,7 +186,8 @@ for x in ing:
         codes[x[3]] = codes.get(x[3], 0) + 1
 print(f"- failed ingest requests by status (0: connection error): {codes or 'none'}; sent again with the same message id: {r['retried']}, acknowledged then: {r['retried_ok']}")
 print(f"- stored: {count:,} rows, {uniq:,} distinct ids; acknowledged ids missing from the store: {missing}; rows with an id never sent: {extra}; "
-      f"acknowledged on the first try: {len(acked):,}, after a retry: {r['retried_ok']}")
+      f"acknowledged on the first try: {len(acked):,}, after a retry: {r['retried_ok']}; "
+      f"acknowledged events sent a second time: {r['sent_twice']:,} ({r['sent_twice_ok']:,} answered 200), stored twice: {count - uniq} as queries read them (FINAL), {physical - uniq} rows as inserted, before merges")
 if r["cpu"]:
     cpu = ", ".join(f"{k} {v:.0%}" for k, v in sorted(r["cpu"].items()))
     print(f"- CPU per process at the sustained rate (share of one core, 10 s before the first restart): {cpu}")
