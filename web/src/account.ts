@@ -6,6 +6,7 @@
 // URL: /accounts?project=shop&range=28d&account=acme
 import { Project, query } from './api';
 import { personUrl } from './person';
+import { PALETTE, drawLines } from './chart';
 import { formatNumber, h } from './dom';
 import { Params, ViewState, apiRange, pageUrl } from './state';
 import { Cell, Grid, View, failure, gridTable, loading, csvName, periodControls, toCsv } from './ui';
@@ -42,11 +43,31 @@ export function account(id: string, project: Project, state: ViewState, nav: (s:
   const people = h('div', { id: 'account-people-box' }, loading());
   const peopleSummary = h('p', { class: 'period', id: 'account-people-summary' });
   const csv = h('button', { type: 'button', id: 'account-csv', class: 'csv', onclick: () => void exportAll() }, 'Export CSV');
+  // Activity over time: the account's events and active people per day (the answer's
+  // `activity`), as a chart and, for reading and export, a table.
+  const activity = h('section', { class: 'card', id: 'account-activity', 'aria-labelledby': 'account-activity-title' }, h('h2', { id: 'account-activity-title' }, 'Activity'), loading());
+  let undraw: (() => void) | null = null;
+  const drawActivity = (days: { day: string; events: number; people: number }[]) => {
+    const chart = h('div', { class: 'chart', id: 'account-activity-chart', role: 'img', 'aria-label': `Events and people of ${id} per day` });
+    const rows: Cell[][] = days.map((d) => [d.day, Number(d.events), Number(d.people)]);
+    const grid: Grid = { columns: ['Day', 'Events', 'People'], rows, key: (i) => String(rows[i][0]) };
+    activity.replaceChildren(
+      h('h2', { id: 'account-activity-title' }, 'Activity'),
+      chart,
+      h('details', {}, h('summary', {}, 'As a table'), gridTable(grid, 'account-activity-table', `Activity of ${id} per day`)),
+    );
+    undraw?.();
+    undraw = drawLines(chart, days.map((d) => d.day), [
+      { label: 'Events', data: days.map((d) => Number(d.events)), color: PALETTE[0], fill: true },
+      { label: 'People', data: days.map((d) => Number(d.people)), color: PALETTE[1], right: true },
+    ]);
+  };
   const el = h(
     'div',
     { class: 'account-page' },
     periodControls(state, go, { compare: false }, h('a', { href: pageUrl('/accounts', state), 'data-nav': '', id: 'all-accounts' }, '← All accounts')),
     head,
+    activity,
     h(
       'section',
       { class: 'card', id: 'account-people', 'aria-labelledby': 'account-people-title' },
@@ -129,6 +150,7 @@ export function account(id: string, project: Project, state: ViewState, nav: (s:
       const r = await query(project.id, usersBody(PAGE, 0));
       if (!alive) return;
       const total = Number(r.total_rows);
+      drawActivity(r.activity ?? []);
       const rows = (r.results as any[]).map(personRow);
       peopleSummary.textContent = `${formatNumber(total)} ${total === 1 ? 'person' : 'people'}${total > rows.length ? `, the ${rows.length} most active shown` : ''}`;
       if (rows.length === 0) {
@@ -144,6 +166,7 @@ export function account(id: string, project: Project, state: ViewState, nav: (s:
       };
       people.replaceChildren(gridTable(grid, 'account-people-table', `The people of ${id}`));
     } catch (e) {
+      if (alive) activity.replaceChildren(h('h2', { id: 'account-activity-title' }, 'Activity'), failure('the activity', e, loadPeople));
       if (alive) people.replaceChildren(failure('the people', e, loadPeople));
     }
   };
@@ -176,6 +199,7 @@ export function account(id: string, project: Project, state: ViewState, nav: (s:
     el,
     destroy() {
       alive = false;
+      undraw?.();
     },
   };
 }

@@ -207,6 +207,8 @@ const HAND_PATHS_PREVIOUS = [[1, 'signed_up', 'page_visit', 3, 100]];
 // (d6 d5 d4). initech: Inactive (u6 only, 20 days ago), nobody in the period.
 const HAND_ACME = { users: 2, events: 8, previous_events: 0, trend: null };
 const HAND_ACME_PEOPLE = [['u1', 5, 3], ['u2', 3, 3]];
+// acme's activity per day over 7d: d6 u1 ×3 + u2 ×1, d5 u1 + u2, d4 u2, d3 u1, then none.
+const HAND_ACME_ACTIVITY = [[day(6), 4, 2], [day(5), 2, 2], [day(4), 1, 1], [day(3), 1, 1], [day(2), 0, 0], [day(1), 0, 0], [day(0), 0, 0]];
 // u1's page over 7d: 5 events, newest first; device d-u1 linked by the first (each
 // event has both ids); account acme, named on every event; no identify call, no traits.
 const HAND_U1_TIMELINE = [
@@ -716,6 +718,12 @@ async function accountPage(page, context, problems, shots) {
   const users = (await appQuery({ kind: 'accounts', account_id: 'acme', date_range: '7d', pagination: { limit: 100, offset: 0 } })).results;
   assert.deepEqual(people, users.map((u) => [u.user_id, u.events, u.days_active, u.last_active, '']), 'its people, as the API answers');
   assert.deepEqual(await downloadCsv(page, '#account-csv', /^tally-account-acme-app-7d\.csv$/), [await headers(page, '#account-people-table'), ...asCsv(people)], 'the CSV is the table');
+  // Its activity over time: the chart is drawn, the table equals the hand and the API.
+  await page.waitForSelector('#account-activity-chart .uplot');
+  const activity = await page.$$eval('#account-activity-table tbody tr', (rows) => rows.map((r) => [r.children[0].textContent, Number(r.children[1].dataset.value), Number(r.children[2].dataset.value)]));
+  assert.deepEqual(activity, HAND_ACME_ACTIVITY, "acme's activity, by hand");
+  const apiActivity = (await appQuery({ kind: 'accounts', account_id: 'acme', date_range: '7d', pagination: { limit: 100, offset: 0 } })).activity;
+  assert.deepEqual(activity, apiActivity.map((d) => [d.day, d.events, d.people]), "acme's activity, as the API answers");
   axeMinor.n += await axe(page, 'account');
   shots.push(await shot(page, '16-account'));
   await assertFresh(page, 'account');

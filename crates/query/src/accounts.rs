@@ -8,7 +8,8 @@
 //! name the account), DAU / WAU / MAU at the end of the period, stickiness (DAU / MAU),
 //! activity this period and in the period of equal length before it, the trend between
 //! them, when it was last active, and a health status. With `account_id` the answer is
-//! that account's users instead.
+//! that account's users instead, and `activity`: its events and active people on each
+//! local day of the range.
 //!
 //! Health, first rule that holds (thresholds in `health`, defaults in brackets):
 //! - **New**: first seen within `new_days` [14] of the period's end.
@@ -315,6 +316,48 @@ impl AccountsQuery {
         b.finish(text)
     }
 
+    /// One account's activity per local day: `(days since 1970-01-01, events, people)`.
+    fn compile_activity(&self, project: &str, account: &str) -> tally_store::Sql {
+        let mut b = Binder::numbered();
+        let scan = self.scan(project, &mut b);
+        let a = b.text(account);
+        let start = b.ts(self.start);
+        b.finish(format!(
+            "SELECT datediff('day', DATE '1970-01-01', CAST(lts AS DATE)) AS d, count(*), \
+                    count(DISTINCT person_id) \
+             FROM ({scan}) e WHERE account_id = {a} AND ts >= {start} GROUP BY d ORDER BY d"
+        ))
+    }
+
+    /// Every local day of the range, oldest first, with the account's events and people
+    /// that day (0 for a day without): `rows` as [`Self::compile_activity`] answers them.
+    fn activity(&self, rows: &[Vec<Value>]) -> Value {
+        let by_day: HashMap<i64, (u64, u64)> = rows
+            .iter()
+            .map(|r| (num(&r[0]) as i64, (num(&r[1]) as u64, num(&r[2]) as u64)))
+            .collect();
+        let local = |us: i64| {
+            DateTime::from_timestamp_micros(us)
+                .expect("a range within chrono's years")
+                .with_timezone(&self.tz)
+                .date_naive()
+        };
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+        let (first, last) = (local(self.start), local(self.end - 1));
+        let days: Vec<Value> = first
+            .iter_days()
+            .take_while(|d| *d <= last)
+            .map(|d| {
+                let (events, people) = by_day
+                    .get(&(d - epoch).num_days())
+                    .copied()
+                    .unwrap_or((0, 0));
+                json!({ "day": d.format("%Y-%m-%d").to_string(), "events": events, "people": people })
+            })
+            .collect();
+        Value::Array(days)
+    }
+
     fn compile_users(&self, project: &str, account: &str) -> tally_store::Sql {
         let mut b = Binder::numbered();
         let scan = self.scan(project, &mut b);
@@ -388,7 +431,8 @@ impl crate::Report for AccountsQuery {
                     })
                 })
                 .collect();
-            return Ok(json!({ "results": users, "total_rows": total }));
+            let activity = self.activity(&store.query(&self.compile_activity(project, account))?);
+            return Ok(json!({ "results": users, "total_rows": total, "activity": activity }));
         }
         let rows = store.query(&self.compile(project))?;
         let total = rows.first().map(|r| num(&r[14]) as u64).unwrap_or(0);
@@ -750,7 +794,9 @@ impl AccountsQuery {
             })
             .collect();
         let total = if page.is_empty() { 0 } else { total };
-        Ok(json!({ "results": page, "total_rows": total }))
+        let activity =
+            self.activity(&store.query(&ch::account_activity_sql(parts, project, account))?);
+        Ok(json!({ "results": page, "total_rows": total, "activity": activity }))
     }
 }
 

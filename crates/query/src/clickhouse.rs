@@ -1577,6 +1577,22 @@ pub(crate) fn account_members_sql(project: &str, account: Option<&str>) -> tally
     ))
 }
 
+/// One account's activity per local day in `[start, end)`: `(days since 1970-01-01,
+/// events, people)`, for the days with any.
+pub(crate) fn account_activity_sql(
+    q: &AccountsParts,
+    project: &str,
+    account: &str,
+) -> tally_store::Sql {
+    let mut b = Binder::numbered();
+    let scan = q.scan(project, &mut b);
+    let (a, start) = (b.text(account), b.ts(q.start));
+    b.finish(format!(
+        "SELECT intDiv(lts, 86400000000) AS d, count(), uniqExact(member) FROM ({scan}) AS s \
+         WHERE person_id = {a} AND ts >= {start} GROUP BY d ORDER BY d"
+    ))
+}
+
 /// One account's people active in `[start, end)`: `(person, events, local days active,
 /// last event µs)`.
 pub(crate) fn account_people_sql(

@@ -1057,3 +1057,39 @@ fn a_persons_profile_worked_by_hand() {
     .unwrap_err();
     assert!(e.to_string().contains("person_id"), "{e}");
 }
+
+/// acme's activity by day, worked by hand: alice is its member (bob's last group call
+/// named globex, so his events count there), and her four events fall on three UTC days
+/// of the range: 10-24 (the visit at 22:30), 10-25 (sign-up and a visit), 11-03 (the
+/// purchase); every other day is there with 0.
+#[test]
+fn an_accounts_activity_by_day_worked_by_hand() {
+    let (_dir, duck, ch) = stores("activity");
+    let q = json!({"kind": "accounts", "account_id": "acme", "date_range": ["2026-10-20", "2026-11-19"]});
+    for store in [&duck as &dyn tally_store::Store, &ch] {
+        let r = run(store, "p", &q, now()).unwrap();
+        let days = r["activity"].as_array().unwrap();
+        assert_eq!(days.len(), 31, "every day of the range: {r}");
+        assert_eq!(days[0]["day"], "2026-10-20");
+        assert_eq!(days[30]["day"], "2026-11-19");
+        let busy: Vec<(&str, u64, u64)> = days
+            .iter()
+            .filter(|d| d["events"].as_u64().unwrap() > 0)
+            .map(|d| {
+                (
+                    d["day"].as_str().unwrap(),
+                    d["events"].as_u64().unwrap(),
+                    d["people"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            busy,
+            [
+                ("2026-10-24", 1, 1),
+                ("2026-10-25", 2, 1),
+                ("2026-11-03", 1, 1)
+            ]
+        );
+    }
+}
