@@ -13,7 +13,7 @@ import { personUrl } from './person';
 import { formatNumber, h } from './dom';
 import { Params, ViewState, apiFilters, apiRange, urlParams } from './state';
 import { eventSelect } from './trends';
-import { Cell, Grid, View, csvButton, csvName, failure, filterChips, loading, noData, periodControls, select } from './ui';
+import { Cell, Grid, View, csvButton, csvName, failure, filterChips, loading, noData, pagePath, periodControls, select } from './ui';
 
 const WINDOWS: [string, string][] = [
   ['5', 'Last 5 minutes'],
@@ -72,16 +72,7 @@ interface RawEvent {
 const COLUMNS = ['Time (UTC)', 'Event', 'Type', 'Person', 'Account', 'Page', 'uuid'];
 
 const person = (e: RawEvent) => e.user_id || e.device_id || e.session_id || '';
-function page(e: RawEvent): string {
-  const p = e.properties ?? {};
-  const v = p.page_path ?? p.path ?? p.page_url ?? p.url ?? p.$current_url;
-  if (typeof v !== 'string') return '';
-  try {
-    return v.startsWith('/') ? v : new URL(v).pathname;
-  } catch {
-    return v;
-  }
-}
+const page = (e: RawEvent) => pagePath(e.properties ?? {});
 const rowOf = (e: RawEvent): Cell[] => [
   e.timestamp.slice(0, 19).replace('T', ' '),
   e.event ?? `(${e.type})`,

@@ -7,23 +7,13 @@
 import { Project, query } from './api';
 import { formatNumber, h } from './dom';
 import { Params, ViewState, apiRange, pageUrl, urlParams } from './state';
-import { Cell, Grid, View, csvButton, csvName, failure, gridTable, loading, periodControls } from './ui';
+import { Cell, Grid, View, csvButton, csvName, failure, gridTable, loading, pagePath, periodControls } from './ui';
 
 const PAGE = 100;
 const COLUMNS = ['Time (UTC)', 'Event', 'Type', 'Device', 'Page', 'uuid'];
 
 /** The link to `person`'s page, keeping the project and the period. */
 export const personUrl = (state: ViewState, person: string) => pageUrl('/people', state, { person });
-
-function pagePath(props: Record<string, unknown>): string {
-  const v = props.page_path ?? props.path ?? props.page_url ?? props.url ?? props.$current_url;
-  if (typeof v !== 'string') return '';
-  try {
-    return v.startsWith('/') ? v : new URL(v).pathname;
-  } catch {
-    return v;
-  }
-}
 
 export function people(project: Project, state: ViewState, nav: (s: ViewState, p: Params) => void): View {
   const q = urlParams();

@@ -39,6 +39,18 @@ export const BREAKDOWN_DIMENSIONS = [
   'visit:os',
 ];
 
+/** The page an event was on, from the properties SDKs put it in: a path as is, a URL's
+ * path, '' when there is none. */
+export function pagePath(props: Record<string, unknown>): string {
+  const v = props.page_path ?? props.path ?? props.page_url ?? props.url ?? props.$current_url;
+  if (typeof v !== 'string') return '';
+  try {
+    return v.startsWith('/') ? v : new URL(v).pathname;
+  } catch {
+    return v;
+  }
+}
+
 export const dimensionName = (d: string) =>
   DIMENSION_NAMES[d] ?? (d.startsWith('event:props:') ? `Property ${d.slice(12)}` : d);
 
