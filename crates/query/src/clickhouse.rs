@@ -16,7 +16,7 @@
 use chrono_tz::Tz;
 
 use crate::common::{EventMatch, Interval, WeekStart};
-use crate::dims::{Dimension, Filter, Op, TimeGrain};
+use crate::dims::{Dimension, Filter, Op};
 use crate::funnel::Attribution;
 use crate::time::{self, MICROS_PER_SEC};
 use crate::{Binder, QueryError};
@@ -219,16 +219,7 @@ fn dimension(d: &Dimension) -> Result<String, QueryError> {
             json_at("context", &["location", "country"]),
             json_text("context", "country"),
         ]),
-        Dimension::Time(g) => {
-            let interval = match g {
-                TimeGrain::Minute => Interval::Minute,
-                TimeGrain::Hour => Interval::Hour,
-                TimeGrain::Day => Interval::Day,
-                TimeGrain::Week => Interval::Week,
-                TimeGrain::Month => Interval::Month,
-            };
-            time_label(interval, WeekStart::Monday)
-        }
+        Dimension::Time(g) => time_label(*g, WeekStart::Monday),
     })
 }
 
@@ -409,7 +400,7 @@ fn rollup_answers(q: &StatsParts<'_>, start: i64, end: i64) -> bool {
         && q.metrics.iter().all(|m| m == "events" || m == "pageviews")
         && q.dimensions.iter().all(|d| {
             matches!(d, Dimension::Name | Dimension::Page)
-                || matches!(d, Dimension::Time(g) if *g != TimeGrain::Minute)
+                || matches!(d, Dimension::Time(g) if *g != Interval::Minute)
         })
         && q.filters.iter().all(on_name_or_page)
         && time::offset_segments(q.tz, start / MICROS_PER_SEC, end / MICROS_PER_SEC)

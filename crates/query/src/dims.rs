@@ -11,32 +11,12 @@
 use serde_json::{json, Value};
 use tally_store::sql::json_key_path;
 
+use crate::common::Interval;
 use crate::request::string_list;
 use crate::{Binder, QueryError};
 
 const MAX_FILTER_VALUES: usize = 1_000;
 const MAX_FILTER_DEPTH: usize = 8;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TimeGrain {
-    Minute,
-    Hour,
-    Day,
-    Week,
-    Month,
-}
-
-impl TimeGrain {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            TimeGrain::Minute => "time:minute",
-            TimeGrain::Hour => "time:hour",
-            TimeGrain::Day => "time:day",
-            TimeGrain::Week => "time:week",
-            TimeGrain::Month => "time:month",
-        }
-    }
-}
 
 const UTM: &[&str] = &[
     "utm_source",
@@ -62,7 +42,7 @@ pub(crate) enum Dimension {
     Country,
     EntryPage,
     ExitPage,
-    Time(TimeGrain),
+    Time(Interval),
 }
 
 impl Dimension {
@@ -79,11 +59,11 @@ impl Dimension {
             "visit:country" => Dimension::Country,
             "visit:entry_page" => Dimension::EntryPage,
             "visit:exit_page" => Dimension::ExitPage,
-            "time:minute" => Dimension::Time(TimeGrain::Minute),
-            "time:hour" => Dimension::Time(TimeGrain::Hour),
-            "time:day" => Dimension::Time(TimeGrain::Day),
-            "time:week" => Dimension::Time(TimeGrain::Week),
-            "time:month" => Dimension::Time(TimeGrain::Month),
+            "time:minute" => Dimension::Time(Interval::Minute),
+            "time:hour" => Dimension::Time(Interval::Hour),
+            "time:day" => Dimension::Time(Interval::Day),
+            "time:week" => Dimension::Time(Interval::Week),
+            "time:month" => Dimension::Time(Interval::Month),
             _ => {
                 if let Some(utm) = s
                     .strip_prefix("visit:")
@@ -126,7 +106,7 @@ impl Dimension {
             Dimension::Country => "visit:country".into(),
             Dimension::EntryPage => "visit:entry_page".into(),
             Dimension::ExitPage => "visit:exit_page".into(),
-            Dimension::Time(g) => g.name().into(),
+            Dimension::Time(g) => format!("time:{}", g.name()),
         }
     }
 
@@ -247,17 +227,17 @@ pub(crate) fn dimension_expr(d: &Dimension, local: &str) -> String {
         ),
         Dimension::EntryPage => "entry_page".into(),
         Dimension::ExitPage => "exit_page".into(),
-        Dimension::Time(TimeGrain::Minute) => {
+        Dimension::Time(Interval::Minute) => {
             format!("strftime(date_trunc('minute', {local}), '%Y-%m-%d %H:%M:00')")
         }
-        Dimension::Time(TimeGrain::Hour) => {
+        Dimension::Time(Interval::Hour) => {
             format!("strftime(date_trunc('hour', {local}), '%Y-%m-%d %H:00:00')")
         }
-        Dimension::Time(TimeGrain::Day) => format!("strftime({local}, '%Y-%m-%d')"),
-        Dimension::Time(TimeGrain::Week) => {
+        Dimension::Time(Interval::Day) => format!("strftime({local}, '%Y-%m-%d')"),
+        Dimension::Time(Interval::Week) => {
             format!("strftime(date_trunc('week', {local}), '%Y-%m-%d')")
         }
-        Dimension::Time(TimeGrain::Month) => {
+        Dimension::Time(Interval::Month) => {
             format!("strftime(date_trunc('month', {local}), '%Y-%m-01')")
         }
     }

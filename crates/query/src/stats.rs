@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use tally_store::sql::json_key_path;
 use tally_store::{Dialect, Rows, Store};
 
-use crate::dims::{dimension_expr, parse_filters_for, Dimension, Filter, TimeGrain};
+use crate::dims::{dimension_expr, parse_filters_for, Dimension, Filter};
 use crate::request::{parse_date_range, parse_pagination_with, parse_timezone, string_list};
 
 use crate::common::{num, Interval, Scan, WeekStart};
@@ -241,8 +241,7 @@ impl StatsQuery {
                     "only one time dimension is allowed",
                 ));
             }
-            if dim == Dimension::Time(TimeGrain::Minute)
-                && end - start > 2 * 86_400 * MICROS_PER_SEC
+            if dim == Dimension::Time(Interval::Minute) && end - start > 2 * 86_400 * MICROS_PER_SEC
             {
                 return Err(QueryError::invalid(
                     field,
@@ -665,16 +664,9 @@ impl StatsQuery {
             Dimension::Time(g) => Some(*g),
             _ => None,
         })?;
-        let interval = match grain {
-            TimeGrain::Minute => Interval::Minute,
-            TimeGrain::Hour => Interval::Hour,
-            TimeGrain::Day => Interval::Day,
-            TimeGrain::Week => Interval::Week,
-            TimeGrain::Month => Interval::Month,
-        };
-        let labels = interval.labels(self.tz, self.start, self.end, WeekStart::Monday);
+        let labels = grain.labels(self.tz, self.start, self.end, WeekStart::Monday);
         Some(match grain {
-            TimeGrain::Month => labels
+            Interval::Month => labels
                 .into_iter()
                 .map(|l| format!("{}-01", &l[..7]))
                 .collect(),
@@ -719,21 +711,21 @@ impl crate::Report for StatsQuery {
 }
 
 /// What a time dimension groups on (a date or a truncated timestamp).
-fn time_group_expr(g: TimeGrain) -> &'static str {
+fn time_group_expr(g: Interval) -> &'static str {
     match g {
-        TimeGrain::Minute => "date_trunc('minute', lts)",
-        TimeGrain::Hour => "date_trunc('hour', lts)",
-        TimeGrain::Day => "CAST(lts AS DATE)",
-        TimeGrain::Week => "CAST(date_trunc('week', lts) AS DATE)",
-        TimeGrain::Month => "CAST(date_trunc('month', lts) AS DATE)",
+        Interval::Minute => "date_trunc('minute', lts)",
+        Interval::Hour => "date_trunc('hour', lts)",
+        Interval::Day => "CAST(lts AS DATE)",
+        Interval::Week => "CAST(date_trunc('week', lts) AS DATE)",
+        Interval::Month => "CAST(date_trunc('month', lts) AS DATE)",
     }
 }
 
 /// The label format of a time dimension's group value.
-fn time_label_format(g: TimeGrain) -> &'static str {
+fn time_label_format(g: Interval) -> &'static str {
     match g {
-        TimeGrain::Minute => "%Y-%m-%d %H:%M:00",
-        TimeGrain::Hour => "%Y-%m-%d %H:00:00",
+        Interval::Minute => "%Y-%m-%d %H:%M:00",
+        Interval::Hour => "%Y-%m-%d %H:00:00",
         _ => "%Y-%m-%d",
     }
 }
@@ -870,14 +862,14 @@ fn parse_metrics(v: Option<&Value>) -> Result<Vec<Metric>, QueryError> {
     Ok(out)
 }
 
-fn auto_grain(span_micros: i64) -> TimeGrain {
+fn auto_grain(span_micros: i64) -> Interval {
     let days = span_micros / (86_400 * MICROS_PER_SEC);
     if days <= 2 {
-        TimeGrain::Hour
+        Interval::Hour
     } else if days <= 92 {
-        TimeGrain::Day
+        Interval::Day
     } else {
-        TimeGrain::Month
+        Interval::Month
     }
 }
 
