@@ -22,18 +22,7 @@ ensure_build_deps
 scripts/build-web.sh
 cargo build --release --locked --workspace --all-targets
 BIN="$CARGO_TARGET_DIR/release"
-if (( EVENTS % 1000000 == 0 )); then label="$(( EVENTS / 1000000 ))m"; else label=$EVENTS; fi
-db="$BENCH_DATA/events-$label.duckdb"
-flags=(--events "$EVENTS" --users "$USERS" --accounts "$ACCOUNTS" --days "$DAYS" --seed "$SEED")
-mapfile -t sources < <(find bench/src/bin/gen_events.rs crates/model/src crates/store/src -type f | sort)
-stamp="${flags[*]} sources=$(cat "${sources[@]}" | sha256sum | cut -c1-16)"
-if [[ ! -f "$db" || "$(cat "$db.params" 2>/dev/null)" != "$stamp" ]]; then
-    mkdir -p "$BENCH_DATA"
-    rm -f "$db" "$db.wal" "$db.params"
-    echo "generating $db" >&2
-    "$BIN/gen_events" "${flags[@]}" --out "$db" >&2
-    echo "$stamp" > "$db.params"
-fi
+db=$(bench_dataset "$BIN")
 
 work=$(mktemp -d)
 pid=

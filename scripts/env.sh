@@ -68,3 +68,25 @@ XML
     fi
     echo "$pid"
 }
+
+# The query benchmarks' dataset (bench/src/bin/gen_events.rs) in $BENCH_DATA, made once
+# per EVENTS USERS ACCOUNTS DAYS SEED and made again when the generator, the event model
+# or the store changes (the rows go through the store's own insert path). Prints its path.
+#   db=$(bench_dataset BIN_DIR)
+bench_dataset() {
+    local bin=$1 label db stamp
+    if (( EVENTS % 1000000 == 0 )); then label="$(( EVENTS / 1000000 ))m"; else label=$EVENTS; fi
+    db="$BENCH_DATA/events-$label.duckdb"
+    local flags=(--events "$EVENTS" --users "$USERS" --accounts "$ACCOUNTS" --days "$DAYS" --seed "$SEED")
+    local sources
+    mapfile -t sources < <(find bench/src/bin/gen_events.rs crates/model/src crates/store/src -type f | sort)
+    stamp="${flags[*]} sources=$(cat "${sources[@]}" | sha256sum | cut -c1-16)"
+    if [[ ! -f "$db" || "$(cat "$db.params" 2>/dev/null)" != "$stamp" ]]; then
+        mkdir -p "$BENCH_DATA"
+        rm -f "$db" "$db.wal" "$db.params"
+        echo "generating $db" >&2
+        "$bin/gen_events" "${flags[@]}" --out "$db" >&2
+        echo "$stamp" > "$db.params"
+    fi
+    echo "$db"
+}
