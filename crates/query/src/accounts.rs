@@ -27,7 +27,7 @@ use serde_json::{json, Map, Value};
 use tally_store::sql::json_key_path;
 use tally_store::Store;
 
-use crate::common::{check_keys, num, range_echo, Scan};
+use crate::common::{check_keys, num, range_echo, Interval, Scan, WeekStart};
 use crate::request::{parse_date_range, parse_pagination_with, parse_timezone, string_list};
 use crate::time::MICROS_PER_SEC;
 use crate::{Binder, QueryError};
@@ -316,15 +316,15 @@ impl AccountsQuery {
         b.finish(text)
     }
 
-    /// One account's activity per local day: `(days since 1970-01-01, events, people)`.
+    /// One account's activity per local day: `(day label, events, people)`.
     fn compile_activity(&self, project: &str, account: &str) -> tally_store::Sql {
         let mut b = Binder::numbered();
         let scan = self.scan(project, &mut b);
         let a = b.text(account);
         let start = b.ts(self.start);
+        let day = Interval::Day.label_sql(&Interval::Day.trunc_sql("lts", WeekStart::Monday));
         b.finish(format!(
-            "SELECT datediff('day', DATE '1970-01-01', CAST(lts AS DATE)) AS d, count(*), \
-                    count(DISTINCT person_id) \
+            "SELECT {day} AS d, count(*), count(DISTINCT person_id) \
              FROM ({scan}) e WHERE account_id = {a} AND ts >= {start} GROUP BY d ORDER BY d"
         ))
     }
@@ -332,30 +332,18 @@ impl AccountsQuery {
     /// Every local day of the range, oldest first, with the account's events and people
     /// that day (0 for a day without): `rows` as [`Self::compile_activity`] answers them.
     fn activity(&self, rows: &[Vec<Value>]) -> Value {
-        let by_day: HashMap<i64, (u64, u64)> = rows
+        let by_day: HashMap<&str, (u64, u64)> = rows
             .iter()
-            .map(|r| (num(&r[0]) as i64, (num(&r[1]) as u64, num(&r[2]) as u64)))
+            .filter_map(|r| Some((r[0].as_str()?, (num(&r[1]) as u64, num(&r[2]) as u64))))
             .collect();
-        let local = |us: i64| {
-            DateTime::from_timestamp_micros(us)
-                .expect("a range within chrono's years")
-                .with_timezone(&self.tz)
-                .date_naive()
-        };
-        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
-        let (first, last) = (local(self.start), local(self.end - 1));
-        let days: Vec<Value> = first
-            .iter_days()
-            .take_while(|d| *d <= last)
-            .map(|d| {
-                let (events, people) = by_day
-                    .get(&(d - epoch).num_days())
-                    .copied()
-                    .unwrap_or((0, 0));
-                json!({ "day": d.format("%Y-%m-%d").to_string(), "events": events, "people": people })
+        Interval::Day
+            .labels(self.tz, self.start, self.end, WeekStart::Monday)
+            .into_iter()
+            .map(|day| {
+                let (events, people) = by_day.get(day.as_str()).copied().unwrap_or((0, 0));
+                json!({ "day": day, "events": events, "people": people })
             })
-            .collect();
-        Value::Array(days)
+            .collect()
     }
 
     fn compile_users(&self, project: &str, account: &str) -> tally_store::Sql {

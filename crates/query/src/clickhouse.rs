@@ -1568,8 +1568,8 @@ pub(crate) fn account_members_sql(project: &str, account: Option<&str>) -> tally
     ))
 }
 
-/// One account's activity per local day in `[start, end)`: `(days since 1970-01-01,
-/// events, people)`, for the days with any.
+/// One account's activity per local day in `[start, end)`: `(day label, events,
+/// people)`, for the days with any.
 pub(crate) fn account_activity_sql(
     q: &AccountsParts,
     project: &str,
@@ -1579,8 +1579,9 @@ pub(crate) fn account_activity_sql(
     let scan = q.scan(project, &mut b);
     let (a, start) = (b.text(account), b.ts(q.start));
     b.finish(format!(
-        "SELECT intDiv(lts, 86400000000) AS d, count(), uniqExact(member) FROM ({scan}) AS s \
-         WHERE person_id = {a} AND ts >= {start} GROUP BY d ORDER BY d"
+        "SELECT {day} AS d, count(), uniqExact(member) FROM ({scan}) AS s \
+         WHERE person_id = {a} AND ts >= {start} GROUP BY d ORDER BY d",
+        day = time_label(Interval::Day, WeekStart::Monday),
     ))
 }
 

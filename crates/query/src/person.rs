@@ -85,18 +85,11 @@ impl PersonQuery {
 /// anonymous visitor, of their visitor id on a device linked to nobody.
 fn is_person_sql(dialect: Dialect, project: &str, person: &str, b: &mut Binder) -> String {
     let (p, who) = (b.text(project), b.text(person));
-    let (theirs, linked, device) = match dialect {
-        Dialect::DuckDb => (
-            format!("SELECT device_id FROM identities WHERE project_id = {p} AND user_id = {who}"),
-            format!("SELECT device_id FROM identities WHERE project_id = {p}"),
-            "device_id",
-        ),
+    let linked = format!("SELECT device_id FROM identities WHERE project_id = {p}");
+    let (theirs, device) = match dialect {
+        Dialect::DuckDb => (format!("{linked} AND user_id = {who}"), "device_id"),
         Dialect::ClickHouse => (
-            format!(
-                "SELECT device_id FROM identities WHERE project_id = {p} \
-                 GROUP BY device_id HAVING argMin(user_id, linked_at) = {who}"
-            ),
-            format!("SELECT device_id FROM identities WHERE project_id = {p}"),
+            format!("{linked} GROUP BY device_id HAVING argMin(user_id, linked_at) = {who}"),
             "ifNull(device_id, '')",
         ),
     };
@@ -113,6 +106,15 @@ fn iso(us: &Value) -> Value {
         .and_then(DateTime::from_timestamp_micros)
         .map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
         .unwrap_or(Value::Null)
+}
+
+/// The first column of the first row `sql` answers, if any.
+fn first_cell(store: &dyn Store, sql: &tally_store::Sql) -> Result<Option<Value>, QueryError> {
+    Ok(store
+        .query(sql)?
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next()))
 }
 
 fn traits(v: &Value) -> Value {
@@ -156,17 +158,15 @@ impl crate::Report for PersonQuery {
                  WHERE project_id = {p} AND device_id = {asked} GROUP BY device_id"
             ),
         };
-        let linked = store
-            .query(&b.finish(link_sql))?
-            .first()
-            .and_then(|r| r.first())
+        let linked = first_cell(store, &b.finish(link_sql))?;
+        let person = linked
+            .as_ref()
             .and_then(Value::as_str)
-            .map(str::to_owned);
-        let person = linked.as_deref().unwrap_or(&self.person);
-        let (us, from, final_) = match dialect {
-            Dialect::DuckDb => ("epoch_us", "events", ""),
-            // Times are µs there already.
-            Dialect::ClickHouse => ("", "events", " FINAL"),
+            .unwrap_or(&self.person);
+        let (us, events) = match dialect {
+            Dialect::DuckDb => ("epoch_us", "events"),
+            // Times are µs there already; FINAL reads a replayed event once.
+            Dialect::ClickHouse => ("", "events FINAL"),
         };
         let us = |col: &str| format!("{us}({col})");
 
@@ -179,7 +179,7 @@ impl crate::Report for PersonQuery {
             Dialect::ClickHouse => format!("countIf(ts >= {start} AND ts < {end})"),
         };
         let summary = store.query(&b.finish(format!(
-            "SELECT {in_range}, count(*), {}, {} FROM {from}{final_} WHERE {is_person}",
+            "SELECT {in_range}, count(*), {}, {} FROM {events} WHERE {is_person}",
             us("min(ts)"),
             us("max(ts)"),
         )))?;
@@ -199,29 +199,29 @@ impl crate::Report for PersonQuery {
         let (start, end) = (b.ts(self.start), b.ts(self.end));
         let (limit, offset) = (b.int(self.limit as i64), b.int(self.offset as i64));
         let timeline = event_objects(store.query(&b.finish(format!(
-            "SELECT {} FROM {from}{final_} WHERE {is_person} AND ts >= {start} AND ts < {end} \
+            "SELECT {} FROM {events} WHERE {is_person} AND ts >= {start} AND ts < {end} \
              ORDER BY ts DESC, lsn DESC, uuid DESC LIMIT {limit} OFFSET {offset}",
             event_columns_sql(dialect)
         )))?);
 
         // Their traits, as the last identify calls left them.
-        let mut b = Binder::numbered();
-        let (p, who) = (b.text(project), b.text(person));
-        let traits_sql = match dialect {
-            Dialect::DuckDb => format!(
-                "SELECT CAST(traits AS VARCHAR) FROM persons WHERE project_id = {p} AND user_id = {who}"
-            ),
-            Dialect::ClickHouse => format!(
-                "SELECT argMax(traits, written_at) FROM persons \
-                 WHERE project_id = {p} AND user_id = {who} GROUP BY user_id"
-            ),
-        };
-        let traits = store
-            .query(&b.finish(traits_sql))?
-            .first()
-            .and_then(|r| r.first())
-            .map(traits)
-            .unwrap_or_else(|| json!({}));
+        let traits = match dialect {
+            Dialect::DuckDb => {
+                let mut b = Binder::numbered();
+                let (p, who) = (b.text(project), b.text(person));
+                first_cell(store, &b.finish(format!(
+                    "SELECT CAST(traits AS VARCHAR) FROM persons WHERE project_id = {p} AND user_id = {who}"
+                )))?
+            }
+            // The accounts report's query: rows `(user, traits)`.
+            Dialect::ClickHouse => store
+                .query(&crate::clickhouse::person_traits_sql(project, &[person.to_owned()]))?
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().nth(1)),
+        }
+        .map(|v| traits(&v))
+        .unwrap_or_else(|| json!({}));
 
         // The devices merged into them, in the order they were linked.
         let mut b = Binder::numbered();
@@ -255,7 +255,7 @@ impl crate::Report for PersonQuery {
         let mut b = Binder::numbered();
         let is_person = is_person_sql(dialect, project, person, &mut b);
         let named = store.query(&b.finish(format!(
-            "SELECT group_id, {}, {} FROM {from}{final_} \
+            "SELECT group_id, {}, {} FROM {events} \
              WHERE {is_person} AND group_id IS NOT NULL GROUP BY group_id",
             us("min(ts)"),
             us("max(ts)"),
