@@ -36,9 +36,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for ((i=${#pids[@]}-1; i>=0; i--)); do kill "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-REDIS_PORT=$(port); CH_HTTP=$(port); CH_TCP=$(port); WRITER=$(port); QUERY=$(port); LB=$(port)
-I1=$(port); I2=$(port); I3=$(port)
+REDIS_PORT=$(free_port); CH_HTTP=$(free_port); CH_TCP=$(free_port); WRITER=$(free_port); QUERY=$(free_port); LB=$(free_port)
+I1=$(free_port); I2=$(free_port); I3=$(free_port)
 mkdir -p "$work/redis" "$work/data"
 
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly yes --appendfsync always \

@@ -34,7 +34,7 @@ tally() { "$BIN/tally" --data-dir "$work/data" "$@"; }
 tally project create bench --format json >/dev/null
 PASSWORD="bench-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
 printf '%s\n' "$PASSWORD" | tally user create admin@bench.example --role admin --password-stdin >/dev/null
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+PORT=$(free_port)
 TALLY_LOG=warn "$BIN/tally" --data-dir "$work/data" serve --listen "127.0.0.1:$PORT" > "$work/serve.log" 2>&1 &
 pid=$!
 for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done

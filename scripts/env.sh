@@ -90,3 +90,6 @@ bench_dataset() {
     fi
     echo "$db"
 }
+
+# A TCP port free on loopback right now (the benchmarks' servers listen on it).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
