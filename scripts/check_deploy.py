@@ -902,7 +902,10 @@ def traffic(pods, servers, tmp):
         counts[(pod.name, path, status)] = counts.get((pod.name, path, status), 0) + 1
         return status, text
 
-    for _ in range(3):
+    # Five rounds 1.5 s apart: the adapter's rates over [2m] need two scrapes (1 s apart)
+    # that a round falls between, after a series first appears; with three rounds a
+    # stalled scrape on a busy machine once left the query route's rate empty.
+    for _ in range(5):
         for pod in pods:
             role = pod.labels["app.kubernetes.io/component"]
             if role in ("ingest", "all"):
