@@ -8,6 +8,7 @@ use crate::StoreError;
 const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("migrations/001_init.sql")),
     (2, include_str!("migrations/002_identities.sql")),
+    (3, include_str!("migrations/003_visits.sql")),
 ];
 
 pub(super) fn run(conn: &Connection) -> Result<(), StoreError> {

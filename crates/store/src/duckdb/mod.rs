@@ -5,6 +5,7 @@
 //! so reads see committed batches without blocking the writer (DuckDB is MVCC).
 
 mod migrate;
+pub mod visits;
 mod writer;
 
 use std::path::Path;
@@ -74,9 +75,11 @@ impl DuckStore {
             // has 14 row groups instead of 11 per 1.2M rows, queries as fast, and is
             // smaller on disk (docs/benchmarks.md).
             .with("max_vacuum_tasks", "0")?;
-        let conn = Connection::open_with_flags(path, duck_config)?;
+        let mut conn = Connection::open_with_flags(path, duck_config)?;
         migrate::run(&conn)?;
         writer::create_stages(&conn)?;
+        visits::create_work_tables(&conn)?;
+        visits::backfill(&mut conn)?;
         Ok(Self {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),

@@ -108,7 +108,7 @@ pub(super) fn insert(
                 ]
             }),
     )?;
-    staged_upsert(
+    let links = staged_upsert(
         &tx,
         &LINKS,
         derived.links().map(|(project, device, user, at)| {
@@ -120,6 +120,7 @@ pub(super) fn insert(
             ]
         }),
     )?;
+    super::visits::update(&tx, upto, links)?;
     let moved = tx
         .prepare_cached("UPDATE queue_offsets SET lsn = ? WHERE queue = 'wal'")?
         .execute([upto])?;
@@ -193,14 +194,15 @@ pub(super) fn create_stages(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether there were rows to upsert.
 fn staged_upsert(
     tx: &::duckdb::Transaction<'_>,
     stage: &Stage,
     rows: impl Iterator<Item = Vec<DuckValue>>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut rows = rows.peekable();
     if rows.peek().is_none() {
-        return Ok(());
+        return Ok(false);
     }
     tx.prepare_cached(&format!("DELETE FROM {}", stage.table))?
         .execute([])?;
@@ -212,7 +214,7 @@ fn staged_upsert(
         app.flush()?;
     }
     tx.prepare_cached(stage.upsert)?.execute([])?;
-    Ok(())
+    Ok(true)
 }
 
 fn traits_rows(rows: HashMap<Key, Traits>) -> impl Iterator<Item = Vec<DuckValue>> {

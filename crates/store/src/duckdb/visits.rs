@@ -1,0 +1,251 @@
+//! The `visits` table, kept at write time so visit metrics read one row per visit
+//! instead of cutting visits from raw events on every query.
+//!
+//! A visit is what the query engine cut from raw events before this table existed
+//! (docs/queries.md): each session id a client sent is one visit; a person's events
+//! without one are cut into visits by more than 30 minutes without such an event. A row
+//! holds the visit's person, first and last event time, events, page views, entry and
+//! exit page, and its events and page views per page.
+//!
+//! The writer re-derives, in the transaction that stores a batch, only the visits the
+//! batch can change, from the events themselves, so the table always equals cutting
+//! every stored event anew (the tests check exactly that, batch after batch):
+//! - for each person with events in the batch without a session id, the window from the
+//!   batch's first to last such event, widened to every visit of that person within 30
+//!   minutes of it (a late event can join two visits or fall inside one);
+//! - for each session id in the batch, that session's visit;
+//! - for each device linked to a user in the batch, every visit of the device: its
+//!   events now belong to the user, whose visits around them are re-derived too.
+//!
+//! The visits in those windows are deleted and cut again from all the events of the
+//! window. A visit outside the window cannot change: it is more than 30 minutes away
+//! from every new event, and from every visit re-derived.
+
+use ::duckdb::{params, Connection, Transaction};
+
+use crate::StoreError;
+
+/// The inactivity that ends a visit (the query engine's rule).
+pub const VISIT_TIMEOUT_MINUTES: i64 = 30;
+
+/// The working tables of one re-derivation, created once per connection.
+const WORK: &str = "
+    CREATE TEMP TABLE IF NOT EXISTS visit_touch (
+        project_id VARCHAR, person_id VARCHAR, session_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP);
+    CREATE TEMP TABLE IF NOT EXISTS visit_redo_persons (
+        project_id VARCHAR, person_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP);
+    CREATE TEMP TABLE IF NOT EXISTS visit_redo_sessions (
+        project_id VARCHAR, session_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP);";
+
+pub(super) fn create_work_tables(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(WORK)?;
+    Ok(())
+}
+
+/// The analytics events (not identify, group or alias calls) with their person resolved
+/// as the query engine does: the user id, else the user the device is linked to, else
+/// the visitor id. `{where}` restricts the events scanned.
+fn resolved(where_: &str) -> String {
+    format!(
+        "SELECT e.project_id, e.session_id, e.ts, e.page, \
+                (e.type = 'page' OR e.event = 'page_visit') AS is_pv, \
+                coalesce(e.user_id, i.user_id, e.visitor_id) AS person_id \
+         FROM events e LEFT JOIN identities i \
+           ON e.user_id IS NULL AND i.project_id = e.project_id AND i.device_id = e.device_id \
+         WHERE e.type NOT IN ('identify', 'group', 'alias') AND {where_}"
+    )
+}
+
+/// Cuts the visits of `visit_redo_persons` and `visit_redo_sessions` from the events
+/// between `?1` and `?2` (the union of their windows) into `visits`.
+fn derive_sql() -> String {
+    let select = visits_select(
+        &resolved("e.ts BETWEEN ?1 AND ?2"),
+        "JOIN visit_redo_persons r ON r.project_id = ev.project_id AND r.person_id = ev.person_id \
+         WHERE ev.session_id IS NULL AND ev.ts BETWEEN r.lo AND r.hi",
+        "JOIN visit_redo_sessions s ON s.project_id = ev.project_id AND s.session_id = ev.session_id \
+         WHERE ev.ts BETWEEN s.lo AND s.hi",
+    );
+    format!("INSERT INTO visits {select}")
+}
+
+/// Every visit cut anew from all stored events, in the shape of `visits` (for tests that
+/// check the table the writer keeps against it).
+pub fn visits_from_events_sql() -> String {
+    visits_select(
+        &resolved("true"),
+        "WHERE ev.session_id IS NULL",
+        "WHERE ev.session_id IS NOT NULL",
+    )
+}
+
+/// The visits cut from `ev`, in the columns of `visits`: `gap` (joins and filters on
+/// `ev`) picks the events cut by silence, `sessions` the events of sessions. Ties
+/// (two first events at one time) go to the smaller person and page, so a visit cut
+/// twice is the same row.
+fn visits_select(ev: &str, gap: &str, sessions: &str) -> String {
+    format!(
+        "WITH ev AS ({ev}), \
+         gap AS (SELECT ev.* FROM ev {gap}), \
+         marked AS (SELECT *, CASE WHEN lag(ts) OVER w IS NULL \
+                      OR ts - lag(ts) OVER w > INTERVAL {VISIT_TIMEOUT_MINUTES} MINUTE THEN 1 ELSE 0 END AS brk \
+                    FROM gap WINDOW w AS (PARTITION BY project_id, person_id ORDER BY ts)), \
+         cut AS (SELECT project_id, NULL::VARCHAR AS session_id, person_id AS gp, \
+                        sum(brk) OVER (PARTITION BY project_id, person_id ORDER BY ts ROWS UNBOUNDED PRECEDING) AS n, \
+                        person_id, ts, page, is_pv FROM marked \
+                 UNION ALL \
+                 SELECT ev.project_id, ev.session_id, NULL AS gp, 0 AS n, ev.person_id, ev.ts, ev.page, ev.is_pv \
+                 FROM ev {sessions}), \
+         per_page AS (SELECT project_id, session_id, gp, n, page, \
+                        list(person_id ORDER BY ts, person_id)[1] AS person_id, \
+                        min(ts) AS first_ts, max(ts) AS last_ts, \
+                        count(*) AS events, count(*) FILTER (WHERE is_pv) AS pageviews \
+                      FROM cut GROUP BY project_id, session_id, gp, n, page) \
+         SELECT project_id, session_id, list(person_id ORDER BY first_ts, person_id)[1], \
+                min(first_ts), max(last_ts), sum(events), sum(pageviews), \
+                (list(page ORDER BY first_ts, page) FILTER (WHERE page IS NOT NULL))[1], \
+                (list(page ORDER BY last_ts DESC, page DESC) FILTER (WHERE page IS NOT NULL))[1], \
+                list({{'page': page, 'events': events, 'pageviews': pageviews}} ORDER BY page NULLS FIRST) \
+         FROM per_page GROUP BY project_id, session_id, gp, n"
+    )
+}
+
+/// The window of the events `visit_redo_*` name, or `None` when there is nothing to do.
+fn redo_bounds(tx: &Connection) -> Result<Option<(i64, i64)>, StoreError> {
+    let bounds: (Option<i64>, Option<i64>) = tx.query_row(
+        "SELECT epoch_us(min(lo)), epoch_us(max(hi)) FROM \
+         (SELECT lo, hi FROM visit_redo_persons UNION ALL SELECT lo, hi FROM visit_redo_sessions)",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    Ok(match bounds {
+        (Some(lo), Some(hi)) => Some((lo, hi)),
+        _ => None,
+    })
+}
+
+fn derive(tx: &Connection) -> Result<(), StoreError> {
+    let Some((lo, hi)) = redo_bounds(tx)? else {
+        return Ok(());
+    };
+    tx.prepare_cached(&derive_sql())?
+        .execute(params![ts(lo), ts(hi)])?;
+    Ok(())
+}
+
+fn ts(micros: i64) -> ::duckdb::types::Value {
+    ::duckdb::types::Value::Timestamp(::duckdb::types::TimeUnit::Microsecond, micros)
+}
+
+/// Re-derives the visits the batch stored at `lsn` can change (see the module docs).
+/// `links`: whether the batch staged identity links (in `stage_links`, already upserted).
+pub(super) fn update(tx: &Transaction<'_>, lsn: u64, links: bool) -> Result<(), StoreError> {
+    for table in ["visit_touch", "visit_redo_persons", "visit_redo_sessions"] {
+        tx.prepare_cached(&format!("DELETE FROM {table}"))?
+            .execute([])?;
+    }
+    let batch = resolved("e.lsn = ?");
+    tx.prepare_cached(&format!(
+        "INSERT INTO visit_touch \
+         SELECT project_id, CASE WHEN session_id IS NULL THEN person_id END, session_id, min(ts), max(ts) \
+         FROM ({batch}) GROUP BY ALL"
+    ))?
+    .execute([lsn])?;
+    if links {
+        // The device's visits move to the user (and stop being the device's).
+        tx.prepare_cached(
+            "INSERT INTO visit_touch \
+             WITH moved AS (SELECT v.project_id, v.person_id AS device, i.user_id, v.session_id, \
+                              v.start_ts, v.end_ts \
+                            FROM visits v \
+                            JOIN stage_links l ON l.project_id = v.project_id AND l.device_id = v.person_id \
+                            JOIN identities i ON i.project_id = l.project_id AND i.device_id = l.device_id) \
+             SELECT project_id, user_id, NULL, start_ts, end_ts FROM moved WHERE session_id IS NULL \
+             UNION ALL SELECT project_id, device, NULL, start_ts, end_ts FROM moved WHERE session_id IS NULL \
+             UNION ALL SELECT project_id, NULL, session_id, start_ts, end_ts FROM moved WHERE session_id IS NOT NULL",
+        )?
+        .execute([])?;
+    }
+    let margin = format!("INTERVAL {VISIT_TIMEOUT_MINUTES} MINUTE");
+    tx.prepare_cached(&format!(
+        "INSERT INTO visit_redo_persons \
+         SELECT t.project_id, t.person_id, least(t.lo, coalesce(min(v.start_ts), t.lo)), \
+                greatest(t.hi, coalesce(max(v.end_ts), t.hi)) \
+         FROM (SELECT project_id, person_id, min(lo) AS lo, max(hi) AS hi FROM visit_touch \
+               WHERE person_id IS NOT NULL GROUP BY project_id, person_id) t \
+         LEFT JOIN visits v ON v.project_id = t.project_id AND v.person_id = t.person_id \
+              AND v.session_id IS NULL \
+              AND v.end_ts >= t.lo - {margin} AND v.start_ts <= t.hi + {margin} \
+         GROUP BY t.project_id, t.person_id, t.lo, t.hi"
+    ))?
+    .execute([])?;
+    tx.prepare_cached(
+        "INSERT INTO visit_redo_sessions \
+         SELECT t.project_id, t.session_id, least(t.lo, coalesce(min(v.start_ts), t.lo)), \
+                greatest(t.hi, coalesce(max(v.end_ts), t.hi)) \
+         FROM (SELECT project_id, session_id, min(lo) AS lo, max(hi) AS hi FROM visit_touch \
+               WHERE session_id IS NOT NULL GROUP BY project_id, session_id) t \
+         LEFT JOIN visits v ON v.project_id = t.project_id AND v.session_id = t.session_id \
+         GROUP BY t.project_id, t.session_id, t.lo, t.hi",
+    )?
+    .execute([])?;
+    tx.prepare_cached(
+        "DELETE FROM visits v USING visit_redo_persons r \
+         WHERE v.session_id IS NULL AND v.project_id = r.project_id AND v.person_id = r.person_id \
+           AND v.start_ts >= r.lo AND v.end_ts <= r.hi",
+    )?
+    .execute([])?;
+    tx.prepare_cached(
+        "DELETE FROM visits v USING visit_redo_sessions s \
+         WHERE v.project_id = s.project_id AND v.session_id = s.session_id",
+    )?
+    .execute([])?;
+    derive(tx)
+}
+
+/// Fills `visits` from the events stored before it existed, once: in `CHUNKS` parts
+/// (by a hash of the person or session), each in its own transaction, logging progress.
+/// An interrupted back-fill starts over at the next open.
+pub(super) fn backfill(conn: &mut Connection) -> Result<(), StoreError> {
+    const CHUNKS: u32 = 16;
+    let done: i64 = conn.query_row("SELECT count(*) FROM visits_backfill", [], |r| r.get(0))?;
+    if done > 0 {
+        return Ok(());
+    }
+    let events: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+    conn.execute_batch("DELETE FROM visits")?;
+    if events > 0 {
+        tracing::info!(events, "building the visits table from the stored events");
+    }
+    let all = resolved("true");
+    for chunk in 0..if events > 0 { CHUNKS } else { 0 } {
+        let tx = conn.transaction()?;
+        for table in ["visit_redo_persons", "visit_redo_sessions"] {
+            tx.execute_batch(&format!("DELETE FROM {table}"))?;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO visit_redo_persons SELECT project_id, person_id, min(ts), max(ts) \
+                 FROM ({all}) WHERE session_id IS NULL AND hash(person_id) % {CHUNKS} = ? GROUP BY ALL"
+            ),
+            [chunk],
+        )?;
+        tx.execute(
+            &format!(
+                "INSERT INTO visit_redo_sessions SELECT project_id, session_id, min(ts), max(ts) \
+                 FROM ({all}) WHERE session_id IS NOT NULL AND hash(session_id) % {CHUNKS} = ? GROUP BY ALL"
+            ),
+            [chunk],
+        )?;
+        derive(&tx)?;
+        tx.commit()?;
+        tracing::info!(
+            part = chunk + 1,
+            of = CHUNKS,
+            "visits table: {}% built",
+            (chunk + 1) * 100 / CHUNKS
+        );
+    }
+    conn.execute_batch("INSERT INTO visits_backfill VALUES (true)")?;
+    Ok(())
+}
