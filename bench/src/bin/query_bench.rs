@@ -49,6 +49,10 @@ struct Args {
     /// Time this request body instead of the built-in list (repeatable).
     #[arg(long = "query")]
     queries: Vec<String>,
+    /// Also time this SQL statement (no parameters; repeatable), as a baseline or to see
+    /// where a query's time goes. Its first row is printed to stderr.
+    #[arg(long = "sql")]
+    statements: Vec<String>,
     /// Print each query's response (truncated) to stderr.
     #[arg(long)]
     verbose: bool,
@@ -242,7 +246,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut rows = Vec::new();
     let since = Param::Timestamp((now - Duration::days(30)).timestamp_micros());
-    for (description, text) in [
+    for (description, text, bound) in [
         (
             "count(*), 30d",
             "SELECT count(*) FROM events WHERE project_id = ? AND ts >= ?",
@@ -251,11 +255,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "count(DISTINCT visitor_id), 30d",
             "SELECT count(DISTINCT visitor_id) FROM events WHERE project_id = ? AND ts >= ?",
         ),
-    ] {
+    ]
+    .into_iter()
+    .map(|(d, t)| (d.to_owned(), t.to_owned(), true))
+    .chain(
+        args.statements
+            .iter()
+            .map(|t| (t.clone(), t.clone(), false)),
+    ) {
+        // The built-in two take the project and the start of the last 30 days.
         let sql = Sql {
-            text: text.into(),
-            params: vec![project.clone(), since.clone()],
+            text,
+            params: if bound {
+                vec![project.clone(), since.clone()]
+            } else {
+                vec![]
+            },
         };
+        if !bound {
+            eprintln!(
+                "first row: {:?}",
+                store.query(&sql).map(|r| r.into_iter().next())
+            );
+        }
         eprintln!("sql: {description}");
         let outcome = measure(args.warmup, args.runs, || {
             store
@@ -265,7 +287,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         rows.push(Row {
             kind: "raw SQL".into(),
-            description: description.into(),
+            description,
             outcome,
         });
     }

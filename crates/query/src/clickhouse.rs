@@ -495,9 +495,9 @@ pub(crate) fn stats_sql(
     };
     let mut text = if visits {
         let scan = scan(project, start, end, q.tz, unit, persons, &mut b);
-        // Each person's events in time order, a visit number that grows after 30
-        // minutes of silence, and the visit id DuckDB gives: the session, else the
-        // person and that number. The gaps come from the times and the times shifted
+        // Each person's events without a session id in time order, a visit number
+        // that grows after 30 minutes of silence, and the visit id DuckDB gives: the
+        // session, else the person and that number. The gaps come from the times and the times shifted
         // by one, element by element: a lambda reading `evs` by position would get a
         // copy of them per event.
         let cut = format!(
@@ -510,7 +510,7 @@ pub(crate) fn stats_sql(
                           arrayMap(x -> x.1, evs) AS tss, \
                           arrayCumSum(arrayMap((i, t, prev) -> if(i = 1 OR t - prev > 1800000000, 1, 0), \
                                                arrayEnumerate(tss), tss, arrayPushFront(arrayPopBack(tss), 0))) AS vns \
-                   FROM ({scan}) AS s GROUP BY person_id) AS g \
+                   FROM ({scan}) AS s GROUP BY person_id, isNull(session_id)) AS g \
              ARRAY JOIN evs AS tup, vns AS vn",
             traits_in = if persons { ", person_traits" } else { "" },
             traits_out = if persons { ", tup.9 AS person_traits" } else { "" },
@@ -518,7 +518,8 @@ pub(crate) fn stats_sql(
         let per_visit = format!(
             "SELECT visit_id, (max(ts) - min(ts)) / 1000000 AS visit_duration, \
                     countIf(type = 'page' OR event = 'page_visit') AS visit_pageviews, count() AS visit_events, \
-                    argMinIf(page, ts, isNotNull(page)) AS entry_page, argMaxIf(page, ts, isNotNull(page)) AS exit_page \
+                    argMinIf(page, ts, isNotNull(page)) AS entry_page, argMaxIf(page, ts, isNotNull(page)) AS exit_page, \
+                    argMin(person_id, ts) AS visit_person \
              FROM ({cut}) AS c GROUP BY visit_id"
         );
         let converted = match &goal {
@@ -532,7 +533,7 @@ pub(crate) fn stats_sql(
         };
         // No alias here repeats a column's name (18.16 resolves it in the whole SELECT).
         let pv = format!(
-            "SELECT {visit_dims}visit_id, any(person_id) AS pid, any(visit_duration) AS vdur, \
+            "SELECT {visit_dims}visit_id, any(visit_person) AS pid, any(visit_duration) AS vdur, \
                     any(visit_pageviews) AS vpv, any(visit_events) AS vev, count() AS n_events, \
                     countIf(type = 'page' OR event = 'page_visit') AS n_pageviews, {converted} AS conv \
              FROM ({cut}) AS c ANY LEFT JOIN ({per_visit}) AS v USING visit_id{where_} \

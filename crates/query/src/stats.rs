@@ -364,22 +364,74 @@ impl StatsQuery {
                 .any(Dimension::needs_person)
     }
 
-    /// Compiles the query over `[start, end)` to DuckDB SQL.
-    fn compile_range(&self, project: &str, start: i64, end: i64) -> tally_store::Sql {
+    /// Whether the visits table answers this query (with the visits that cross the
+    /// range's edges cut from their events in it): visit metrics without filters or a
+    /// goal, by nothing, by page or by entry or exit page.
+    fn reads_visits_table(&self) -> bool {
+        self.uses_visits()
+            && self.filters.is_empty()
+            && self.goal.is_none()
+            && !self.metrics.contains(&Metric::ConversionRate)
+            && self.dimensions.iter().all(|d| {
+                matches!(
+                    d,
+                    Dimension::Page | Dimension::EntryPage | Dimension::ExitPage
+                )
+            })
+    }
+
+    /// The statement that finds the time slices of `[start, end)` holding the events of
+    /// the visits that cross its edges: `(end of the last visit that started before
+    /// start, start of the first that ends at or after end)`, in micros.
+    fn edge_visits_sql(project: &str, start: i64, end: i64) -> tally_store::Sql {
+        let mut b = Binder::numbered();
+        let (p, s, e) = (b.text(project), b.ts(start), b.ts(end));
+        b.finish(format!(
+            "SELECT epoch_us(max(end_ts) FILTER (WHERE start_ts < {s})), \
+                    epoch_us(min(start_ts) FILTER (WHERE end_ts >= {e})) \
+             FROM visits WHERE project_id = {p} AND start_ts < {e} AND end_ts >= {s} \
+               AND (start_ts < {s} OR end_ts >= {e})"
+        ))
+    }
+
+    /// Compiles the query over `[start, end)` to DuckDB SQL. `edges`: for a query the
+    /// visits table answers, the slices of the range whose events are cut into the
+    /// visits that cross its edges (from [`Self::edge_visits_sql`]).
+    fn compile_range(
+        &self,
+        project: &str,
+        start: i64,
+        end: i64,
+        edges: Option<&[(i64, i64)]>,
+    ) -> tally_store::Sql {
         let mut b = Binder::numbered();
         let visits = self.uses_visits();
-        let scan = Scan {
-            project,
-            start: Some(start),
-            end,
-            tz: self.tz,
-            local_range: (start, end),
-            // The visit plan cuts visits from all events first, then filters.
-            filters: if visits { &[] } else { &self.filters },
-            persons: self.uses_persons(),
-            accounts: false,
-        }
-        .sql(&mut b);
+        let scan_of = |b: &mut Binder, from: i64, to: i64| {
+            Scan {
+                project,
+                start: Some(from),
+                end: to,
+                tz: self.tz,
+                local_range: (start, end),
+                // The visit plan cuts visits from all events first, then filters.
+                filters: if visits { &[] } else { &self.filters },
+                persons: self.uses_persons(),
+                accounts: false,
+            }
+            .sql(b)
+        };
+        let scan = match edges {
+            None => scan_of(&mut b, start, end),
+            Some([]) => format!(
+                "SELECT * FROM ({}) WHERE false",
+                scan_of(&mut b, start, end)
+            ),
+            Some(slices) => slices
+                .iter()
+                .map(|&(from, to)| format!("SELECT * FROM ({})", scan_of(&mut b, from, to)))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL "),
+        };
         let goal = self.goal.as_ref().map(|g| b.text(g));
         // Time dimensions group on the truncated time; labels are formatted after
         // aggregating (formatting every row costs as much as the aggregation).
@@ -442,27 +494,78 @@ impl StatsQuery {
             } else {
                 format!("{}, ", dims.join(", "))
             };
-            format!(
-                "WITH e AS ({scan}), \
-                 marked AS (SELECT *, CASE WHEN lag(ts) OVER w IS NULL \
-                              OR ts - lag(ts) OVER w > INTERVAL {VISIT_TIMEOUT_MINUTES} MINUTE THEN 1 ELSE 0 END AS brk \
-                            FROM e WINDOW w AS (PARTITION BY person_id ORDER BY ts, rid)), \
-                 numbered AS (SELECT *, coalesce('s:' || session_id, 'v:' || person_id || ':' || \
-                              sum(brk) OVER (PARTITION BY person_id ORDER BY ts, rid ROWS UNBOUNDED PRECEDING)) AS visit_id \
-                              FROM marked), \
-                 visits AS (SELECT visit_id, epoch(max(ts) - min(ts)) AS visit_duration, \
-                              count(*) FILTER (WHERE {PAGEVIEW}) AS visit_pageviews, count(*) AS visit_events, \
-                              arg_min(page, ts) FILTER (WHERE page IS NOT NULL) AS entry_page, \
-                              arg_max(page, ts) FILTER (WHERE page IS NOT NULL) AS exit_page \
-                            FROM numbered GROUP BY visit_id), \
-                 ev AS (SELECT n.*, v.* EXCLUDE (visit_id) FROM numbered n JOIN visits v USING (visit_id)), \
-                 pv AS (SELECT {per_visit_dims}visit_id, any_value(person_id) AS person_id, \
-                          any_value(visit_duration) AS visit_duration, any_value(visit_pageviews) AS visit_pageviews, \
-                          any_value(visit_events) AS visit_events, count(*) AS n_events, \
-                          count(*) FILTER (WHERE {PAGEVIEW}) AS n_pageviews, {converted} AS converted \
-                        FROM ev {where_} GROUP BY ALL) \
-                 SELECT {select} FROM pv"
-            )
+            // Each person's events without a session id are cut by 30 minutes without
+            // such an event; each session id is a visit. Then the visit's whole-visit
+            // figures join its events, which are filtered and grouped per row.
+            let cut = |pv: &str| {
+                format!(
+                    "marked AS (SELECT *, CASE WHEN lag(ts) OVER w IS NULL \
+                                  OR ts - lag(ts) OVER w > INTERVAL {VISIT_TIMEOUT_MINUTES} MINUTE THEN 1 ELSE 0 END AS brk \
+                                FROM e WINDOW w AS (PARTITION BY person_id, session_id IS NULL ORDER BY ts, rid)), \
+                     numbered AS (SELECT *, coalesce('s:' || session_id, 'v:' || person_id || ':' || \
+                                  sum(brk) OVER (PARTITION BY person_id, session_id IS NULL ORDER BY ts, rid ROWS UNBOUNDED PRECEDING)) AS visit_id \
+                                  FROM marked), \
+                     visits_cut AS (SELECT visit_id, epoch(max(ts) - min(ts)) AS visit_duration, \
+                                  count(*) FILTER (WHERE {PAGEVIEW}) AS visit_pageviews, count(*) AS visit_events, \
+                                  (list(person_id ORDER BY ts, person_id))[1] AS visit_person, \
+                                  (list(page ORDER BY ts, page) FILTER (WHERE page IS NOT NULL))[1] AS entry_page, \
+                                  (list(page ORDER BY ts DESC, page DESC) FILTER (WHERE page IS NOT NULL))[1] AS exit_page \
+                                FROM numbered GROUP BY visit_id), \
+                     ev AS (SELECT n.*, v.* EXCLUDE (visit_id) FROM numbered n JOIN visits_cut v USING (visit_id)), \
+                     {pv} AS (SELECT {per_visit_dims}visit_id, any_value(visit_person) AS person_id, \
+                              any_value(visit_duration) AS visit_duration, any_value(visit_pageviews) AS visit_pageviews, \
+                              any_value(visit_events) AS visit_events, count(*) AS n_events, \
+                              count(*) FILTER (WHERE {PAGEVIEW}) AS n_pageviews, {converted} AS converted \
+                            FROM ev {where_} GROUP BY ALL)"
+                )
+            };
+            if edges.is_some() {
+                // Visits inside the range from the table; those crossing its edges cut
+                // from their events in the range, as the raw plan would.
+                let (p, s, e) = (b.text(project), b.ts(start), b.ts(end));
+                let (from, per_row) = if self.dimensions.contains(&Dimension::Page) {
+                    (
+                        format!("(SELECT *, unnest(pages) AS pg FROM visits WHERE project_id = {p} AND start_ts >= {s} AND end_ts < {e})"),
+                        ("pg.events", "pg.pageviews"),
+                    )
+                } else {
+                    (
+                        format!("(SELECT * FROM visits WHERE project_id = {p} AND start_ts >= {s} AND end_ts < {e})"),
+                        ("events", "pageviews"),
+                    )
+                };
+                let table_dims: Vec<String> = self
+                    .dimensions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match d {
+                        Dimension::Page => format!("pg.page AS d{i}, "),
+                        d => format!("{} AS d{i}, ", dimension_expr(d, "lts")),
+                    })
+                    .collect();
+                format!(
+                    "WITH cx AS (SELECT session_id AS cx_session, person_id AS cx_person, \
+                                   start_ts AS cx_start, end_ts AS cx_end FROM visits \
+                                 WHERE project_id = {p} AND start_ts < {e} AND end_ts >= {s} \
+                                   AND (start_ts < {s} OR end_ts >= {e})), \
+                     sl AS ({scan}), \
+                     e AS (SELECT sl.* FROM sl JOIN cx ON cx.cx_session = sl.session_id \
+                           UNION ALL SELECT sl.* FROM sl JOIN cx ON cx.cx_session IS NULL AND sl.session_id IS NULL \
+                             AND cx.cx_person = sl.person_id AND sl.ts BETWEEN cx.cx_start AND cx.cx_end), \
+                     {}, \
+                     pv_table AS (SELECT {}NULL AS visit_id, person_id, epoch(end_ts - start_ts) AS visit_duration, \
+                                    pageviews AS visit_pageviews, events AS visit_events, {} AS n_events, \
+                                    {} AS n_pageviews, false AS converted FROM {from}), \
+                     pv AS (SELECT * FROM pv_edges UNION ALL BY NAME SELECT * FROM pv_table) \
+                     SELECT {select} FROM pv",
+                    cut("pv_edges"),
+                    table_dims.concat(),
+                    per_row.0,
+                    per_row.1,
+                )
+            } else {
+                format!("WITH e AS ({scan}), {} SELECT {select} FROM pv", cut("pv"))
+            }
         } else {
             format!(
                 "WITH e AS ({scan}) SELECT {} FROM e",
@@ -503,8 +606,9 @@ impl StatsQuery {
     }
 
     /// Compiles the query to DuckDB SQL.
+    /// (The raw plan: visits cut from the events, not read from the visits table.)
     pub fn compile(&self, project: &str) -> tally_store::Sql {
-        self.compile_range(project, self.start, self.end)
+        self.compile_range(project, self.start, self.end, None)
     }
 
     /// Runs the query: its SQL in the store's dialect, then the labels, comparison and
@@ -518,7 +622,15 @@ impl StatsQuery {
     ) -> Result<(Vec<Value>, u64), QueryError> {
         match store.dialect() {
             Dialect::DuckDb => {
-                Ok(self.shape(store.query(&self.compile_range(project, start, end))?))
+                let edges = if self.reads_visits_table() {
+                    let row = store.query(&Self::edge_visits_sql(project, start, end))?;
+                    let at = |i: usize| row.first().and_then(|r| r.get(i)).and_then(Value::as_i64);
+                    Some(edge_slices(start, end, at(0), at(1)))
+                } else {
+                    None
+                };
+                let sql = self.compile_range(project, start, end, edges.as_deref());
+                Ok(self.shape(store.query(&sql)?))
             }
             Dialect::ClickHouse => {
                 let sql = crate::clickhouse::stats_sql(
@@ -935,4 +1047,24 @@ fn parse_order_by(
 
 fn parse_pagination(v: Option<&Value>) -> Result<(u64, u64), QueryError> {
     parse_pagination_with(v, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+/// The slices of `[start, end)` that hold the events of the visits crossing its edges:
+/// from `start` to the end of the last visit begun before it (`head`), and from the start
+/// of the first visit ending at or after `end` (`tail`) to `end`. Disjoint, in order.
+fn edge_slices(start: i64, end: i64, head: Option<i64>, tail: Option<i64>) -> Vec<(i64, i64)> {
+    let mut slices = Vec::new();
+    let mut from = start;
+    if let Some(h) = head {
+        let to = (h + 1).min(end);
+        slices.push((start, to));
+        from = to;
+    }
+    if let Some(t) = tail {
+        let t = t.max(from).max(start);
+        if t < end {
+            slices.push((t, end));
+        }
+    }
+    slices
 }
