@@ -4,10 +4,15 @@
 //!
 //! Two plans: event metrics (events, visitors, pageviews, property sums...) aggregate the
 //! events directly. Visit metrics (visits, bounce rate, visit duration, views per visit)
-//! and the entry/exit page dimensions first cut each person's events into visits — the
-//! client's session id when it sent one, else a new visit after 30 minutes without an
-//! event — then aggregate per visit. A visit counts in every row (time bucket, page...)
-//! it has an event in.
+//! and the entry/exit page dimensions first cut each person's events into visits — each
+//! session id a client sent is one; a person's events without one are cut by 30 minutes
+//! without such an event — then aggregate per visit. A visit counts in every row (time
+//! bucket, page...) it has an event in.
+//!
+//! On DuckDB, visit queries by nothing, page, or entry or exit page without filters read
+//! the `visits` table the writer keeps (tally_store::duckdb::visits) for the visits inside
+//! the range, and cut only the visits crossing its edges from their events, so the
+//! answer equals the raw cut.
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;

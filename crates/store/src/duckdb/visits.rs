@@ -30,8 +30,6 @@ pub const VISIT_TIMEOUT_MINUTES: i64 = 30;
 
 /// The working tables of one re-derivation, created once per connection.
 const WORK: &str = "
-    CREATE TEMP TABLE IF NOT EXISTS visit_touch (
-        project_id VARCHAR, person_id VARCHAR, session_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP);
     CREATE TEMP TABLE IF NOT EXISTS visit_redo_persons (
         project_id VARCHAR, person_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP);
     CREATE TEMP TABLE IF NOT EXISTS visit_redo_sessions (
@@ -56,15 +54,19 @@ fn resolved(where_: &str) -> String {
     )
 }
 
-/// Cuts the visits of `visit_redo_persons` and `visit_redo_sessions` from the events
-/// between `?1` and `?2` (the union of their windows) into `visits`.
-fn derive_sql() -> String {
+/// Cuts the visits of `visit_redo_persons` and (with `sessions`) `visit_redo_sessions`
+/// from the events between `?1` and `?2` (the union of their windows) into `visits`.
+fn derive_sql(sessions: bool) -> String {
     let select = visits_select(
         &resolved("e.ts BETWEEN ?1 AND ?2"),
         "JOIN visit_redo_persons r ON r.project_id = ev.project_id AND r.person_id = ev.person_id \
          WHERE ev.session_id IS NULL AND ev.ts BETWEEN r.lo AND r.hi",
-        "JOIN visit_redo_sessions s ON s.project_id = ev.project_id AND s.session_id = ev.session_id \
-         WHERE ev.ts BETWEEN s.lo AND s.hi",
+        if sessions {
+            "JOIN visit_redo_sessions s ON s.project_id = ev.project_id AND s.session_id = ev.session_id \
+             WHERE ev.ts BETWEEN s.lo AND s.hi"
+        } else {
+            "WHERE false"
+        },
     );
     format!("INSERT INTO visits {select}")
 }
@@ -111,24 +113,27 @@ fn visits_select(ev: &str, gap: &str, sessions: &str) -> String {
 }
 
 /// The window of the events `visit_redo_*` name, or `None` when there is nothing to do.
-fn redo_bounds(tx: &Connection) -> Result<Option<(i64, i64)>, StoreError> {
-    let bounds: (Option<i64>, Option<i64>) = tx.query_row(
+fn redo_bounds(tx: &Connection, sessions: bool) -> Result<Option<(i64, i64)>, StoreError> {
+    let sql = if sessions {
         "SELECT epoch_us(min(lo)), epoch_us(max(hi)) FROM \
-         (SELECT lo, hi FROM visit_redo_persons UNION ALL SELECT lo, hi FROM visit_redo_sessions)",
-        [],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
+         (SELECT lo, hi FROM visit_redo_persons UNION ALL SELECT lo, hi FROM visit_redo_sessions)"
+    } else {
+        "SELECT epoch_us(min(lo)), epoch_us(max(hi)) FROM visit_redo_persons"
+    };
+    let bounds: (Option<i64>, Option<i64>) = tx
+        .prepare_cached(sql)?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(match bounds {
         (Some(lo), Some(hi)) => Some((lo, hi)),
         _ => None,
     })
 }
 
-fn derive(tx: &Connection) -> Result<(), StoreError> {
-    let Some((lo, hi)) = redo_bounds(tx)? else {
+fn derive(tx: &Connection, sessions: bool) -> Result<(), StoreError> {
+    let Some((lo, hi)) = redo_bounds(tx, sessions)? else {
         return Ok(());
     };
-    tx.prepare_cached(&derive_sql())?
+    tx.prepare_cached(&derive_sql(sessions))?
         .execute(params![ts(lo), ts(hi)])?;
     Ok(())
 }
@@ -137,70 +142,96 @@ fn ts(micros: i64) -> ::duckdb::types::Value {
     ::duckdb::types::Value::Timestamp(::duckdb::types::TimeUnit::Microsecond, micros)
 }
 
-/// Re-derives the visits the batch stored at `lsn` can change (see the module docs).
-/// `links`: whether the batch staged identity links (in `stage_links`, already upserted).
-pub(super) fn update(tx: &Transaction<'_>, lsn: u64, links: bool) -> Result<(), StoreError> {
-    for table in ["visit_touch", "visit_redo_persons", "visit_redo_sessions"] {
-        tx.prepare_cached(&format!("DELETE FROM {table}"))?
-            .execute([])?;
-    }
-    let batch = resolved("e.lsn = ?");
-    tx.prepare_cached(&format!(
-        "INSERT INTO visit_touch \
-         SELECT project_id, CASE WHEN session_id IS NULL THEN person_id END, session_id, min(ts), max(ts) \
-         FROM ({batch}) GROUP BY ALL"
-    ))?
-    .execute([lsn])?;
-    if links {
-        // The device's visits move to the user (and stop being the device's).
-        tx.prepare_cached(
-            "INSERT INTO visit_touch \
-             WITH moved AS (SELECT v.project_id, v.person_id AS device, i.user_id, v.session_id, \
-                              v.start_ts, v.end_ts \
-                            FROM visits v \
-                            JOIN stage_links l ON l.project_id = v.project_id AND l.device_id = v.person_id \
-                            JOIN identities i ON i.project_id = l.project_id AND i.device_id = l.device_id) \
-             SELECT project_id, user_id, NULL, start_ts, end_ts FROM moved WHERE session_id IS NULL \
-             UNION ALL SELECT project_id, device, NULL, start_ts, end_ts FROM moved WHERE session_id IS NULL \
-             UNION ALL SELECT project_id, NULL, session_id, start_ts, end_ts FROM moved WHERE session_id IS NOT NULL",
-        )?
-        .execute([])?;
-    }
+/// What [`update`] needs to know of a stored batch.
+pub(super) struct Stored {
+    /// The queue position its rows carry.
+    pub lsn: u64,
+    /// Its earliest event time (micros).
+    pub earliest: i64,
+    /// Whether an event of it has a session id.
+    pub sessions: bool,
+    /// Whether it staged identity links (in `stage_links`, already upserted).
+    pub links: bool,
+}
+
+/// Re-derives the visits a stored batch can change (see the module docs), in five
+/// statements for a batch without sessions or links: DuckDB plans every statement anew,
+/// at about a millisecond each (bench/src/bin/store_insert_bench.rs).
+pub(super) fn update(tx: &Transaction<'_>, batch: &Stored) -> Result<(), StoreError> {
     let margin = format!("INTERVAL {VISIT_TIMEOUT_MINUTES} MINUTE");
-    tx.prepare_cached(&format!(
-        "INSERT INTO visit_redo_persons \
-         SELECT t.project_id, t.person_id, least(t.lo, coalesce(min(v.start_ts), t.lo)), \
-                greatest(t.hi, coalesce(max(v.end_ts), t.hi)) \
-         FROM (SELECT project_id, person_id, min(lo) AS lo, max(hi) AS hi FROM visit_touch \
-               WHERE person_id IS NOT NULL GROUP BY project_id, person_id) t \
-         LEFT JOIN visits v ON v.project_id = t.project_id AND v.person_id = t.person_id \
-              AND v.session_id IS NULL \
-              AND v.end_ts >= t.lo - {margin} AND v.start_ts <= t.hi + {margin} \
+    let events = resolved("e.lsn = $1");
+    // A newly linked device's visits move to the user (and stop being the device's).
+    let moved = "SELECT v.project_id, v.person_id AS device, i.user_id, v.session_id, v.start_ts, v.end_ts \
+                 FROM visits v \
+                 JOIN stage_links l ON l.project_id = v.project_id AND l.device_id = v.person_id \
+                 JOIN identities i ON i.project_id = l.project_id AND i.device_id = l.device_id";
+    let (person_touch, session_touch) = if batch.links {
+        (
+            format!(
+                " UNION ALL SELECT project_id, user_id, start_ts, end_ts FROM ({moved}) WHERE session_id IS NULL \
+                  UNION ALL SELECT project_id, device, start_ts, end_ts FROM ({moved}) WHERE session_id IS NULL"
+            ),
+            format!(
+                " UNION ALL SELECT project_id, session_id, start_ts, end_ts FROM ({moved}) WHERE session_id IS NOT NULL"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    // Without links, every visit to widen to ends at most 30 minutes before the batch's
+    // earliest event: a bound DuckDB prunes the table's row groups with.
+    let recent = if batch.links {
+        "true".to_owned()
+    } else {
+        format!("end_ts >= $2 - {margin}")
+    };
+    let mut params = vec![::duckdb::types::Value::UBigInt(batch.lsn)];
+    if !batch.links {
+        params.push(ts(batch.earliest));
+    }
+    let persons = format!(
+        "CREATE OR REPLACE TEMP TABLE visit_redo_persons AS \
+         SELECT t.project_id, t.person_id, least(t.lo, coalesce(min(v.start_ts), t.lo)) AS lo, \
+                greatest(t.hi, coalesce(max(v.end_ts), t.hi)) AS hi \
+         FROM (SELECT project_id, person_id, min(lo) AS lo, max(hi) AS hi FROM \
+                 (SELECT project_id, person_id, min(ts) AS lo, max(ts) AS hi FROM ({events}) \
+                  WHERE session_id IS NULL GROUP BY ALL{person_touch}) \
+               GROUP BY ALL) t \
+         LEFT JOIN (SELECT * FROM visits WHERE session_id IS NULL AND {recent}) v \
+           ON v.project_id = t.project_id AND v.person_id = t.person_id \
+          AND v.end_ts >= t.lo - {margin} AND v.start_ts <= t.hi + {margin} \
          GROUP BY t.project_id, t.person_id, t.lo, t.hi"
-    ))?
-    .execute([])?;
-    tx.prepare_cached(
-        "INSERT INTO visit_redo_sessions \
-         SELECT t.project_id, t.session_id, least(t.lo, coalesce(min(v.start_ts), t.lo)), \
-                greatest(t.hi, coalesce(max(v.end_ts), t.hi)) \
-         FROM (SELECT project_id, session_id, min(lo) AS lo, max(hi) AS hi FROM visit_touch \
-               WHERE session_id IS NOT NULL GROUP BY project_id, session_id) t \
-         LEFT JOIN visits v ON v.project_id = t.project_id AND v.session_id = t.session_id \
-         GROUP BY t.project_id, t.session_id, t.lo, t.hi",
-    )?
-    .execute([])?;
+    );
+    tx.prepare_cached(&persons)?
+        .execute(::duckdb::params_from_iter(params))?;
     tx.prepare_cached(
         "DELETE FROM visits v USING visit_redo_persons r \
          WHERE v.session_id IS NULL AND v.project_id = r.project_id AND v.person_id = r.person_id \
            AND v.start_ts >= r.lo AND v.end_ts <= r.hi",
     )?
     .execute([])?;
-    tx.prepare_cached(
-        "DELETE FROM visits v USING visit_redo_sessions s \
-         WHERE v.project_id = s.project_id AND v.session_id = s.session_id",
-    )?
-    .execute([])?;
-    derive(tx)
+    let sessions = batch.sessions || batch.links;
+    if sessions {
+        let redo = format!(
+            "CREATE OR REPLACE TEMP TABLE visit_redo_sessions AS \
+             SELECT t.project_id, t.session_id, least(t.lo, coalesce(min(v.start_ts), t.lo)) AS lo, \
+                    greatest(t.hi, coalesce(max(v.end_ts), t.hi)) AS hi \
+             FROM (SELECT project_id, session_id, min(lo) AS lo, max(hi) AS hi FROM \
+                     (SELECT project_id, session_id, min(ts) AS lo, max(ts) AS hi FROM ({events}) \
+                      WHERE session_id IS NOT NULL GROUP BY ALL{session_touch}) \
+                   GROUP BY ALL) t \
+             LEFT JOIN (SELECT * FROM visits WHERE session_id IS NOT NULL) v \
+               ON v.project_id = t.project_id AND v.session_id = t.session_id \
+             GROUP BY t.project_id, t.session_id, t.lo, t.hi"
+        );
+        tx.prepare_cached(&redo)?.execute([batch.lsn])?;
+        tx.prepare_cached(
+            "DELETE FROM visits v USING visit_redo_sessions s \
+             WHERE v.project_id = s.project_id AND v.session_id = s.session_id",
+        )?
+        .execute([])?;
+    }
+    derive(tx, sessions)
 }
 
 /// Fills `visits` from the events stored before it existed, once: in `CHUNKS` parts
@@ -237,7 +268,7 @@ pub(super) fn backfill(conn: &mut Connection) -> Result<(), StoreError> {
             ),
             [chunk],
         )?;
-        derive(&tx)?;
+        derive(&tx, true)?;
         tx.commit()?;
         tracing::info!(
             part = chunk + 1,

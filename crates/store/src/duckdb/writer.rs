@@ -50,6 +50,7 @@ pub(super) fn insert(
 ) -> Result<InsertStats, StoreError> {
     let mut derived = Derived::default();
     let mut stats = InsertStats::default();
+    let (mut earliest, mut sessions) = (i64::MAX, false);
 
     let tx = conn.transaction()?;
     {
@@ -77,6 +78,8 @@ pub(super) fn insert(
                     upto,
                 ])?;
                 stats.events += 1;
+                earliest = earliest.min(e.timestamp);
+                sessions |= e.session_id.is_some();
                 derived.add(project, e, |p, d| linked.contains(p, d));
             }
         }
@@ -120,7 +123,15 @@ pub(super) fn insert(
             ]
         }),
     )?;
-    super::visits::update(&tx, upto, links)?;
+    super::visits::update(
+        &tx,
+        &super::visits::Stored {
+            lsn: upto,
+            earliest,
+            sessions,
+            links,
+        },
+    )?;
     let moved = tx
         .prepare_cached("UPDATE queue_offsets SET lsn = ? WHERE queue = 'wal'")?
         .execute([upto])?;
