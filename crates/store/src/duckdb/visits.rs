@@ -31,7 +31,7 @@ pub const VISIT_TIMEOUT_MINUTES: i64 = 30;
 /// The working tables of one re-derivation, created once per connection.
 const WORK: &str = "
     CREATE TEMP TABLE IF NOT EXISTS visit_redo_persons (
-        project_id VARCHAR, person_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP);
+        project_id VARCHAR, person_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP, append BOOLEAN);
     CREATE TEMP TABLE IF NOT EXISTS visit_redo_sessions (
         project_id VARCHAR, session_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP);";
 
@@ -60,7 +60,7 @@ fn derive_sql(sessions: bool) -> String {
     let select = visits_select(
         &resolved("e.ts BETWEEN ?1 AND ?2"),
         "JOIN visit_redo_persons r ON r.project_id = ev.project_id AND r.person_id = ev.person_id \
-         WHERE ev.session_id IS NULL AND ev.ts BETWEEN r.lo AND r.hi",
+         WHERE NOT r.append AND ev.session_id IS NULL AND ev.ts BETWEEN r.lo AND r.hi",
         if sessions {
             "JOIN visit_redo_sessions s ON s.project_id = ev.project_id AND s.session_id = ev.session_id \
              WHERE ev.ts BETWEEN s.lo AND s.hi"
@@ -116,9 +116,10 @@ fn visits_select(ev: &str, gap: &str, sessions: &str) -> String {
 fn redo_bounds(tx: &Connection, sessions: bool) -> Result<Option<(i64, i64)>, StoreError> {
     let sql = if sessions {
         "SELECT epoch_us(min(lo)), epoch_us(max(hi)) FROM \
-         (SELECT lo, hi FROM visit_redo_persons UNION ALL SELECT lo, hi FROM visit_redo_sessions)"
+         (SELECT lo, hi FROM visit_redo_persons WHERE NOT append \
+          UNION ALL SELECT lo, hi FROM visit_redo_sessions)"
     } else {
-        "SELECT epoch_us(min(lo)), epoch_us(max(hi)) FROM visit_redo_persons"
+        "SELECT epoch_us(min(lo)), epoch_us(max(hi)) FROM visit_redo_persons WHERE NOT append"
     };
     let bounds: (Option<i64>, Option<i64>) = tx
         .prepare_cached(sql)?
@@ -168,8 +169,8 @@ pub(super) fn update(tx: &Transaction<'_>, batch: &Stored) -> Result<(), StoreEr
     let (person_touch, session_touch) = if batch.links {
         (
             format!(
-                " UNION ALL SELECT project_id, user_id, start_ts, end_ts FROM ({moved}) WHERE session_id IS NULL \
-                  UNION ALL SELECT project_id, device, start_ts, end_ts FROM ({moved}) WHERE session_id IS NULL"
+                " UNION ALL SELECT project_id, user_id, start_ts, end_ts, true FROM ({moved}) WHERE session_id IS NULL \
+                  UNION ALL SELECT project_id, device, start_ts, end_ts, true FROM ({moved}) WHERE session_id IS NULL"
             ),
             format!(
                 " UNION ALL SELECT project_id, session_id, start_ts, end_ts FROM ({moved}) WHERE session_id IS NOT NULL"
@@ -189,25 +190,31 @@ pub(super) fn update(tx: &Transaction<'_>, batch: &Stored) -> Result<(), StoreEr
     if !batch.links {
         params.push(ts(batch.earliest));
     }
+    // `append`: every event of the person in the batch is later than the end of each of
+    // their visits, and no link moved visits to them. Then only their last visit can be
+    // within 30 minutes of the batch, and the batch's events extend it or start new
+    // visits without cutting the old events again.
     let persons = format!(
         "CREATE OR REPLACE TEMP TABLE visit_redo_persons AS \
          SELECT t.project_id, t.person_id, least(t.lo, coalesce(min(v.start_ts), t.lo)) AS lo, \
-                greatest(t.hi, coalesce(max(v.end_ts), t.hi)) AS hi \
-         FROM (SELECT project_id, person_id, min(lo) AS lo, max(hi) AS hi FROM \
-                 (SELECT project_id, person_id, min(ts) AS lo, max(ts) AS hi FROM ({events}) \
+                greatest(t.hi, coalesce(max(v.end_ts), t.hi)) AS hi, \
+                NOT t.moved AND coalesce(max(v.end_ts) < t.lo, true) AS append \
+         FROM (SELECT project_id, person_id, min(lo) AS lo, max(hi) AS hi, bool_or(moved) AS moved FROM \
+                 (SELECT project_id, person_id, min(ts) AS lo, max(ts) AS hi, false AS moved FROM ({events}) \
                   WHERE session_id IS NULL GROUP BY ALL{person_touch}) \
                GROUP BY ALL) t \
          LEFT JOIN (SELECT * FROM visits WHERE session_id IS NULL AND {recent}) v \
            ON v.project_id = t.project_id AND v.person_id = t.person_id \
           AND v.end_ts >= t.lo - {margin} AND v.start_ts <= t.hi + {margin} \
-         GROUP BY t.project_id, t.person_id, t.lo, t.hi"
+         GROUP BY t.project_id, t.person_id, t.lo, t.hi, t.moved"
     );
     tx.prepare_cached(&persons)?
-        .execute(::duckdb::params_from_iter(params))?;
+        .execute(::duckdb::params_from_iter(params.iter()))?;
+    append(tx, &events, &recent, &params)?;
     tx.prepare_cached(
         "DELETE FROM visits v USING visit_redo_persons r \
-         WHERE v.session_id IS NULL AND v.project_id = r.project_id AND v.person_id = r.person_id \
-           AND v.start_ts >= r.lo AND v.end_ts <= r.hi",
+         WHERE NOT r.append AND v.session_id IS NULL AND v.project_id = r.project_id \
+           AND v.person_id = r.person_id AND v.start_ts >= r.lo AND v.end_ts <= r.hi",
     )?
     .execute([])?;
     let sessions = batch.sessions || batch.links;
@@ -234,6 +241,79 @@ pub(super) fn update(tx: &Transaction<'_>, batch: &Stored) -> Result<(), StoreEr
     derive(tx, sessions)
 }
 
+/// The batch's events of the `append` persons: cut into visits among themselves, the
+/// first joining the person's last visit when within 30 minutes of its end (an update of
+/// that row: counts added, pages merged, the exit page moved on), the others inserted.
+fn append(
+    tx: &Transaction<'_>,
+    events: &str,
+    recent: &str,
+    params: &[::duckdb::types::Value],
+) -> Result<(), StoreError> {
+    let margin = format!("INTERVAL {VISIT_TIMEOUT_MINUTES} MINUTE");
+    let chains = format!(
+        "CREATE OR REPLACE TEMP TABLE visit_chains AS \
+         WITH b AS (SELECT ev.* FROM ({events}) ev JOIN visit_redo_persons r \
+                      ON r.project_id = ev.project_id AND r.person_id = ev.person_id \
+                    WHERE r.append AND ev.session_id IS NULL), \
+         l AS (SELECT v.project_id, v.person_id, v.end_ts AS l_end, v.pages AS l_pages \
+               FROM (SELECT * FROM visits WHERE session_id IS NULL AND {recent}) v \
+               JOIN visit_redo_persons r ON r.project_id = v.project_id AND r.person_id = v.person_id \
+               WHERE r.append AND v.start_ts >= r.lo AND v.end_ts <= r.hi), \
+         marked AS (SELECT b.*, l.l_end, CASE WHEN lag(b.ts) OVER w IS NULL \
+                        THEN (l.l_end IS NULL OR b.ts - l.l_end > {margin}) \
+                        ELSE b.ts - lag(b.ts) OVER w > {margin} END::INTEGER AS brk \
+                    FROM b LEFT JOIN l ON l.project_id = b.project_id AND l.person_id = b.person_id \
+                    WINDOW w AS (PARTITION BY b.project_id, b.person_id ORDER BY b.ts)), \
+         cut AS (SELECT *, sum(brk) OVER (PARTITION BY project_id, person_id ORDER BY ts \
+                   ROWS UNBOUNDED PRECEDING) AS n FROM marked), \
+         per_page AS (SELECT project_id, person_id, n, page, min(ts) AS first_ts, max(ts) AS last_ts, \
+                        count(*) AS events, count(*) FILTER (WHERE is_pv) AS pageviews \
+                      FROM cut GROUP BY ALL), \
+         merged_pages AS (SELECT project_id, person_id, n, list({{'page': page, 'events': events, 'pageviews': pageviews}} \
+                            ORDER BY page NULLS FIRST) AS pages \
+                          FROM (SELECT project_id, person_id, n, page, sum(events) AS events, sum(pageviews) AS pageviews \
+                                FROM (SELECT project_id, person_id, n, page, events, pageviews FROM per_page \
+                                      UNION ALL \
+                                      SELECT l.project_id, l.person_id, 0, p.page, p.events, p.pageviews \
+                                      FROM (SELECT *, unnest(l_pages) AS p FROM l) l \
+                                      WHERE EXISTS (SELECT 1 FROM per_page c WHERE c.n = 0 \
+                                        AND c.project_id = l.project_id AND c.person_id = l.person_id)) \
+                                GROUP BY ALL) \
+                          GROUP BY ALL) \
+         SELECT c.project_id, c.person_id, c.n, min(first_ts) AS start_ts, max(last_ts) AS end_ts, \
+                sum(events)::INTEGER AS events, sum(pageviews)::INTEGER AS pageviews, \
+                (list(page ORDER BY first_ts, page) FILTER (WHERE page IS NOT NULL))[1] AS entry_page, \
+                (list(page ORDER BY last_ts DESC, page DESC) FILTER (WHERE page IS NOT NULL))[1] AS exit_page, \
+                any_value(m.pages) AS pages \
+         FROM per_page c JOIN merged_pages m USING (project_id, person_id, n) \
+         GROUP BY c.project_id, c.person_id, c.n"
+    );
+    tx.prepare_cached(&chains)?
+        .execute(::duckdb::params_from_iter(params.iter()))?;
+    // The last visit, found as in `visit_chains` (`$1`: the bound of `recent`, if any).
+    let (bound, bound_param) = match params.get(1) {
+        Some(earliest) => (format!("AND v.end_ts >= $1 - {margin}"), vec![earliest.clone()]),
+        None => (String::new(), vec![]),
+    };
+    tx.prepare_cached(&format!(
+        "UPDATE visits v SET end_ts = c.end_ts, events = v.events + c.events, \
+                pageviews = v.pageviews + c.pageviews, entry_page = coalesce(v.entry_page, c.entry_page), \
+                exit_page = coalesce(c.exit_page, v.exit_page), pages = c.pages \
+         FROM visit_chains c, visit_redo_persons r \
+         WHERE c.n = 0 AND r.project_id = c.project_id AND r.person_id = c.person_id \
+           AND v.project_id = c.project_id AND v.person_id = c.person_id AND v.session_id IS NULL \
+           AND v.start_ts >= r.lo AND v.end_ts <= r.hi {bound}"
+    ))?
+    .execute(::duckdb::params_from_iter(bound_param))?;
+    tx.prepare_cached(
+        "INSERT INTO visits SELECT project_id, NULL, person_id, start_ts, end_ts, events, pageviews, \
+                entry_page, exit_page, pages FROM visit_chains WHERE n > 0",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
 /// Fills `visits` from the events stored before it existed, once: in `CHUNKS` parts
 /// (by a hash of the person or session), each in its own transaction, logging progress.
 /// An interrupted back-fill starts over at the next open.
@@ -256,7 +336,7 @@ pub(super) fn backfill(conn: &mut Connection) -> Result<(), StoreError> {
         }
         tx.execute(
             &format!(
-                "INSERT INTO visit_redo_persons SELECT project_id, person_id, min(ts), max(ts) \
+                "INSERT INTO visit_redo_persons SELECT project_id, person_id, min(ts), max(ts), false \
                  FROM ({all}) WHERE session_id IS NULL AND hash(person_id) % {CHUNKS} = ? GROUP BY ALL"
             ),
             [chunk],
