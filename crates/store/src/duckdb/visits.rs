@@ -130,10 +130,21 @@ fn redo_bounds(tx: &Connection, sessions: bool) -> Result<Option<(i64, i64)>, St
     })
 }
 
-fn derive(tx: &Connection, sessions: bool) -> Result<(), StoreError> {
+/// Cuts the visits of the window tables anew (see [`derive_sql`]); with `replace`, first
+/// deletes the visits of `visit_redo_persons` that are not appended to. Nothing to cut,
+/// the common case under live traffic, costs one statement.
+fn derive(tx: &Connection, sessions: bool, replace: bool) -> Result<(), StoreError> {
     let Some((lo, hi)) = redo_bounds(tx, sessions)? else {
         return Ok(());
     };
+    if replace {
+        tx.prepare_cached(
+            "DELETE FROM visits v USING visit_redo_persons r \
+             WHERE NOT r.append AND v.session_id IS NULL AND v.project_id = r.project_id \
+               AND v.person_id = r.person_id AND v.start_ts >= r.lo AND v.end_ts <= r.hi",
+        )?
+        .execute([])?;
+    }
     tx.prepare_cached(&derive_sql(sessions))?
         .execute(params![ts(lo), ts(hi)])?;
     Ok(())
@@ -211,12 +222,6 @@ pub(super) fn update(tx: &Transaction<'_>, batch: &Stored) -> Result<(), StoreEr
     tx.prepare_cached(&persons)?
         .execute(::duckdb::params_from_iter(params.iter()))?;
     append(tx, &events, &recent, &params)?;
-    tx.prepare_cached(
-        "DELETE FROM visits v USING visit_redo_persons r \
-         WHERE NOT r.append AND v.session_id IS NULL AND v.project_id = r.project_id \
-           AND v.person_id = r.person_id AND v.start_ts >= r.lo AND v.end_ts <= r.hi",
-    )?
-    .execute([])?;
     let sessions = batch.sessions || batch.links;
     if sessions {
         let redo = format!(
@@ -238,7 +243,7 @@ pub(super) fn update(tx: &Transaction<'_>, batch: &Stored) -> Result<(), StoreEr
         )?
         .execute([])?;
     }
-    derive(tx, sessions)
+    derive(tx, sessions, true)
 }
 
 /// The batch's events of the `append` persons: cut into visits among themselves, the
@@ -348,7 +353,7 @@ pub(super) fn backfill(conn: &mut Connection) -> Result<(), StoreError> {
             ),
             [chunk],
         )?;
-        derive(&tx, true)?;
+        derive(&tx, true, false)?;
         tx.commit()?;
         tracing::info!(
             part = chunk + 1,
