@@ -298,7 +298,10 @@ fn append(
         .execute(::duckdb::params_from_iter(params.iter()))?;
     // The last visit, found as in `visit_chains` (`$1`: the bound of `recent`, if any).
     let (bound, bound_param) = match params.get(1) {
-        Some(earliest) => (format!("AND v.end_ts >= $1 - {margin}"), vec![earliest.clone()]),
+        Some(earliest) => (
+            format!("AND v.end_ts >= $1 - {margin}"),
+            vec![earliest.clone()],
+        ),
         None => (String::new(), vec![]),
     };
     tx.prepare_cached(&format!(
