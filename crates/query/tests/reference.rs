@@ -5,52 +5,19 @@
 //! three days) so that ties, window edges, 30-minute visit edges and identity links
 //! happen often. Every case gets its own project in one shared store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+mod common;
+use common::{now, origin, shared, MINUTE};
 
-use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use tally_model::{Event, EventBatch, EventType};
 use tally_query::run;
-use tally_store::duckdb::{DuckConfig, DuckStore};
 use tally_store::Store;
 
-const MINUTE: i64 = 60_000_000;
 const DAY: i64 = 1_440 * MINUTE;
 const NAMES: &[&str] = &["a", "b", "c"];
-
-fn origin() -> i64 {
-    DateTime::parse_from_rfc3339("2026-11-02T00:00:00Z")
-        .unwrap()
-        .timestamp_micros()
-}
-
-fn now() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
-}
-
-struct Shared {
-    _dir: tempfile::TempDir,
-    store: DuckStore,
-    next: AtomicUsize,
-}
-
-fn shared() -> &'static Shared {
-    static S: OnceLock<Shared> = OnceLock::new();
-    S.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
-        Shared {
-            _dir: dir,
-            store,
-            next: AtomicUsize::new(1),
-        }
-    })
-}
 
 /// A generated event: who (user and/or device), what, when (minutes from the origin).
 #[derive(Debug, Clone)]
@@ -85,7 +52,7 @@ struct Case {
 
 fn load(gens: &[Gen]) -> Case {
     let s = shared();
-    let project = format!("p{}", s.next.fetch_add(1, Ordering::SeqCst));
+    let project = format!("p{}", s.next());
     let events: Vec<Event> = gens
         .iter()
         .map(|g| Event {
@@ -104,7 +71,7 @@ fn load(gens: &[Gen]) -> Case {
             context: Map::new(),
         })
         .collect();
-    let lsn = s.next.fetch_add(1, Ordering::SeqCst) as u64;
+    let lsn = s.next();
     let batch = EventBatch {
         project_id: project.clone(),
         events: events.clone(),

@@ -1,53 +1,25 @@
-//! Visit metrics read from the visits table (DuckDB) answer as visits cut from the raw
-//! events do: on random streams stored in random batches and order, over random ranges
-//! whose edges cut visits, for the dashboard's top row and its breakdowns by page, entry
-//! page and exit page. The raw plan is what the engine runs when a filter is present, so
-//! each query is asked twice: as is (the table) and with a filter every event passes
-//! (the raw cut). Named cases check the figures by hand too.
+//! The visits table (DuckDB) and the answers read from it.
+//!
+//! - The table the writer keeps equals the visits cut anew from every stored event, after
+//!   every batch: on random streams sent in random order and batches (late events that
+//!   join two visits or split one, sessions, devices linked to a user later, replayed
+//!   batches), and on named cases.
+//! - Visit metrics read from it answer as visits cut from the raw events do, over random
+//!   ranges whose edges cut visits, for the dashboard's top row and its breakdowns by page,
+//!   entry page and exit page. The raw plan is what the engine runs when a filter is
+//!   present, so each query is asked twice: as is (the table) and with a filter every
+//!   event passes (the raw cut). Named cases check the figures by hand too.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+mod common;
+use common::{now, origin, shared, MINUTE};
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use tally_model::{Event, EventBatch, EventType};
 use tally_query::run;
-use tally_store::duckdb::{DuckConfig, DuckStore};
-use tally_store::Store;
-
-const MINUTE: i64 = 60_000_000;
-
-fn origin() -> i64 {
-    DateTime::parse_from_rfc3339("2026-11-02T00:00:00Z")
-        .unwrap()
-        .timestamp_micros()
-}
-
-fn now() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
-}
-
-struct Shared {
-    _dir: tempfile::TempDir,
-    store: DuckStore,
-    next: AtomicU64,
-}
-
-fn shared() -> &'static Shared {
-    static S: OnceLock<Shared> = OnceLock::new();
-    S.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DuckStore::open(&dir.path().join("t.duckdb"), DuckConfig::default()).unwrap();
-        Shared {
-            _dir: dir,
-            store,
-            next: AtomicU64::new(1),
-        }
-    })
-}
+use tally_store::duckdb::visits::visits_from_events_sql;
+use tally_store::{Param, Sql, Store};
 
 #[derive(Debug, Clone)]
 struct Gen {
@@ -56,7 +28,7 @@ struct Gen {
     session: Option<u8>,
     minute: i64,
     page: Option<u8>,
-    pageview: bool,
+    kind: EventType,
 }
 
 fn event(g: &Gen) -> Event {
@@ -66,12 +38,12 @@ fn event(g: &Gen) -> Event {
     }
     Event {
         uuid: uuid::Uuid::new_v4(),
-        kind: if g.pageview {
-            EventType::Page
-        } else {
-            EventType::Track
+        kind: g.kind,
+        event: match g.kind {
+            EventType::Page => "page_visit".into(),
+            EventType::Identify => "$identify".into(),
+            _ => "click".into(),
         },
-        event: if g.pageview { "page_visit" } else { "click" }.into(),
         user_id: g.user.map(|u| format!("u{u}")),
         device_id: g.device.map(|d| format!("d{d}")),
         session_id: g.session.map(|s| format!("s{s}")),
@@ -93,39 +65,79 @@ fn gen_event() -> impl Strategy<Value = Gen> {
         // Two busy hours around midnight UTC on two days, so ranges and days cut visits.
         (0i64..2, 0i64..150),
         prop::option::weighted(0.7, 0u8..3),
-        any::<bool>(),
+        prop_oneof![
+            4 => Just(EventType::Track),
+            4 => Just(EventType::Page),
+            1 => Just(EventType::Identify),
+        ],
     )
-        .prop_map(
-            |(user, device, session, (day, minute), page, pageview)| Gen {
-                user: user.or(if device.is_none() { Some(0) } else { None }),
-                device,
-                session,
-                minute: day * 1_440 + 23 * 60 + minute,
-                page,
-                pageview,
-            },
-        )
+        .prop_map(|(user, device, session, (day, minute), page, kind)| Gen {
+            user: user.or(if device.is_none() { Some(0) } else { None }),
+            device,
+            session,
+            minute: day * 1_440 + 23 * 60 + minute,
+            page,
+            kind,
+        })
 }
 
-fn store_in_batches(project: &str, events: &[Event], sizes: &[usize]) {
+/// Stores `events` as one writer batch.
+fn insert(project: &str, events: &[Event]) {
     let s = shared();
+    let lsn = s.next();
+    EventBatch {
+        project_id: project.into(),
+        events: events.to_vec(),
+    }
+    .as_stored(|b| s.store.insert(std::slice::from_ref(b), lsn))
+    .unwrap();
+}
+
+/// Stores `events` in batches of the sizes given (cycled); after each, checks the table.
+fn store_in_batches(project: &str, events: &[Event], sizes: &[usize]) {
     let mut rest = events;
     let mut sizes = sizes.iter().cycle();
     while !rest.is_empty() {
         let (batch, tail) = rest.split_at((*sizes.next().unwrap()).min(rest.len()));
-        let lsn = s.next.fetch_add(1, Ordering::SeqCst);
-        EventBatch {
-            project_id: project.into(),
-            events: batch.to_vec(),
-        }
-        .as_stored(|b| s.store.insert(std::slice::from_ref(b), lsn))
-        .unwrap();
+        insert(project, batch);
+        let (kept, cut) = kept_and_cut(project);
+        assert_eq!(kept, cut, "the visits table after a batch of {project}");
         rest = tail;
     }
 }
 
+fn rows(text: String, project: &str) -> Vec<Vec<Value>> {
+    shared()
+        .store
+        .query(&Sql {
+            text,
+            params: vec![Param::Text(project.into())],
+        })
+        .unwrap()
+}
+
+const COLUMNS: &str = "session_id, person_id, epoch_us(start_ts), epoch_us(end_ts), events, \
+                       pageviews, entry_page, exit_page, pages::VARCHAR";
+
+/// The table's visits of `project`, and the visits cut anew from its events.
+fn kept_and_cut(project: &str) -> (Vec<Vec<Value>>, Vec<Vec<Value>>) {
+    let kept = rows(
+        format!("SELECT {COLUMNS} FROM visits WHERE project_id = ? ORDER BY ALL"),
+        project,
+    );
+    let cut = rows(
+        format!(
+            "SELECT {COLUMNS} FROM ({}) AS d(project_id, session_id, person_id, start_ts, end_ts, \
+             events, pageviews, entry_page, exit_page, pages) WHERE project_id = ? ORDER BY ALL",
+            visits_from_events_sql()
+        ),
+        project,
+    );
+    (kept, cut)
+}
+
 fn project() -> String {
-    format!("p{}", shared().next.fetch_add(1, Ordering::SeqCst))
+    format!("p{}", shared().next())
 }
 
 fn ask(project: &str, q: &Value) -> Value {
@@ -184,6 +196,29 @@ fn queries(range: Value, tz: &str) -> Vec<Value> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn kept_visits_equal_visits_cut_anew(
+        gens in prop::collection::vec(gen_event(), 1..40).prop_shuffle(),
+        sizes in prop::collection::vec(1usize..8, 1..40),
+        replay in any::<bool>(),
+    ) {
+        let project = project();
+        let events: Vec<Event> = gens.iter().map(event).collect();
+        store_in_batches(&project, &events, &sizes);
+        if replay {
+            // The last events again (a client that resent them): stored twice, counted
+            // twice by the raw cut, and so by the table.
+            let last = &events[events.len() - sizes[0].min(events.len())..];
+            insert(&project, last);
+            let (kept, cut) = kept_and_cut(&project);
+            prop_assert_eq!(kept, cut);
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(40))]
 
     #[test]
@@ -206,14 +241,7 @@ proptest! {
 }
 
 fn page_at(minute: i64, user: &str, page: &str) -> Event {
-    let mut e = event(&Gen {
-        user: None,
-        device: None,
-        session: None,
-        minute,
-        page: None,
-        pageview: true,
-    });
+    let mut e = at(minute, None, None, 0);
     e.user_id = Some(user.into());
     e.properties.insert("path".into(), json!(page));
     e
@@ -283,4 +311,81 @@ fn late_events_and_a_sign_in_reshape_the_visits_the_table_answers_with() {
     assert_eq!(metrics(&ask(&p, &top)), [json!(1), json!(1), json!(0)]);
     let (table, raw) = both(&p, top);
     assert_eq!(table, raw);
+}
+
+/// A page view at `minute` by user `u{user}` and/or device `d{device}` on `/p{page}`.
+fn at(minute: i64, user: Option<u8>, device: Option<u8>, page: u8) -> Event {
+    event(&Gen {
+        user,
+        device,
+        session: None,
+        minute,
+        page: Some(page),
+        kind: EventType::Page,
+    })
+}
+
+/// `(start minute, end minute, events)` of each visit of `project`, and checks them
+/// against the visits cut anew.
+fn visits(project: &str) -> Vec<(String, i64, i64, i64)> {
+    let (kept, cut) = kept_and_cut(project);
+    assert_eq!(kept, cut);
+    kept.iter()
+        .map(|r| {
+            (
+                r[1].as_str().unwrap().to_owned(),
+                (r[2].as_i64().unwrap() - origin()) / MINUTE,
+                (r[3].as_i64().unwrap() - origin()) / MINUTE,
+                r[4].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_late_event_joins_two_visits_and_another_splits_none() {
+    let p = project();
+    insert(&p, &[at(0, Some(1), None, 0), at(50, Some(1), None, 1)]);
+    assert_eq!(
+        visits(&p),
+        [("u1".into(), 0, 0, 1), ("u1".into(), 50, 50, 1)]
+    );
+    // 25 minutes after the first and before the second: one visit of three events.
+    insert(&p, &[at(25, Some(1), None, 2)]);
+    assert_eq!(visits(&p), [("u1".into(), 0, 50, 3)]);
+}
+
+#[test]
+fn an_event_before_a_visit_extends_it_and_a_far_one_is_a_visit_of_its_own() {
+    let p = project();
+    insert(&p, &[at(100, Some(1), None, 0), at(110, Some(1), None, 0)]);
+    insert(&p, &[at(80, Some(1), None, 1), at(10, Some(1), None, 1)]);
+    assert_eq!(
+        visits(&p),
+        [("u1".into(), 10, 10, 1), ("u1".into(), 80, 110, 3)]
+    );
+}
+
+#[test]
+fn signing_in_merges_the_devices_visits_into_the_persons() {
+    let p = project();
+    // An anonymous device at 0 and 20, the user (another device) at 40.
+    insert(&p, &[at(0, None, Some(7), 0), at(20, None, Some(7), 1)]);
+    insert(&p, &[at(40, Some(7), Some(8), 2)]);
+    assert_eq!(
+        visits(&p),
+        [("d7".into(), 0, 20, 2), ("u7".into(), 40, 40, 1)]
+    );
+    // The device signs in as u7 at 45: its visit becomes u7's, and joins u7's.
+    insert(&p, &[at(45, Some(7), Some(7), 2)]);
+    assert_eq!(visits(&p), [("u7".into(), 0, 45, 4)]);
+}
+
+#[test]
+fn a_replayed_batch_is_counted_as_the_raw_events_count_it() {
+    let p = project();
+    let batch = [at(0, Some(1), None, 0), at(5, Some(1), None, 1)];
+    insert(&p, &batch);
+    insert(&p, &batch);
+    assert_eq!(visits(&p), [("u1".into(), 0, 5, 4)]);
 }
