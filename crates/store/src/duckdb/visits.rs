@@ -33,7 +33,7 @@ const WORK: &str = "
     CREATE TEMP TABLE IF NOT EXISTS visit_redo_persons (
         project_id VARCHAR, person_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP, append BOOLEAN);
     CREATE TEMP TABLE IF NOT EXISTS visit_redo_sessions (
-        project_id VARCHAR, session_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP);";
+        project_id VARCHAR, session_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP, append BOOLEAN);";
 
 pub(super) fn create_work_tables(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(WORK)?;
@@ -63,7 +63,7 @@ fn derive_sql(sessions: bool) -> String {
          WHERE NOT r.append AND ev.session_id IS NULL AND ev.ts BETWEEN r.lo AND r.hi",
         if sessions {
             "JOIN visit_redo_sessions s ON s.project_id = ev.project_id AND s.session_id = ev.session_id \
-             WHERE ev.ts BETWEEN s.lo AND s.hi"
+             WHERE NOT s.append AND ev.ts BETWEEN s.lo AND s.hi"
         } else {
             "WHERE false"
         },
@@ -117,7 +117,7 @@ fn redo_bounds(tx: &Connection, sessions: bool) -> Result<Option<(i64, i64)>, St
     let sql = if sessions {
         "SELECT epoch_us(min(lo)), epoch_us(max(hi)) FROM \
          (SELECT lo, hi FROM visit_redo_persons WHERE NOT append \
-          UNION ALL SELECT lo, hi FROM visit_redo_sessions)"
+          UNION ALL SELECT lo, hi FROM visit_redo_sessions WHERE NOT append)"
     } else {
         "SELECT epoch_us(min(lo)), epoch_us(max(hi)) FROM visit_redo_persons WHERE NOT append"
     };
@@ -184,7 +184,7 @@ pub(super) fn update(tx: &Transaction<'_>, batch: &Stored) -> Result<(), StoreEr
                   UNION ALL SELECT project_id, device, start_ts, end_ts, true FROM ({moved}) WHERE session_id IS NULL"
             ),
             format!(
-                " UNION ALL SELECT project_id, session_id, start_ts, end_ts FROM ({moved}) WHERE session_id IS NOT NULL"
+                " UNION ALL SELECT project_id, session_id, start_ts, end_ts, true FROM ({moved}) WHERE session_id IS NOT NULL"
             ),
         )
     } else {
@@ -205,94 +205,147 @@ pub(super) fn update(tx: &Transaction<'_>, batch: &Stored) -> Result<(), StoreEr
     // their visits, and no link moved visits to them. Then only their last visit can be
     // within 30 minutes of the batch, and the batch's events extend it or start new
     // visits without cutting the old events again.
-    let persons = format!(
-        "CREATE OR REPLACE TEMP TABLE visit_redo_persons AS \
-         SELECT t.project_id, t.person_id, least(t.lo, coalesce(min(v.start_ts), t.lo)) AS lo, \
-                greatest(t.hi, coalesce(max(v.end_ts), t.hi)) AS hi, \
-                NOT t.moved AND coalesce(max(v.end_ts) < t.lo, true) AS append \
-         FROM (SELECT project_id, person_id, min(lo) AS lo, max(hi) AS hi, bool_or(moved) AS moved FROM \
-                 (SELECT project_id, person_id, min(ts) AS lo, max(ts) AS hi, false AS moved FROM ({events}) \
-                  WHERE session_id IS NULL GROUP BY ALL{person_touch}) \
-               GROUP BY ALL) t \
-         LEFT JOIN (SELECT * FROM visits WHERE session_id IS NULL AND {recent}) v \
-           ON v.project_id = t.project_id AND v.person_id = t.person_id \
-          AND v.end_ts >= t.lo - {margin} AND v.start_ts <= t.hi + {margin} \
-         GROUP BY t.project_id, t.person_id, t.lo, t.hi, t.moved"
+    let persons = redo_sql(
+        &GAPS,
+        &events,
+        &person_touch,
+        &recent,
+        &format!("v.end_ts >= t.lo - {margin} AND v.start_ts <= t.hi + {margin}"),
     );
     tx.prepare_cached(&persons)?
         .execute(::duckdb::params_from_iter(params.iter()))?;
-    append(tx, &events, &recent, &params)?;
+    append(tx, &GAPS, &events, &recent, &params)?;
     let sessions = batch.sessions || batch.links;
     if sessions {
-        let redo = format!(
-            "CREATE OR REPLACE TEMP TABLE visit_redo_sessions AS \
-             SELECT t.project_id, t.session_id, least(t.lo, coalesce(min(v.start_ts), t.lo)) AS lo, \
-                    greatest(t.hi, coalesce(max(v.end_ts), t.hi)) AS hi \
-             FROM (SELECT project_id, session_id, min(lo) AS lo, max(hi) AS hi FROM \
-                     (SELECT project_id, session_id, min(ts) AS lo, max(ts) AS hi FROM ({events}) \
-                      WHERE session_id IS NOT NULL GROUP BY ALL{session_touch}) \
-                   GROUP BY ALL) t \
-             LEFT JOIN (SELECT * FROM visits WHERE session_id IS NOT NULL) v \
-               ON v.project_id = t.project_id AND v.session_id = t.session_id \
-             GROUP BY t.project_id, t.session_id, t.lo, t.hi"
-        );
+        let redo = redo_sql(&SESSIONS, &events, &session_touch, "true", "true");
         tx.prepare_cached(&redo)?.execute([batch.lsn])?;
+        append(tx, &SESSIONS, &events, "true", &params[..1])?;
         tx.prepare_cached(
             "DELETE FROM visits v USING visit_redo_sessions s \
-             WHERE v.project_id = s.project_id AND v.session_id = s.session_id",
+             WHERE NOT s.append AND v.project_id = s.project_id AND v.session_id = s.session_id",
         )?
         .execute([])?;
     }
     derive(tx, sessions, true)
 }
 
-/// The batch's events of the `append` persons: cut into visits among themselves, the
-/// first joining the person's last visit when within 30 minutes of its end (an update of
-/// that row: counts added, pages merged, the exit page moved on), the others inserted.
+/// The statement that fills the window table of `kind`: per key in the batch (`events`,
+/// plus the `touch` rows a link moved), its events' span widened to the visits of that
+/// key that `overlap` it (among those `recent` keeps), and whether the batch only
+/// appends to them (every event later than each visit, nothing moved).
+fn redo_sql(kind: &Kind, events: &str, touch: &str, recent: &str, overlap: &str) -> String {
+    let Kind { key, redo, own, .. } = kind;
+    format!(
+        "CREATE OR REPLACE TEMP TABLE {redo} AS \
+         SELECT t.project_id, t.{key}, least(t.lo, coalesce(min(v.start_ts), t.lo)) AS lo, \
+                greatest(t.hi, coalesce(max(v.end_ts), t.hi)) AS hi, \
+                NOT t.moved AND coalesce(max(v.end_ts) < t.lo, true) AS append \
+         FROM (SELECT project_id, {key}, min(lo) AS lo, max(hi) AS hi, bool_or(moved) AS moved FROM \
+                 (SELECT project_id, {key}, min(ts) AS lo, max(ts) AS hi, false AS moved FROM ({events}) \
+                  WHERE {own} GROUP BY ALL{touch}) \
+               GROUP BY ALL) t \
+         LEFT JOIN (SELECT * FROM visits WHERE {own} AND {recent}) v \
+           ON v.project_id = t.project_id AND v.{key} = t.{key} AND {overlap} \
+         GROUP BY t.project_id, t.{key}, t.lo, t.hi, t.moved"
+    )
+}
+
+/// The two kinds of visit [`append`] extends: a person's events without a session id,
+/// cut by silence, and a session's.
+struct Kind {
+    /// What identifies the visit besides the project.
+    key: &'static str,
+    /// Its window table.
+    redo: &'static str,
+    /// Which rows of `visits` are of this kind.
+    own: &'static str,
+    /// The `session_id` column of a new visit.
+    session: &'static str,
+    /// Whether 30 minutes without an event start a new visit.
+    cuts: bool,
+}
+
+const GAPS: Kind = Kind {
+    key: "person_id",
+    redo: "visit_redo_persons",
+    own: "session_id IS NULL",
+    session: "NULL",
+    cuts: true,
+};
+
+const SESSIONS: Kind = Kind {
+    key: "session_id",
+    redo: "visit_redo_sessions",
+    own: "session_id IS NOT NULL",
+    session: "session_id",
+    cuts: false,
+};
+
+/// The batch's events of the visits marked `append` (all of them later than the visit
+/// of that key): the first of them joins the key's last visit (when within 30 minutes of
+/// its end, for persons) as an update of that row (counts added, pages merged, the exit
+/// page moved on), and the visits they start are inserted. The old events are not read.
 fn append(
     tx: &Transaction<'_>,
+    kind: &Kind,
     events: &str,
     recent: &str,
     params: &[::duckdb::types::Value],
 ) -> Result<(), StoreError> {
+    let Kind {
+        key,
+        redo,
+        own,
+        session,
+        cuts,
+    } = kind;
     let margin = format!("INTERVAL {VISIT_TIMEOUT_MINUTES} MINUTE");
+    let (first_brk, next_brk) = if *cuts {
+        (
+            format!("l.l_end IS NULL OR b.ts - l.l_end > {margin}"),
+            format!("b.ts - lag(b.ts) OVER w > {margin}"),
+        )
+    } else {
+        ("l.l_end IS NULL".to_owned(), "false".to_owned())
+    };
     let chains = format!(
         "CREATE OR REPLACE TEMP TABLE visit_chains AS \
-         WITH b AS (SELECT ev.* FROM ({events}) ev JOIN visit_redo_persons r \
-                      ON r.project_id = ev.project_id AND r.person_id = ev.person_id \
-                    WHERE r.append AND ev.session_id IS NULL), \
-         l AS (SELECT v.project_id, v.person_id, v.end_ts AS l_end, v.pages AS l_pages \
-               FROM (SELECT * FROM visits WHERE session_id IS NULL AND {recent}) v \
-               JOIN visit_redo_persons r ON r.project_id = v.project_id AND r.person_id = v.person_id \
+         WITH b AS (SELECT ev.* FROM ({events}) ev JOIN {redo} r \
+                      ON r.project_id = ev.project_id AND r.{key} = ev.{key} \
+                    WHERE r.append AND ev.{own}), \
+         l AS (SELECT v.project_id, v.{key}, v.end_ts AS l_end, v.pages AS l_pages \
+               FROM (SELECT * FROM visits WHERE {own} AND {recent}) v \
+               JOIN {redo} r ON r.project_id = v.project_id AND r.{key} = v.{key} \
                WHERE r.append AND v.start_ts >= r.lo AND v.end_ts <= r.hi), \
          marked AS (SELECT b.*, l.l_end, CASE WHEN lag(b.ts) OVER w IS NULL \
-                        THEN (l.l_end IS NULL OR b.ts - l.l_end > {margin}) \
-                        ELSE b.ts - lag(b.ts) OVER w > {margin} END::INTEGER AS brk \
-                    FROM b LEFT JOIN l ON l.project_id = b.project_id AND l.person_id = b.person_id \
-                    WINDOW w AS (PARTITION BY b.project_id, b.person_id ORDER BY b.ts)), \
-         cut AS (SELECT *, sum(brk) OVER (PARTITION BY project_id, person_id ORDER BY ts \
+                        THEN ({first_brk}) ELSE {next_brk} END::INTEGER AS brk \
+                    FROM b LEFT JOIN l ON l.project_id = b.project_id AND l.{key} = b.{key} \
+                    WINDOW w AS (PARTITION BY b.project_id, b.{key} ORDER BY b.ts)), \
+         cut AS (SELECT *, sum(brk) OVER (PARTITION BY project_id, {key} ORDER BY ts \
                    ROWS UNBOUNDED PRECEDING) AS n FROM marked), \
-         per_page AS (SELECT project_id, person_id, n, page, min(ts) AS first_ts, max(ts) AS last_ts, \
+         per_page AS (SELECT project_id, {key}, n, page, min(ts) AS first_ts, max(ts) AS last_ts, \
+                        (list(person_id ORDER BY ts, person_id))[1] AS first_person, \
                         count(*) AS events, count(*) FILTER (WHERE is_pv) AS pageviews \
-                      FROM cut GROUP BY ALL), \
-         merged_pages AS (SELECT project_id, person_id, n, list({{'page': page, 'events': events, 'pageviews': pageviews}} \
+                      FROM cut GROUP BY project_id, {key}, n, page), \
+         merged_pages AS (SELECT project_id, {key}, n, list({{'page': page, 'events': events, 'pageviews': pageviews}} \
                             ORDER BY page NULLS FIRST) AS pages \
-                          FROM (SELECT project_id, person_id, n, page, sum(events) AS events, sum(pageviews) AS pageviews \
-                                FROM (SELECT project_id, person_id, n, page, events, pageviews FROM per_page \
+                          FROM (SELECT project_id, {key}, n, page, sum(events) AS events, sum(pageviews) AS pageviews \
+                                FROM (SELECT project_id, {key}, n, page, events, pageviews FROM per_page \
                                       UNION ALL \
-                                      SELECT l.project_id, l.person_id, 0, p.page, p.events, p.pageviews \
+                                      SELECT l.project_id, l.{key}, 0, p.page, p.events, p.pageviews \
                                       FROM (SELECT *, unnest(l_pages) AS p FROM l) l \
                                       WHERE EXISTS (SELECT 1 FROM per_page c WHERE c.n = 0 \
-                                        AND c.project_id = l.project_id AND c.person_id = l.person_id)) \
+                                        AND c.project_id = l.project_id AND c.{key} = l.{key})) \
                                 GROUP BY ALL) \
                           GROUP BY ALL) \
-         SELECT c.project_id, c.person_id, c.n, min(first_ts) AS start_ts, max(last_ts) AS end_ts, \
+         SELECT c.project_id, c.{key}, c.n, min(first_ts) AS start_ts, max(last_ts) AS end_ts, \
+                (list(first_person ORDER BY first_ts, first_person))[1] AS person, \
                 sum(events)::INTEGER AS events, sum(pageviews)::INTEGER AS pageviews, \
                 (list(page ORDER BY first_ts, page) FILTER (WHERE page IS NOT NULL))[1] AS entry_page, \
                 (list(page ORDER BY last_ts DESC, page DESC) FILTER (WHERE page IS NOT NULL))[1] AS exit_page, \
                 any_value(m.pages) AS pages \
-         FROM per_page c JOIN merged_pages m USING (project_id, person_id, n) \
-         GROUP BY c.project_id, c.person_id, c.n"
+         FROM per_page c JOIN merged_pages m USING (project_id, {key}, n) \
+         GROUP BY c.project_id, c.{key}, c.n"
     );
     tx.prepare_cached(&chains)?
         .execute(::duckdb::params_from_iter(params.iter()))?;
@@ -308,16 +361,16 @@ fn append(
         "UPDATE visits v SET end_ts = c.end_ts, events = v.events + c.events, \
                 pageviews = v.pageviews + c.pageviews, entry_page = coalesce(v.entry_page, c.entry_page), \
                 exit_page = coalesce(c.exit_page, v.exit_page), pages = c.pages \
-         FROM visit_chains c, visit_redo_persons r \
-         WHERE c.n = 0 AND r.project_id = c.project_id AND r.person_id = c.person_id \
-           AND v.project_id = c.project_id AND v.person_id = c.person_id AND v.session_id IS NULL \
+         FROM visit_chains c, {redo} r \
+         WHERE c.n = 0 AND r.project_id = c.project_id AND r.{key} = c.{key} \
+           AND v.project_id = c.project_id AND v.{key} = c.{key} AND v.{own} \
            AND v.start_ts >= r.lo AND v.end_ts <= r.hi {bound}"
     ))?
     .execute(::duckdb::params_from_iter(bound_param))?;
-    tx.prepare_cached(
-        "INSERT INTO visits SELECT project_id, NULL, person_id, start_ts, end_ts, events, pageviews, \
-                entry_page, exit_page, pages FROM visit_chains WHERE n > 0",
-    )?
+    tx.prepare_cached(&format!(
+        "INSERT INTO visits SELECT project_id, {session}, person, start_ts, end_ts, events, pageviews, \
+                entry_page, exit_page, pages FROM visit_chains WHERE n > 0"
+    ))?
     .execute([])?;
     Ok(())
 }
@@ -351,7 +404,7 @@ pub(super) fn backfill(conn: &mut Connection) -> Result<(), StoreError> {
         )?;
         tx.execute(
             &format!(
-                "INSERT INTO visit_redo_sessions SELECT project_id, session_id, min(ts), max(ts) \
+                "INSERT INTO visit_redo_sessions SELECT project_id, session_id, min(ts), max(ts), false \
                  FROM ({all}) WHERE session_id IS NOT NULL AND hash(session_id) % {CHUNKS} = ? GROUP BY ALL"
             ),
             [chunk],
