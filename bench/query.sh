@@ -13,13 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-EVENTS=${EVENTS:-10000000}
-USERS=${USERS:-100000}
-ACCOUNTS=${ACCOUNTS:-1000}
-DAYS=${DAYS:-90}
-SEED=${SEED:-42}
+bench_dataset_defaults
 RUNS=${RUNS:-20}
-BENCH_DATA=${BENCH_DATA:-/var/cache/tally-bench}
 
 ensure_build_deps
 # The same target set as scripts/test.sh and scripts/run.sh, so DuckDB is built once.

@@ -69,6 +69,17 @@ XML
     echo "$pid"
 }
 
+# The benchmark dataset's shape, unless the caller set it: 10M events, 100k users, 1k
+# accounts, 90 days, seed 42, kept in /var/cache/tally-bench.
+bench_dataset_defaults() {
+    EVENTS=${EVENTS:-10000000}
+    USERS=${USERS:-100000}
+    ACCOUNTS=${ACCOUNTS:-1000}
+    DAYS=${DAYS:-90}
+    SEED=${SEED:-42}
+    BENCH_DATA=${BENCH_DATA:-/var/cache/tally-bench}
+}
+
 # The query benchmarks' dataset (bench/src/bin/gen_events.rs) in $BENCH_DATA, made once
 # per EVENTS USERS ACCOUNTS DAYS SEED and made again when the generator, the event model
 # or the store changes (the rows go through the store's own insert path). Prints its path.

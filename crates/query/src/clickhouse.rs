@@ -508,12 +508,13 @@ pub(crate) fn stats_sql(
              FROM (SELECT person_id, \
                           arraySort(x -> x.1, groupArray(tuple(ts, event, type, page, properties, context, lts, session_id{traits_in}))) AS evs, \
                           arrayMap(x -> x.1, evs) AS tss, \
-                          arrayCumSum(arrayMap((i, t, prev) -> if(i = 1 OR t - prev > 1800000000, 1, 0), \
+                          arrayCumSum(arrayMap((i, t, prev) -> if(i = 1 OR t - prev > {timeout}, 1, 0), \
                                                arrayEnumerate(tss), tss, arrayPushFront(arrayPopBack(tss), 0))) AS vns \
                    FROM ({scan}) AS s GROUP BY person_id, isNull(session_id)) AS g \
              ARRAY JOIN evs AS tup, vns AS vn",
             traits_in = if persons { ", person_traits" } else { "" },
             traits_out = if persons { ", tup.9 AS person_traits" } else { "" },
+            timeout = i64::from(tally_store::duckdb::visits::VISIT_TIMEOUT_MINUTES) * 60_000_000,
         );
         let per_visit = format!(
             "SELECT visit_id, (max(ts) - min(ts)) / 1000000 AS visit_duration, \

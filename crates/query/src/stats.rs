@@ -17,6 +17,7 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Map, Value};
+use tally_store::duckdb::visits::VISIT_TIMEOUT_MINUTES;
 use tally_store::sql::json_key_path;
 use tally_store::{Dialect, Rows, Store};
 
@@ -40,8 +41,6 @@ pub const STATS_METRICS: &[&str] = &[
     "conversion_rate",
 ];
 
-/// The inactivity that ends a visit when the client sent no session id.
-const VISIT_TIMEOUT_MINUTES: u32 = 30;
 const DEFAULT_LIMIT: u64 = 10_000;
 const MAX_LIMIT: u64 = 10_000;
 const MAX_DIMENSIONS: usize = 4;

@@ -20,13 +20,19 @@
 //! The visits in those windows are deleted and cut again from all the events of the
 //! window. A visit outside the window cannot change: it is more than 30 minutes away
 //! from every new event, and from every visit re-derived.
+//!
+//! Under live traffic a batch only appends: all its events of a person (or a session)
+//! come after that person's visits and nothing was linked. Then the last visit is
+//! extended in place and the visits the batch starts are inserted ([`append`]), without
+//! reading the old events again.
 
 use ::duckdb::{params, Connection, Transaction};
 
+use super::writer::ts;
 use crate::StoreError;
 
 /// The inactivity that ends a visit (the query engine's rule).
-pub const VISIT_TIMEOUT_MINUTES: i64 = 30;
+pub const VISIT_TIMEOUT_MINUTES: u32 = 30;
 
 /// The working tables of one re-derivation, created once per connection.
 const WORK: &str = "
@@ -148,10 +154,6 @@ fn derive(tx: &Connection, sessions: bool, replace: bool) -> Result<(), StoreErr
     tx.prepare_cached(&derive_sql(sessions))?
         .execute(params![ts(lo), ts(hi)])?;
     Ok(())
-}
-
-fn ts(micros: i64) -> ::duckdb::types::Value {
-    ::duckdb::types::Value::Timestamp(::duckdb::types::TimeUnit::Microsecond, micros)
 }
 
 /// What [`update`] needs to know of a stored batch.

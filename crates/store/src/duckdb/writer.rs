@@ -240,6 +240,7 @@ fn traits_rows(rows: HashMap<Key, Traits>) -> impl Iterator<Item = Vec<DuckValue
     })
 }
 
-fn ts(micros: i64) -> DuckValue {
+/// A timestamp parameter from Unix micros.
+pub(super) fn ts(micros: i64) -> DuckValue {
     DuckValue::Timestamp(TimeUnit::Microsecond, micros)
 }
