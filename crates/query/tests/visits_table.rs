@@ -19,7 +19,8 @@ use serde_json::{json, Map, Value};
 use tally_model::{Event, EventBatch, EventType};
 use tally_query::run;
 use tally_store::duckdb::visits::visits_from_events_sql;
-use tally_store::{Param, Sql, Store};
+use tally_store::duckdb::{DuckConfig, DuckStore};
+use tally_store::{Param, Sql, Store, VisitsPath};
 
 #[derive(Debug, Clone)]
 struct Gen {
@@ -81,16 +82,20 @@ fn gen_event() -> impl Strategy<Value = Gen> {
         })
 }
 
-/// Stores `events` as one writer batch.
-fn insert(project: &str, events: &[Event]) {
+/// Stores `events` as one writer batch; says how the visits table took it in.
+fn insert(project: &str, events: &[Event]) -> VisitsPath {
     let s = shared();
-    let lsn = s.next();
+    insert_into(&s.store, s.next(), project, events)
+}
+
+fn insert_into(store: &DuckStore, lsn: u64, project: &str, events: &[Event]) -> VisitsPath {
     EventBatch {
         project_id: project.into(),
         events: events.to_vec(),
     }
-    .as_stored(|b| s.store.insert(std::slice::from_ref(b), lsn))
-    .unwrap();
+    .as_stored(|b| store.insert(std::slice::from_ref(b), lsn))
+    .unwrap()
+    .visits
 }
 
 /// Stores `events` in batches of the sizes given (cycled); after each, checks the table.
@@ -106,9 +111,8 @@ fn store_in_batches(project: &str, events: &[Event], sizes: &[usize]) {
     }
 }
 
-fn rows(text: String, project: &str) -> Vec<Vec<Value>> {
-    shared()
-        .store
+fn rows(store: &DuckStore, text: String, project: &str) -> Vec<Vec<Value>> {
+    store
         .query(&Sql {
             text,
             params: vec![Param::Text(project.into())],
@@ -121,11 +125,17 @@ const COLUMNS: &str = "session_id, person_id, epoch_us(start_ts), epoch_us(end_t
 
 /// The table's visits of `project`, and the visits cut anew from its events.
 fn kept_and_cut(project: &str) -> (Vec<Vec<Value>>, Vec<Vec<Value>>) {
+    kept_and_cut_in(&shared().store, project)
+}
+
+fn kept_and_cut_in(store: &DuckStore, project: &str) -> (Vec<Vec<Value>>, Vec<Vec<Value>>) {
     let kept = rows(
+        store,
         format!("SELECT {COLUMNS} FROM visits WHERE project_id = ? ORDER BY ALL"),
         project,
     );
     let cut = rows(
+        store,
         format!(
             "SELECT {COLUMNS} FROM ({}) AS d(project_id, session_id, person_id, start_ts, end_ts, \
              events, pageviews, entry_page, exit_page, pages) WHERE project_id = ? ORDER BY ALL",
@@ -238,6 +248,104 @@ proptest! {
             }
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The writer's memory of open visits is read from the table when the store opens,
+    /// and bounded by time: streams received as they happen (so older visits leave
+    /// memory) into a store reopened at random batches keep the table exact.
+    #[test]
+    fn kept_visits_stay_exact_across_restarts_and_as_memory_moves_on(
+        gens in prop::collection::vec(gen_event(), 1..40).prop_shuffle(),
+        sizes in prop::collection::vec(1usize..8, 1..40),
+        restarts in prop::collection::vec(any::<bool>(), 1..40),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.duckdb");
+        let open = || DuckStore::open(&path, DuckConfig::default()).unwrap();
+        let mut store = open();
+        // Few sign-ins (an event with a user and a device), which take the SQL path.
+        let events: Vec<Event> = gens
+            .iter()
+            .enumerate()
+            .map(|(i, g)| Gen {
+                device: if g.user.is_some() && i % 8 != 0 { None } else { g.device },
+                ..g.clone()
+            })
+            .map(|g| Event { received_at: origin() + g.minute * MINUTE, ..event(&g) })
+            .collect();
+        let mut paths = [0; 2];
+        let (mut rest, mut lsn) = (&events[..], 1);
+        let (mut sizes, mut restarts) = (sizes.iter().cycle(), restarts.iter().cycle());
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at((*sizes.next().unwrap()).min(rest.len()));
+            paths[usize::from(insert_into(&store, lsn, "p", batch) == VisitsPath::Memory)] += 1;
+            lsn += 1;
+            let (kept, cut) = kept_and_cut_in(&store, "p");
+            prop_assert_eq!(kept, cut);
+            if *restarts.next().unwrap() {
+                drop(store);
+                store = open();
+            }
+            rest = tail;
+        }
+        eprintln!("batches by path (sql, memory): {paths:?}");
+    }
+}
+
+#[test]
+fn live_traffic_is_cut_in_memory_and_the_rest_with_sql() {
+    let p = project();
+    let check = |path: VisitsPath, expected: VisitsPath, what: &str| {
+        assert_eq!(path, expected, "{what}");
+        let (kept, cut) = kept_and_cut(&p);
+        assert_eq!(kept, cut, "{what}");
+    };
+    let anon = |minute: i64| at(minute, None, Some(3), 1);
+    let session = |minute: i64, page: u8| Event {
+        session_id: Some(format!("{p}-s1")),
+        ..at(minute, Some(2), None, page)
+    };
+    use VisitsPath::{Memory, Sql};
+    check(
+        insert(&p, &[at(0, Some(1), None, 0)]),
+        Memory,
+        "a new person",
+    );
+    check(
+        insert(&p, &[at(50, Some(1), None, 2), at(10, Some(1), None, 1)]),
+        Memory,
+        "the visit extended, a new one started",
+    );
+    check(insert(&p, &[anon(60)]), Memory, "a device, looked up");
+    check(insert(&p, &[anon(70)]), Memory, "the device again");
+    check(insert(&p, &[at(5, Some(1), None, 3)]), Sql, "a late event");
+    check(insert(&p, &[at(80, Some(1), None, 0)]), Memory, "after it");
+    check(insert(&p, &[session(90, 0)]), Sql, "a session not seen");
+    check(insert(&p, &[session(130, 1)]), Memory, "the session again");
+    check(
+        insert(&p, &[at(100, Some(3), Some(3), 2)]),
+        Sql,
+        "the device signs in",
+    );
+    check(
+        insert(&p, &[anon(110)]),
+        Memory,
+        "the device, now the user's",
+    );
+    let mut all = visits(&p);
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            ("u1".into(), 0, 10, 3),
+            ("u1".into(), 50, 80, 2),
+            ("u2".into(), 90, 130, 2),
+            ("u3".into(), 60, 110, 4),
+        ]
+    );
 }
 
 fn page_at(minute: i64, user: &str, page: &str) -> Event {

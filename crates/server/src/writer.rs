@@ -224,6 +224,10 @@ fn insert_once(
             metrics::histogram!(WRITER_FLUSH_SECONDS).record(start.elapsed().as_secs_f64());
             metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
             metrics::counter!("tally_writer_events_total").increment(events as u64);
+            if stats.visits != tally_store::VisitsPath::None {
+                metrics::counter!("tally_writer_visit_batches_total", "path" => stats.visits.as_str())
+                    .increment(1);
+            }
             return Some(Flush::of(batches, &stats));
         }
         Ok(Err(e)) => tracing::error!(error = %e, upto, retry_in_ms, "store insert failed"),

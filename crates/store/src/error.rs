@@ -27,6 +27,9 @@ pub enum StoreError {
     /// The store cannot work again until the process restarts ([`crate::Store::failure`]).
     #[error("the store failed and cannot be used until the process restarts: {0}")]
     Failed(String),
+    /// What the store keeps was found inconsistent (a bug); the call can be retried.
+    #[error("store inconsistency: {0}")]
+    Internal(String),
 }
 
 impl StoreError {

@@ -54,6 +54,31 @@ pub struct InsertStats {
     /// merges a device's whole history into a person). Events alone change only the
     /// answers whose ranges hold their times.
     pub identities: std::collections::BTreeSet<String>,
+    /// How the visits table took in the insert.
+    pub visits: VisitsPath,
+}
+
+/// How a store kept its visits table up to date for one insert.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VisitsPath {
+    /// The store keeps no visits table (ClickHouse).
+    #[default]
+    None,
+    /// Cut in the writer's memory: the insert only appended to open visits.
+    Memory,
+    /// Re-derived with SQL from the stored events (late events, links, sessions not
+    /// seen recently).
+    Sql,
+}
+
+impl VisitsPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VisitsPath::None => "none",
+            VisitsPath::Memory => "memory",
+            VisitsPath::Sql => "sql",
+        }
+    }
 }
 
 /// The SQL a store speaks, for the query engine.

@@ -5,6 +5,7 @@
 //! so reads see committed batches without blocking the writer (DuckDB is MVCC).
 
 mod migrate;
+mod open_visits;
 pub mod visits;
 mod writer;
 
@@ -53,6 +54,8 @@ pub struct DuckStore {
     /// Identity links known to be stored, so a signed-in user's every event does not
     /// cost an insert attempt. Filled only after a commit; bounded by clearing.
     linked: Mutex<writer::LinkCache>,
+    /// The visits live traffic can still extend, as the table has them.
+    open: Mutex<open_visits::OpenVisits>,
     /// The first fatal error DuckDB reported ([`Store::failure`]).
     failure: Mutex<Option<String>>,
 }
@@ -80,11 +83,13 @@ impl DuckStore {
         writer::create_stages(&conn)?;
         visits::create_work_tables(&conn)?;
         visits::backfill(&mut conn)?;
+        let open = open_visits::OpenVisits::load(&conn)?;
         Ok(Self {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             config,
             linked: Mutex::new(writer::LinkCache::default()),
+            open: Mutex::new(open),
             failure: Mutex::new(None),
         })
     }
@@ -155,7 +160,14 @@ impl Store for DuckStore {
     ) -> Result<InsertStats, StoreError> {
         let mut conn = self.writer.lock();
         let mut linked = self.linked.lock();
-        self.watch(writer::insert(&mut conn, batches, upto, &mut linked))
+        let mut open = self.open.lock();
+        self.watch(writer::insert(
+            &mut conn,
+            batches,
+            upto,
+            &mut linked,
+            &mut open,
+        ))
     }
 
     fn query(&self, sql: &Sql) -> Result<Rows, StoreError> {

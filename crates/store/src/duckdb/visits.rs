@@ -34,12 +34,16 @@ use crate::StoreError;
 /// The inactivity that ends a visit (the query engine's rule).
 pub const VISIT_TIMEOUT_MINUTES: u32 = 30;
 
-/// The working tables of one re-derivation, created once per connection.
+/// The working tables of one re-derivation (and of [`super::open_visits`]: the devices
+/// it looks up, the rows it replaces), created once per connection.
 const WORK: &str = "
     CREATE TEMP TABLE IF NOT EXISTS visit_redo_persons (
         project_id VARCHAR, person_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP, append BOOLEAN);
     CREATE TEMP TABLE IF NOT EXISTS visit_redo_sessions (
-        project_id VARCHAR, session_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP, append BOOLEAN);";
+        project_id VARCHAR, session_id VARCHAR, lo TIMESTAMP, hi TIMESTAMP, append BOOLEAN);
+    CREATE TEMP TABLE IF NOT EXISTS visit_devices (project_id VARCHAR, device_id VARCHAR);
+    CREATE TEMP TABLE IF NOT EXISTS visit_replaced (
+        project_id VARCHAR, session_id VARCHAR, person_id VARCHAR, start_ts TIMESTAMP, end_ts TIMESTAMP);";
 
 pub(super) fn create_work_tables(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(WORK)?;

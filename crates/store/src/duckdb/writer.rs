@@ -1,15 +1,17 @@
 //! One batch from the queue becomes rows, in one DuckDB transaction.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use ::duckdb::types::{TimeUnit, Value as DuckValue};
 use ::duckdb::{params, Connection};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tally_model::StoredBatch;
+use tally_model::{EventType, StoredBatch};
 
+use super::open_visits::{OpenVisits, Seen};
 use crate::derived::{Derived, Key, Traits};
-use crate::{InsertStats, Lsn, StoreError};
+use crate::{InsertStats, Lsn, StoreError, VisitsPath};
 
 /// Devices, per project, whose link is already in `identities`. Looked up by `&str` for
 /// every signed-in event, so a known link costs no allocation.
@@ -47,10 +49,12 @@ pub(super) fn insert(
     batches: &[StoredBatch<'_>],
     upto: Lsn,
     linked: &mut LinkCache,
+    open: &mut OpenVisits,
 ) -> Result<InsertStats, StoreError> {
     let mut derived = Derived::default();
     let mut stats = InsertStats::default();
     let (mut earliest, mut sessions) = (i64::MAX, false);
+    let mut seen = Vec::new();
 
     let tx = conn.transaction()?;
     {
@@ -78,6 +82,22 @@ pub(super) fn insert(
                     upto,
                 ])?;
                 stats.events += 1;
+                if !matches!(
+                    e.kind,
+                    EventType::Identify | EventType::Group | EventType::Alias
+                ) {
+                    seen.push(Seen {
+                        project,
+                        session: e.session_id.as_deref(),
+                        user: e.user_id.as_deref(),
+                        device: e.device_id.as_deref(),
+                        visitor: e.visitor_id(),
+                        ts: e.timestamp,
+                        received: e.received_at,
+                        page: e.stored_page().map(Cow::into_owned),
+                        pageview: e.kind == EventType::Page || &*e.event == "page_visit",
+                    });
+                }
                 earliest = earliest.min(e.timestamp);
                 sessions |= e.session_id.is_some();
                 derived.add(project, e, |p, d| linked.contains(p, d));
@@ -123,15 +143,45 @@ pub(super) fn insert(
             ]
         }),
     )?;
-    super::visits::update(
-        &tx,
-        &super::visits::Stored {
-            lsn: upto,
-            earliest,
-            sessions,
-            links,
-        },
-    )?;
+    // Live traffic's visits are cut in memory; anything else re-derives them in SQL.
+    open.ready(&tx)?;
+    let appended = if links {
+        None
+    } else {
+        match open.append(&tx, &seen) {
+            Err(e @ StoreError::Internal(_)) => {
+                open.distrust();
+                return Err(e);
+            }
+            other => other?,
+        }
+    };
+    stats.visits = if appended.is_some() {
+        VisitsPath::Memory
+    } else {
+        VisitsPath::Sql
+    };
+    let mut changes = match appended {
+        Some(changes) => changes,
+        None => {
+            super::visits::update(
+                &tx,
+                &super::visits::Stored {
+                    lsn: upto,
+                    earliest,
+                    sessions,
+                    links,
+                },
+            )?;
+            open.reload_redone(&tx, sessions || links, &seen)?
+        }
+    };
+    changes.linked(
+        derived
+            .links
+            .iter()
+            .flat_map(|(p, devices)| devices.keys().map(move |d| (p.as_str(), d.as_str()))),
+    );
     let moved = tx
         .prepare_cached("UPDATE queue_offsets SET lsn = ? WHERE queue = 'wal'")?
         .execute([upto])?;
@@ -139,6 +189,7 @@ pub(super) fn insert(
         tx.execute("INSERT INTO queue_offsets VALUES ('wal', ?)", [upto])?;
     }
     tx.commit()?;
+    open.apply(changes);
     linked.remember(derived.links);
     Ok(stats)
 }
