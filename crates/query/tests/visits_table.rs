@@ -323,6 +323,25 @@ fn live_traffic_is_cut_in_memory_and_the_rest_with_sql() {
     check(insert(&p, &[anon(70)]), Memory, "the device again");
     check(insert(&p, &[at(5, Some(1), None, 3)]), Sql, "a late event");
     check(insert(&p, &[at(80, Some(1), None, 0)]), Memory, "after it");
+    let no_page = Event {
+        properties: Map::new(),
+        ..at(80, Some(1), None, 0)
+    };
+    check(
+        insert(&p, &[no_page]),
+        Memory,
+        "at the visit's end, no page",
+    );
+    let inside = Event {
+        properties: Map::new(),
+        ..at(60, Some(1), None, 0)
+    };
+    check(insert(&p, &[inside]), Memory, "within the visit, no page");
+    check(
+        insert(&p, &[at(80, Some(1), None, 1)]),
+        Sql,
+        "at the visit's end, a page (which is the exit?)",
+    );
     check(insert(&p, &[session(90, 0)]), Sql, "a session not seen");
     check(insert(&p, &[session(130, 1)]), Memory, "the session again");
     check(
@@ -341,7 +360,7 @@ fn live_traffic_is_cut_in_memory_and_the_rest_with_sql() {
         all,
         [
             ("u1".into(), 0, 10, 3),
-            ("u1".into(), 50, 80, 2),
+            ("u1".into(), 50, 80, 5),
             ("u2".into(), 90, 130, 2),
             ("u3".into(), 60, 110, 4),
         ]

@@ -8,10 +8,11 @@
 //! `visits` table has it. So for a person whose first event in a batch is at least 30
 //! minutes after the floor, the memory knows every visit the batch can touch: the last
 //! one, or none. A batch is cut here ([`OpenVisits::append`]) when each of its persons
-//! and sessions is known that way and all their events come after that visit, which is
-//! the SQL path's own condition for appending ([`super::visits`]). Any other batch (late
-//! events, identity links, a session not seen since the floor) takes the SQL path, and
-//! the visits it re-derived are read back into memory ([`OpenVisits::reload_redone`]).
+//! and sessions is known that way and all their events come after the start of that
+//! visit (those before its end without a page: they only add to its counts). Any other
+//! batch (late events, identity links, a session not seen since the floor) takes the SQL
+//! path, and the visits it re-derived are read back into memory
+//! ([`OpenVisits::reload_redone`]).
 //!
 //! Memory is bounded by raising the floor: visits that ended more than [`KEEP`] before
 //! the newest event time seen (capped by the time it was received, so a client's clock
@@ -75,7 +76,7 @@ pub(super) struct Seen<'a> {
     pub visitor: &'a str,
     pub ts: i64,
     pub received: i64,
-    pub page: Option<String>,
+    pub page: Option<Cow<'a, str>>,
     pub pageview: bool,
 }
 
@@ -186,7 +187,14 @@ impl OpenVisits {
             let at = (project.to_owned(), key);
             let known = self.last.get(&at);
             let appends = match (&at.1, known) {
-                (_, Some(v)) => first > v.end,
+                // Events within the visit (after its start, up to its end) only without
+                // a page: they change its counts, not its entry or exit, which memory
+                // could not place them against. Concurrent requests of one person reach
+                // the queue a little out of time order so.
+                (_, Some(v)) => evs
+                    .iter()
+                    .take_while(|c| c.0 <= v.end)
+                    .all(|c| c.0 > v.start && c.1.is_none()),
                 // Unknown: no visit of this person ends at or after the floor, so none
                 // is within 30 minutes of these events.
                 (Key::Person(_), None) => first.saturating_sub(TIMEOUT) >= self.floor,
@@ -227,7 +235,7 @@ impl OpenVisits {
                     // The visit's person is its first event's; ties go to the smaller.
                     visit.person = person.to_owned();
                 }
-                visit.end = t;
+                visit.end = visit.end.max(t);
                 visit.events += 1;
                 visit.pageviews += i32::from(pageview);
                 if let Some(page) = page {

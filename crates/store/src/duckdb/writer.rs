@@ -1,6 +1,5 @@
 //! One batch from the queue becomes rows, in one DuckDB transaction.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use ::duckdb::types::{TimeUnit, Value as DuckValue};
@@ -63,6 +62,7 @@ pub(super) fn insert(
             let project: &str = &batch.project_id;
             let mut uuid = ::uuid::Uuid::encode_buffer();
             for e in &batch.events {
+                let page = e.stored_page();
                 app.append_row(params![
                     project,
                     &*e.uuid.hyphenated().encode_lower(&mut uuid),
@@ -75,7 +75,7 @@ pub(super) fn insert(
                     e.visitor_id(),
                     DuckValue::Timestamp(TimeUnit::Microsecond, e.timestamp),
                     DuckValue::Timestamp(TimeUnit::Microsecond, e.received_at),
-                    e.stored_page().as_deref(),
+                    page.as_deref(),
                     e.properties.map(RawValue::get),
                     e.traits.map(RawValue::get),
                     e.context.map(RawValue::get),
@@ -94,7 +94,7 @@ pub(super) fn insert(
                         visitor: e.visitor_id(),
                         ts: e.timestamp,
                         received: e.received_at,
-                        page: e.stored_page().map(Cow::into_owned),
+                        page,
                         pageview: e.kind == EventType::Page || &*e.event == "page_visit",
                     });
                 }
